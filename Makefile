@@ -1,0 +1,45 @@
+# make            : the virtual environment (.venv) and libllmc (build/libllmc_cpu.so, and build/libllmc_cuda.so where nvcc is found)
+# make test       : everything, then the conformance suite (what .ci/run calls)
+# make conform    : everything, then the main job: model-level checks of every available backend
+# make fixtures   : the GPT-2 124M-shape fixture (fixtures/gpt2_124M/, ignored by git)
+# make bench      : the pytest-benchmark suite for every available backend, JSON under out/bench/
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BUILD := build
+NVCC ?= $(shell command -v nvcc 2>/dev/null)
+EXTRAS := $(if $(NVCC),[cuda],)
+
+.PHONY: all venv native fixtures test conform bench clean
+all: venv native
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.$(EXTRAS)'
+	touch $@
+
+$(BUILD):
+	mkdir -p $(BUILD)
+
+include native/cpu.mk
+include native/cuda.mk
+
+FIXTURE_124M := fixtures/gpt2_124M
+fixtures: $(FIXTURE_124M)/manifest.json
+$(FIXTURE_124M)/manifest.json: | venv
+	$(PY) -m tools.make_fixtures --model d12 -B 4 -T 64 $(FIXTURE_124M)
+
+test: all fixtures
+	$(PY) -m pytest conformance/
+
+conform: all
+	$(PY) -m tools.conform
+
+bench: all fixtures
+	mkdir -p out/bench
+	$(PY) -m pytest conformance/test_bench.py --benchmark-only --benchmark-json=out/bench/bench.json
+
+clean:
+	rm -rf $(BUILD)

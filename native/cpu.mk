@@ -1,0 +1,1 @@
+native: $(BUILD)/libllmc_cpu.so

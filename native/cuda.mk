@@ -1,0 +1,1 @@
+# CUDA library rules: filled in with the CUDA sources

@@ -1,0 +1,114 @@
+/* libllmc: the one C ABI of the CPU library (libllmc_cpu.so) and the CUDA library (libllmc_cuda.so).
+ *
+ * Two levels, as in llm.c's train_gpt2.c:
+ *  - layer kernels with llm.c's exact CPU signatures (host pointers, void, gradients accumulate with +=),
+ *    so the same Python kernel tests drive our libraries and llm.c's own train_gpt2.c built as a shared
+ *    library. The CUDA library's kernels also take host pointers: they copy in, run on the GPU, copy out.
+ *    Kernels trust their arguments (the binding validates shapes first); a CUDA failure inside one is
+ *    reported by llmc_last_error_code().
+ *  - a model API that never ends the process: every call returns LLMC_OK or an error code, and
+ *    llmc_last_error() holds a message naming what was wrong.
+ *
+ * The Python binding (native/binding.py) reads its cdef from this file: everything between the
+ * LLMC_CDEF_BEGIN and LLMC_CDEF_END markers must be plain declarations cffi can parse.
+ */
+#ifndef LLMC_H
+#define LLMC_H
+#include <stddef.h>
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* LLMC_CDEF_BEGIN */
+enum {
+    LLMC_OK = 0,
+    LLMC_ERR_ARGUMENT = 1,    /* a NULL pointer, B or T beyond what the model was sized for, bad option */
+    LLMC_ERR_FILE = 2,        /* cannot open / read / short read */
+    LLMC_ERR_FORMAT = 3,      /* wrong magic, version, header field or file size */
+    LLMC_ERR_ALLOC = 4,       /* out of host or device memory */
+    LLMC_ERR_TOKEN = 5,       /* a token id outside [0, V) */
+    LLMC_ERR_STATE = 6,       /* e.g. backward without a forward with targets */
+    LLMC_ERR_DEVICE = 7,      /* a CUDA or cuBLAS call failed */
+    LLMC_ERR_UNSUPPORTED = 8  /* e.g. TF32 on the CPU library */
+};
+
+typedef struct {
+    int max_seq_len;        /* maxT */
+    int vocab_size;         /* V */
+    int padded_vocab_size;  /* Vp */
+    int num_layers;         /* L */
+    int num_heads;          /* NH */
+    int channels;           /* C */
+} llmc_config;
+
+typedef struct {
+    float learning_rate;
+    float beta1;
+    float beta2;
+    float eps;
+    float weight_decay;
+    int decay_all;          /* 1: llm.c CPU (decay every parameter); 0: PyTorch / llm.c CUDA (2-D tensors only) */
+    float grad_clip;        /* global-norm clipping threshold; <= 0 means no clipping */
+} llmc_adamw;
+
+typedef struct llmc_model llmc_model;
+
+/* Library identity and settings. */
+const char* llmc_backend_name(void);           /* "cpu" or "cuda" */
+const char* llmc_build_info(void);             /* compiler, BLAS / cuBLAS it linked, OpenMP, arch */
+int llmc_set_num_threads(int n);               /* CPU: OpenMP threads; CUDA: accepted and ignored */
+int llmc_set_precision(int mode);              /* 0 strict fp32 (TF32 off), 1 TF32 matmuls (CUDA only) */
+const char* llmc_last_error(void);             /* message of the last failed call in this thread */
+int llmc_last_error_code(void);                /* code of the last failed call, LLMC_OK after success */
+int llmc_init(void);                           /* CPU: LLMC_OK; CUDA: LLMC_ERR_DEVICE (with the reason) when no usable GPU */
+
+/* Model API. max_B, max_T size the activations once; forward then accepts any B <= max_B, T <= max_T. */
+int llmc_model_from_checkpoint(const char* path, int max_B, int max_T, llmc_model** out);
+int llmc_model_from_params(const llmc_config* config, const float* params, int max_B, int max_T,
+                           llmc_model** out);
+void llmc_model_free(llmc_model* model);
+int llmc_model_config(const llmc_model* model, llmc_config* out);
+size_t llmc_model_num_parameters(const llmc_model* model);   /* padded count, llm.c's order */
+
+int llmc_forward(llmc_model* model, const int* inputs, const int* targets, int B, int T, float* mean_loss);
+int llmc_zero_grad(llmc_model* model);
+int llmc_backward(llmc_model* model);          /* needs a forward with targets; accumulates into grads */
+int llmc_update(llmc_model* model, const llmc_adamw* opt, int t, float* grad_norm);
+
+/* Copies between the model and host memory, num_parameters floats each (logits: B*T*Vp of the last forward). */
+int llmc_get_params(const llmc_model* model, float* dst);
+int llmc_set_params(llmc_model* model, const float* src);
+int llmc_get_grads(const llmc_model* model, float* dst);
+int llmc_get_logits(const llmc_model* model, float* dst);
+int llmc_get_optimizer_state(const llmc_model* model, float* m, float* v);   /* zeros before the first update */
+int llmc_set_optimizer_state(llmc_model* model, const float* m, const float* v);
+
+/* Layer kernels: llm.c's CPU signatures. Shapes: B batch, T time, C channels, OC output channels,
+ * NH heads, V vocab, Vp padded vocab, N element count. */
+void encoder_forward(float* out, int* inp, float* wte, float* wpe, int B, int T, int C);
+void encoder_backward(float* dwte, float* dwpe, float* dout, int* inp, int B, int T, int C);
+void layernorm_forward(float* out, float* mean, float* rstd, float* inp, float* weight, float* bias,
+                       int B, int T, int C);
+void layernorm_backward(float* dinp, float* dweight, float* dbias, float* dout, float* inp, float* weight,
+                        float* mean, float* rstd, int B, int T, int C);
+void matmul_forward(float* out, const float* inp, const float* weight, const float* bias,
+                    int B, int T, int C, int OC);
+void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                     const float* weight, int B, int T, int C, int OC);
+void attention_forward(float* out, float* preatt, float* att, float* inp, int B, int T, int C, int NH);
+void attention_backward(float* dinp, float* dpreatt, float* datt, float* dout, float* inp, float* att,
+                        int B, int T, int C, int NH);
+void gelu_forward(float* out, float* inp, int N);
+void gelu_backward(float* dinp, float* inp, float* dout, int N);
+void residual_forward(float* out, float* inp1, float* inp2, int N);
+void residual_backward(float* dinp1, float* dinp2, float* dout, int N);
+void softmax_forward(float* probs, float* logits, int B, int T, int V, int Vp);
+void crossentropy_forward(float* losses, float* probs, int* targets, int B, int T, int Vp);
+void crossentropy_softmax_backward(float* dlogits, float* dlosses, float* probs, int* targets,
+                                   int B, int T, int V, int Vp);
+/* LLMC_CDEF_END */
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,80 @@
+"""AdamW in the two conventions GPT-2 trainers use, on llm.c's flat parameter arrays.
+
+- llm.c CPU (train_gpt2.c gpt2_update, test_gpt2.c): weight decay on every parameter, no clipping.
+- PyTorch / llm.c CUDA: weight decay on the 2-D tensors only (wte, wpe and the four matmul weights;
+  per-layer stacks count as 2-D), optional global-norm clipping of the gradient first.
+
+Both: m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  m^ = m/(1-b1^t);  v^ = v/(1-b2^t)
+      p -= lr (m^ / (sqrt(v^) + eps) + wd p)
+"""
+from dataclasses import dataclass
+import math
+
+import numpy as np
+
+from reference.model import split_params
+
+MATRIX_PARAMS = ("wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw")
+
+# llm.c's test_gpt2.c optimizer, the one the 10 expected losses of every fixture use
+TEST_GPT2_SETTINGS = dict(learning_rate=1e-4, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01,
+                          decay_all=True, grad_clip=0.0)
+
+
+@dataclass
+class AdamWSettings:
+    learning_rate: float = 1e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    decay_all: bool = True      # True: llm.c CPU; False: PyTorch / llm.c CUDA (2-D tensors only)
+    grad_clip: float = 0.0      # global-norm threshold; <= 0: no clipping
+
+
+def decay_mask(config, dtype=np.float32):
+    """Per-parameter weight-decay factor (1 for 2-D tensors, 0 otherwise) as a flat array."""
+    mask = np.zeros(config.num_parameters, dtype)
+    views = split_params(mask, config)
+    for name in MATRIX_PARAMS:
+        views[name][...] = 1
+    return mask
+
+
+def global_norm(grads):
+    """sqrt(sum g^2), accumulated in float64."""
+    return math.sqrt(float(np.dot(grads.astype(np.float64, copy=False), grads.astype(np.float64, copy=False))))
+
+
+class AdamW:
+    """State m and v are flat arrays like the parameters. step() updates params in place and returns
+    the gradient's global norm (before clipping)."""
+
+    CHUNK = 1 << 16   # elements per pass: keeps each temporary in cache, so fp32 d12 streams memory once
+
+    def __init__(self, settings, config, dtype=np.float32):
+        self.settings = settings
+        self.m = np.zeros(config.num_parameters, dtype)
+        self.v = np.zeros(config.num_parameters, dtype)
+        self.decay = None if settings.decay_all else decay_mask(config, dtype)
+
+    def step(self, params, grads, t):
+        s = self.settings
+        f = params.dtype.type
+        norm = global_norm(grads)
+        grad_scale = s.grad_clip / norm if (s.grad_clip > 0 and norm > s.grad_clip) else 1.0
+        b1, b2 = f(s.beta1), f(s.beta2)
+        lr, eps, wd = f(s.learning_rate), f(s.eps), f(s.weight_decay)
+        bias1, bias2 = f(1.0 - s.beta1 ** t), f(1.0 - s.beta2 ** t)
+        for lo in range(0, params.size, self.CHUNK):
+            hi = lo + self.CHUNK
+            p, m, v = params[lo:hi], self.m[lo:hi], self.v[lo:hi]
+            g = grads[lo:hi] * f(grad_scale) if grad_scale != 1.0 else grads[lo:hi]
+            m *= b1
+            m += (1 - b1) * g
+            v *= b2
+            v += (1 - b2) * (g * g)
+            update = (m / bias1) / (np.sqrt(v / bias2) + eps)
+            decay = p * wd if self.decay is None else p * wd * self.decay[lo:hi]
+            p -= lr * (update + decay)
+        return norm
