@@ -1,1 +1,34 @@
-# CUDA library rules: filled in with the CUDA sources
+# libllmc CUDA library: build/libllmc_cuda.so, built only where nvcc is found (NVCC empty: skipped, and the
+# cuda backends' tests skip saying so). Included by the root Makefile, which defines NVCC, PY, BUILD.
+#
+# cuBLAS: the CUDA toolkit's (next to nvcc) if it has one, else the nvidia-cublas wheel in PY's environment
+# (pyproject extra [cuda], installed by `make venv` when nvcc exists); native/cuda/find_cublas.py decides and the
+# build prints the choice. RPATH points at that lib dir. cudart is linked statically.
+# Code: sm_90 machine code (H100/H200) plus compute_90 PTX, which newer GPUs JIT-compile. No --use_fast_math:
+# expf/tanhf/sqrtf must stay accurate for the fp32 conformance tolerances.
+CUDA_SRCS := $(wildcard native/cuda/*.cu)
+CUDA_HDRS := native/llmc.h native/cuda/common.cuh
+CUDA_OBJS := $(patsubst native/cuda/%.cu,$(BUILD)/cuda/%.o,$(CUDA_SRCS))
+NVCC_FLAGS := -O3 -std=c++17 -Xcompiler -fPIC,-Wall -cudart static \
+	-gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
+# the Python that can see the nvidia-cublas wheel: the venv's when it exists (not on a bare GPU machine)
+CUBLAS_PY = $(if $(wildcard $(PY)),$(PY),python3)
+
+ifneq ($(NVCC),)
+$(BUILD)/cuda/cublas.txt: native/cuda/find_cublas.py native/cuda.mk | $(BUILD)
+	@mkdir -p $(BUILD)/cuda
+	$(CUBLAS_PY) native/cuda/find_cublas.py $(NVCC) > $@.tmp && mv $@.tmp $@
+	@echo "libllmc_cuda: cuBLAS from the $$(cut -d' ' -f3 $@), $$(cut -d' ' -f2 $@)"
+
+$(BUILD)/cuda/%.o: native/cuda/%.cu $(CUDA_HDRS) $(BUILD)/cuda/cublas.txt
+	$(NVCC) $(NVCC_FLAGS) -I$$(cut -d' ' -f1 $(BUILD)/cuda/cublas.txt) -c $< -o $@
+
+$(BUILD)/libllmc_cuda.so: $(CUDA_OBJS) $(BUILD)/cuda/cublas.txt
+	@set -e; lib=$$(cut -d' ' -f2 $(BUILD)/cuda/cublas.txt); \
+	cublas=$$(ls $$lib/libcublas.so* | head -1); cublaslt=$$(ls $$lib/libcublasLt.so* | head -1); \
+	$(NVCC) $(NVCC_FLAGS) -shared -o $@.tmp $(CUDA_OBJS) -L$$lib \
+	  -Xlinker -l:$$(basename $$cublas),-l:$$(basename $$cublaslt),-rpath,$$lib; \
+	mv $@.tmp $@; echo "libllmc_cuda: built $@ against $$cublas"
+
+native: $(BUILD)/libllmc_cuda.so
+endif

@@ -1,0 +1,145 @@
+// Softmax + cross-entropy over the first V of Vp logit columns (the padding never counts).
+// The model's fused path keeps only (max, sum of exp) per row: the forward reads the logits once for the
+// losses, the backward turns them into dlogits = dloss * (softmax - onehot) chunk by chunk, so the
+// (B,T,Vp) probabilities are never stored. The three separate llm.c kernels follow, for the kernel-level API.
+#include <cmath>
+
+#include "common.cuh"
+
+constexpr int ROW_THREADS = 512;
+
+// Merge two online-softmax states (max m, sum of exp(x - m)).
+__device__ inline float2 merge_stats(float2 a, float2 b) {
+    float m = fmaxf(a.x, b.x);
+    float s = (a.x == -INFINITY ? 0.0f : a.y * expf(a.x - m)) + (b.x == -INFINITY ? 0.0f : b.y * expf(b.x - m));
+    return make_float2(m, s);
+}
+
+// Block-wide merge in a fixed tree order (deterministic); every thread gets the result.
+__device__ float2 block_stats(float2 st) {
+    __shared__ float2 shared[ROW_THREADS];
+    shared[threadIdx.x] = st;
+    __syncthreads();
+    for (int stride = ROW_THREADS / 2; stride > 0; stride /= 2) {
+        if (threadIdx.x < stride) shared[threadIdx.x] = merge_stats(shared[threadIdx.x], shared[threadIdx.x + stride]);
+        __syncthreads();
+    }
+    float2 result = shared[0];
+    __syncthreads();
+    return result;
+}
+
+__device__ float2 row_stats(const float* x, int V) {
+    float2 st = make_float2(-INFINITY, 0.0f);
+    for (int v = threadIdx.x; v < V; v += ROW_THREADS) {
+        float xv = x[v];
+        if (xv > st.x) {
+            st.y = st.y * expf(st.x - xv) + 1.0f;
+            st.x = xv;
+        } else {
+            st.y += expf(xv - st.x);
+        }
+    }
+    return block_stats(st);
+}
+
+// One block per row: losses[row] = log(sum exp(x - max)) + max - x[target]; stats[row] = (max, sum)
+__global__ void classifier_forward_kernel(float* losses, float2* stats, const float* logits, const int* targets,
+                                          int V, int Vp) {
+    size_t row = blockIdx.x;
+    const float* x = logits + row * Vp;
+    float2 st = row_stats(x, V);
+    if (threadIdx.x == 0) {
+        stats[row] = st;
+        losses[row] = logf(st.y) + st.x - x[targets[row]];
+    }
+}
+
+__device__ inline float dlogit(float x, int v, float2 st, int target, float dloss, int V) {
+    float prob = expf(x - st.x) / st.y;
+    return v < V ? (prob - (v == target ? 1.0f : 0.0f)) * dloss : 0.0f;
+}
+
+// dlogits[row, v] = dloss * (exp(x - max) / sum - [v == target]) for v < V, 0 for the padding.
+// 16-byte accesses when rows allow (Vp % 4 == 0): this pass moves the largest tensors of the step.
+__global__ void classifier_backward_kernel(float* dlogits, const float* logits, const float2* stats,
+                                           const int* targets, float dloss, int V, int Vp) {
+    size_t row = blockIdx.x;
+    const float* x = logits + row * Vp;
+    float* dx = dlogits + row * Vp;
+    float2 st = stats[row];
+    int target = targets[row];
+    if (Vp % 4 == 0) {
+        const float4* x4 = (const float4*)x;
+        float4* dx4 = (float4*)dx;
+        for (int i = threadIdx.x; i < Vp / 4; i += ROW_THREADS) {
+            float4 e = x4[i];
+            int v = 4 * i;
+            dx4[i] = make_float4(dlogit(e.x, v, st, target, dloss, V), dlogit(e.y, v + 1, st, target, dloss, V),
+                                 dlogit(e.z, v + 2, st, target, dloss, V), dlogit(e.w, v + 3, st, target, dloss, V));
+        }
+    } else {
+        for (int v = threadIdx.x; v < Vp; v += ROW_THREADS) dx[v] = dlogit(x[v], v, st, target, dloss, V);
+    }
+}
+
+int classifier_forward_gpu(float* losses, float2* stats, const float* logits, const int* targets,
+                           size_t N, int V, int Vp) {
+    classifier_forward_kernel<<<(unsigned)N, ROW_THREADS>>>(losses, stats, logits, targets, V, Vp);
+    LAUNCH_CHECK();
+    return LLMC_OK;
+}
+
+int classifier_backward_gpu(float* dlogits, const float* logits, const float2* stats, const int* targets,
+                            float dloss, size_t N, int V, int Vp) {
+    classifier_backward_kernel<<<(unsigned)N, ROW_THREADS>>>(dlogits, logits, stats, targets, dloss, V, Vp);
+    LAUNCH_CHECK();
+    return LLMC_OK;
+}
+
+// ----------------------------------------------------------------------------- llm.c's separate kernels
+__global__ void softmax_forward_kernel(float* probs, const float* logits, int V, int Vp) {
+    size_t row = blockIdx.x;
+    const float* x = logits + row * Vp;
+    float2 st = row_stats(x, V);
+    float* p = probs + row * Vp;
+    for (int v = threadIdx.x; v < Vp; v += ROW_THREADS) p[v] = v < V ? expf(x[v] - st.x) / st.y : 0.0f;
+}
+
+__global__ void crossentropy_forward_kernel(float* losses, const float* probs, const int* targets, size_t N, int Vp) {
+    size_t row = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (row < N) losses[row] = -logf(probs[row * Vp + targets[row]]);
+}
+
+// dlogits[row, v] += dlosses[row] * (probs[row, v] - [v == target]) for v < V; the padding is left alone
+__global__ void crossentropy_softmax_backward_kernel(float* dlogits, const float* dlosses, const float* probs,
+                                                     const int* targets, size_t N, int V, int Vp) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= N * Vp) return;
+    size_t row = idx / Vp;
+    int v = idx % Vp;
+    if (v >= V) return;
+    float indicator = v == targets[row] ? 1.0f : 0.0f;
+    dlogits[idx] += (probs[idx] - indicator) * dlosses[row];
+}
+
+int softmax_forward_gpu(float* probs, const float* logits, size_t N, int V, int Vp) {
+    softmax_forward_kernel<<<(unsigned)N, ROW_THREADS>>>(probs, logits, V, Vp);
+    LAUNCH_CHECK();
+    return LLMC_OK;
+}
+
+int crossentropy_forward_gpu(float* losses, const float* probs, const int* targets, size_t N, int Vp) {
+    crossentropy_forward_kernel<<<(unsigned)ceil_div(N, (size_t)256), 256>>>(losses, probs, targets, N, Vp);
+    LAUNCH_CHECK();
+    return LLMC_OK;
+}
+
+int crossentropy_softmax_backward_gpu(float* dlogits, const float* dlosses, const float* probs,
+                                      const int* targets, size_t N, int V, int Vp) {
+    size_t n = N * Vp;
+    crossentropy_softmax_backward_kernel<<<(unsigned)ceil_div(n, (size_t)256), 256>>>(dlogits, dlosses, probs,
+                                                                                     targets, N, V, Vp);
+    LAUNCH_CHECK();
+    return LLMC_OK;
+}

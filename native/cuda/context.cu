@@ -1,0 +1,144 @@
+// The library's process-wide state: the last error (per thread), the device and cuBLAS handle made once,
+// the precision mode, and the growable scratch buffer. Also the identity / settings entry points of llmc.h.
+#include <cstdarg>
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+#include <string>
+
+#include "common.cuh"
+
+static thread_local int g_error_code = LLMC_OK;
+static thread_local char g_error_message[1024] = "";
+
+int set_error(int code, const char* fmt, ...) {
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(g_error_message, sizeof(g_error_message), fmt, args);
+    va_end(args);
+    g_error_code = code;
+    return code;
+}
+
+void clear_error() {
+    g_error_code = LLMC_OK;
+    g_error_message[0] = '\0';
+}
+
+// ----------------------------------------------------------------------------- device and cuBLAS
+static std::once_flag g_init_once;
+static int g_init_code = LLMC_OK;
+static char g_init_message[1024] = "";
+static cublasHandle_t g_cublas = nullptr;
+static cublasLtHandle_t g_cublaslt = nullptr;
+static void* g_lt_workspace = nullptr;
+constexpr size_t LT_WORKSPACE_BYTES = 32u << 20;   // cuBLASLt's recommendation for Hopper
+static int g_precision = 0;   // 0 strict fp32, 1 TF32 matmuls
+static void* g_scratch = nullptr;
+static size_t g_scratch_bytes = 0;
+
+static void init_device() {
+    int count = 0;
+    cudaError_t err = cudaGetDeviceCount(&count);
+    if (err != cudaSuccess || count == 0) {
+        g_init_code = LLMC_ERR_DEVICE;
+        snprintf(g_init_message, sizeof(g_init_message), "no usable CUDA device: %s",
+                 err != cudaSuccess ? cudaGetErrorString(err) : "cudaGetDeviceCount found 0 devices");
+        return;
+    }
+    err = cudaSetDevice(0);
+    if (err == cudaSuccess) err = cudaFree(nullptr);   // creates the context now, so failures surface here
+    if (err != cudaSuccess) {
+        g_init_code = LLMC_ERR_DEVICE;
+        snprintf(g_init_message, sizeof(g_init_message), "cannot use CUDA device 0: %s", cudaGetErrorString(err));
+        return;
+    }
+    cublasStatus_t st = cublasCreate(&g_cublas);
+    if (st != CUBLAS_STATUS_SUCCESS) {
+        g_init_code = LLMC_ERR_DEVICE;
+        snprintf(g_init_message, sizeof(g_init_message), "cublasCreate failed: %s", cublasGetStatusString(st));
+        return;
+    }
+    // The default math mode lets each GEMM's compute type decide: 32F is strict fp32, 32F_FAST_TF32 is TF32.
+    st = cublasLtCreate(&g_cublaslt);
+    if (st != CUBLAS_STATUS_SUCCESS) {
+        g_init_code = LLMC_ERR_DEVICE;
+        snprintf(g_init_message, sizeof(g_init_message), "cublasLtCreate failed: %s", cublasGetStatusString(st));
+        return;
+    }
+    err = cudaMalloc(&g_lt_workspace, LT_WORKSPACE_BYTES);
+    if (err != cudaSuccess) {
+        g_init_code = LLMC_ERR_ALLOC;
+        snprintf(g_init_message, sizeof(g_init_message), "cannot allocate the cuBLASLt workspace: %s",
+                 cudaGetErrorString(err));
+    }
+}
+
+int ensure_device() {
+    std::call_once(g_init_once, init_device);
+    if (g_init_code != LLMC_OK) return set_error(g_init_code, "%s", g_init_message);
+    return LLMC_OK;
+}
+
+cublasHandle_t cublas_handle() { return g_cublas; }
+cublasLtHandle_t cublaslt_handle() { return g_cublaslt; }
+
+void* cublaslt_workspace(size_t* bytes) {
+    *bytes = LT_WORKSPACE_BYTES;
+    return g_lt_workspace;
+}
+
+cublasComputeType_t cublas_compute_type() {
+    return g_precision == 1 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+}
+
+int scratch_get(size_t bytes, void** out) {
+    if (bytes > g_scratch_bytes) {
+        CUDA_TRY(cudaFree(g_scratch));
+        g_scratch = nullptr;
+        g_scratch_bytes = 0;
+        CUDA_TRY(cudaMalloc(&g_scratch, bytes));
+        g_scratch_bytes = bytes;
+    }
+    *out = g_scratch;
+    return LLMC_OK;
+}
+
+// ----------------------------------------------------------------------------- llmc.h: identity, settings
+extern "C" {
+
+const char* llmc_backend_name(void) { return "cuda"; }
+
+const char* llmc_build_info(void) {
+    static char info[256];
+    int cublas_version = 0;
+    if (g_cublas) cublasGetVersion(g_cublas, &cublas_version);
+    snprintf(info, sizeof(info), "nvcc %d.%d, cudart %d (static), cuBLAS %s, arch sm_90 + compute_90 PTX",
+             __CUDACC_VER_MAJOR__, __CUDACC_VER_MINOR__, CUDART_VERSION,
+             cublas_version ? std::to_string(cublas_version).c_str() : "(not yet initialized)");
+    return info;
+}
+
+int llmc_set_num_threads(int n) {
+    clear_error();
+    if (n < 1) return set_error(LLMC_ERR_ARGUMENT, "llmc_set_num_threads: n must be >= 1, got %d", n);
+    return LLMC_OK;
+}
+
+int llmc_set_precision(int mode) {
+    clear_error();
+    if (mode != 0 && mode != 1)
+        return set_error(LLMC_ERR_ARGUMENT, "llmc_set_precision: mode must be 0 (fp32) or 1 (tf32), got %d", mode);
+    g_precision = mode;
+    return LLMC_OK;
+}
+
+const char* llmc_last_error(void) { return g_error_message; }
+int llmc_last_error_code(void) { return g_error_code; }
+
+int llmc_init(void) {
+    clear_error();
+    return ensure_device();
+}
+
+}  // extern "C"

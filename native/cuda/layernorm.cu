@@ -1,0 +1,77 @@
+// LayerNorm over the last dimension C: eps 1e-5, biased variance, as llm.c and PyTorch.
+// One warp per row (B*T rows); row sums by warp shuffles, whose order is fixed.
+#include "common.cuh"
+
+constexpr float LAYERNORM_EPS = 1e-5f;
+constexpr int WARPS_PER_BLOCK = 8;
+
+__device__ inline float warp_sum(float v) {
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffff, v, offset);
+    return v;
+}
+
+// inp, out (N,C); mean, rstd (N)
+__global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, const float* inp,
+                                         const float* weight, const float* bias, size_t N, int C) {
+    size_t row = (size_t)blockIdx.x * WARPS_PER_BLOCK + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= N) return;
+    const float* x = inp + row * C;
+    float s = 0.0f;
+    for (int c = lane; c < C; c += 32) s += x[c];
+    float m = warp_sum(s) / C;
+    // second pass over the row (in L1) for the variance: no cancellation from E[x^2] - E[x]^2
+    float v = 0.0f;
+    for (int c = lane; c < C; c += 32) {
+        float d = x[c] - m;
+        v += d * d;
+    }
+    float r = 1.0f / sqrtf(warp_sum(v) / C + LAYERNORM_EPS);
+    float* y = out + row * C;
+    for (int c = lane; c < C; c += 32) y[c] = (x[c] - m) * r * weight[c] + bias[c];
+    if (lane == 0) {
+        mean[row] = m;
+        rstd[row] = r;
+    }
+}
+
+int layernorm_forward_gpu(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+                          const float* bias, size_t N, int C) {
+    layernorm_forward_kernel<<<(unsigned)ceil_div(N, (size_t)WARPS_PER_BLOCK), WARPS_PER_BLOCK * 32>>>(
+        out, mean, rstd, inp, weight, bias, N, C);
+    LAUNCH_CHECK();
+    return LLMC_OK;
+}
+
+// dinp += rstd * (dnorm - mean(dnorm) - norm * mean(dnorm * norm)), dnorm = dout * weight
+__global__ void layernorm_backward_dinp_kernel(float* dinp, const float* dout, const float* inp, const float* weight,
+                                               const float* mean, const float* rstd, size_t N, int C) {
+    size_t row = (size_t)blockIdx.x * WARPS_PER_BLOCK + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= N) return;
+    const float* x = inp + row * C;
+    const float* dy = dout + row * C;
+    float m = mean[row], r = rstd[row];
+    float dnorm_sum = 0.0f, dnorm_norm_sum = 0.0f;
+    for (int c = lane; c < C; c += 32) {
+        float dnorm = dy[c] * weight[c];
+        dnorm_sum += dnorm;
+        dnorm_norm_sum += dnorm * (x[c] - m) * r;
+    }
+    float dnorm_mean = warp_sum(dnorm_sum) / C;
+    float dnorm_norm_mean = warp_sum(dnorm_norm_sum) / C;
+    float* dx = dinp + row * C;
+    for (int c = lane; c < C; c += 32) {
+        float norm = (x[c] - m) * r;
+        float dnorm = dy[c] * weight[c];
+        dx[c] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * r;
+    }
+}
+
+int layernorm_backward_gpu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                           const float* weight, const float* mean, const float* rstd, size_t N, int C) {
+    layernorm_backward_dinp_kernel<<<(unsigned)ceil_div(N, (size_t)WARPS_PER_BLOCK), WARPS_PER_BLOCK * 32>>>(
+        dinp, dout, inp, weight, mean, rstd, N, C);
+    LAUNCH_CHECK();
+    return layernorm_param_grads_gpu(dweight, dbias, dout, inp, mean, rstd, N, C);
+}

@@ -1,0 +1,536 @@
+// The llmc_model API of llmc.h on the GPU: GPT-2 in llm.c's layout (16 parameter tensors in one flat
+// buffer), activations sized once for (max_B, max_T), forward / backward / AdamW on the device.
+// Every entry point returns an error code and never ends the process.
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <vector>
+
+#include "common.cuh"
+
+constexpr int NUM_PARAM_TENSORS = 16;
+constexpr int CHECKPOINT_MAGIC = 20240326;
+constexpr int VERSION_FP32 = 3;   // padded vocab, every tensor fp32
+constexpr int VERSION_BF16 = 5;   // padded vocab, every tensor bf16 (widened to fp32 on load)
+constexpr int HEADER_INTS = 256;
+constexpr size_t DLOGITS_ROWS = 8192;   // positions per chunk of the lm head's backward (1.6 GB at Vp = 50304)
+
+// llm.c's order: wte wpe ln1w ln1b qkvw qkvb attprojw attprojb ln2w ln2b fcw fcb fcprojw fcprojb lnfw lnfb
+enum { WTE, WPE, LN1W, LN1B, QKVW, QKVB, ATTPROJW, ATTPROJB, LN2W, LN2B, FCW, FCB, FCPROJW, FCPROJB, LNFW, LNFB };
+// the 2-D tensors, decayed even when decay_all is 0 (PyTorch's dim >= 2 rule; stacks of layers count as 2-D)
+static const bool IS_MATRIX[NUM_PARAM_TENSORS] = {1, 1, 0, 0, 1, 0, 1, 0, 0, 0, 1, 0, 1, 0, 0, 0};
+
+struct Params {   // views into one flat device buffer
+    float* t[NUM_PARAM_TENSORS];
+};
+
+// Activations kept from forward to backward; per-layer tensors stack all L layers.
+struct Activations {
+    float* encoded;     // (B,T,C)
+    float* ln1;         // (L,B,T,C)
+    float* ln1_mean;    // (L,B,T)
+    float* ln1_rstd;    // (L,B,T)
+    float* qkv;         // (L,B,T,3C)
+    float* atty;        // (L,B,T,C)
+    float* att;         // (L,B,NH,T,T)
+    float* residual2;   // (L,B,T,C)
+    float* ln2;         // (L,B,T,C)
+    float* ln2_mean;    // (L,B,T)
+    float* ln2_rstd;    // (L,B,T)
+    float* fch;         // (L,B,T,4C)
+    float* fch_gelu;    // (L,B,T,4C)
+    float* residual3;   // (L,B,T,C)
+    float* lnf;         // (B,T,C)
+    float* lnf_mean;    // (B,T)
+    float* lnf_rstd;    // (B,T)
+    float* logits;      // (B,T,Vp)
+    float* losses;      // (B,T)
+    float2* stats;      // (B,T) softmax max and sum of exp, read again by the backward
+    // work buffers, reused by every layer
+    float* dlogits;     // (DLOGITS_ROWS,Vp) one chunk of positions at a time
+    float* datt;        // (B,NH,T,T)
+    float* dresidual;   // (B,T,C) gradient flowing down the residual stream
+    float* dbtc;        // (B,T,C) gradient of a layernorm output or of atty
+    float* dfch;        // (B,T,4C)
+    float* dqkv;        // (B,T,3C)
+};
+
+struct llmc_model {
+    llmc_config config;
+    int max_B, max_T;
+    size_t param_sizes[NUM_PARAM_TENSORS];
+    size_t num_parameters;
+    float* params_memory;
+    float* grads_memory;
+    float* m_memory;     // AdamW state, allocated at the first update or set_optimizer_state
+    float* v_memory;
+    Params params, grads;
+    Activations acts;
+    void* acts_memory;
+    int* inputs;         // (max_B*max_T) device
+    int* targets;
+    TokenBuckets buckets;
+    int B, T;            // of the last forward
+    bool forward_done, has_targets;
+};
+
+static void fill_param_sizes(size_t* sizes, const llmc_config& c) {
+    size_t L = c.num_layers, C = c.channels;
+    size_t s[NUM_PARAM_TENSORS] = {(size_t)c.padded_vocab_size * C, (size_t)c.max_seq_len * C, L * C, L * C,
+                                   L * 3 * C * C, L * 3 * C, L * C * C, L * C, L * C, L * C,
+                                   L * 4 * C * C, L * 4 * C, L * C * 4 * C, L * C, C, C};
+    memcpy(sizes, s, sizeof(s));
+}
+
+static void point_params(Params* p, float* memory, const size_t* sizes) {
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+        p->t[i] = memory;
+        memory += sizes[i];
+    }
+}
+
+// Every field in range (the limits keep every size product far from overflow), C divisible by NH,
+// Vp >= V. A checkpoint's fields are named by header index, a config's by name; the code differs too.
+static int validate_config(const llmc_config* c, const char* path) {
+    int code = path ? LLMC_ERR_FORMAT : LLMC_ERR_ARGUMENT;
+    char where[600];
+    snprintf(where, sizeof(where), path ? "checkpoint '%s': header" : "llmc_model_from_params: config", path);
+    struct { const char* name; int header_index, value, max; } fields[] = {
+        {"max_seq_len", 2, c->max_seq_len, 1 << 16}, {"vocab_size", 3, c->vocab_size, 1 << 24},
+        {"num_layers", 4, c->num_layers, 1 << 12},   {"num_heads", 5, c->num_heads, 1 << 12},
+        {"channels", 6, c->channels, 1 << 16},       {"padded_vocab_size", 7, c->padded_vocab_size, 1 << 24}};
+    for (auto& f : fields) {
+        if (f.value <= 0 || f.value > f.max) {
+            if (path)
+                return set_error(code, "%s[%d] %s = %d: must lie in [1, %d]", where, f.header_index, f.name, f.value,
+                                 f.max);
+            return set_error(code, "%s.%s = %d: must lie in [1, %d]", where, f.name, f.value, f.max);
+        }
+    }
+    if (c->channels % c->num_heads)
+        return set_error(code, "%s: channels = %d is not divisible by num_heads = %d", where, c->channels,
+                         c->num_heads);
+    if (c->padded_vocab_size < c->vocab_size)
+        return set_error(code, "%s: padded_vocab_size = %d is smaller than vocab_size = %d", where,
+                         c->padded_vocab_size, c->vocab_size);
+    return LLMC_OK;
+}
+
+// Allocates everything for (max_B, max_T); on failure frees what it made.
+static int model_create(const llmc_config* config, int max_B, int max_T, llmc_model** out) {
+    if (max_B < 1 || max_T < 1 || max_T > config->max_seq_len)
+        return set_error(LLMC_ERR_ARGUMENT, "max_B=%d, max_T=%d: need max_B >= 1 and 1 <= max_T <= max_seq_len (%d)",
+                         max_B, max_T, config->max_seq_len);
+    llmc_model* model = new (std::nothrow) llmc_model();
+    if (!model) return set_error(LLMC_ERR_ALLOC, "cannot allocate the model struct");
+    model->config = *config;
+    model->max_B = max_B;
+    model->max_T = max_T;
+    fill_param_sizes(model->param_sizes, *config);
+    for (size_t s : model->param_sizes) model->num_parameters += s;
+
+    size_t B = max_B, T = max_T, C = config->channels, L = config->num_layers, NH = config->num_heads;
+    size_t Vp = config->padded_vocab_size, BT = B * T;
+    Activations& a = model->acts;
+    // (pointer, floats) for one allocation; stats are float2, counted as 2 floats
+    std::vector<std::pair<float**, size_t>> layout = {
+        {&a.encoded, BT * C}, {&a.ln1, L * BT * C}, {&a.ln1_mean, L * BT}, {&a.ln1_rstd, L * BT},
+        {&a.qkv, L * BT * 3 * C}, {&a.atty, L * BT * C}, {&a.att, L * B * NH * T * T}, {&a.residual2, L * BT * C},
+        {&a.ln2, L * BT * C}, {&a.ln2_mean, L * BT}, {&a.ln2_rstd, L * BT}, {&a.fch, L * BT * 4 * C},
+        {&a.fch_gelu, L * BT * 4 * C}, {&a.residual3, L * BT * C}, {&a.lnf, BT * C}, {&a.lnf_mean, BT},
+        {&a.lnf_rstd, BT}, {&a.logits, BT * Vp}, {&a.losses, BT}, {(float**)&a.stats, 2 * BT},
+        {&a.dlogits, std::min(BT, DLOGITS_ROWS) * Vp}, {&a.datt, B * NH * T * T},
+        {&a.dresidual, BT * C}, {&a.dbtc, BT * C}, {&a.dfch, BT * 4 * C}, {&a.dqkv, BT * 3 * C}};
+    // every tensor starts 256-byte aligned (16-byte vector accesses, cuBLASLt's preferred alignment)
+    auto padded = [](size_t n) { return ceil_div(n, (size_t)64) * 64; };
+    size_t total = 0;
+    for (auto& [ptr, n] : layout) total += padded(n);
+
+    int rc = LLMC_OK;
+    size_t param_bytes = model->num_parameters * sizeof(float);
+    if (cudaMalloc(&model->params_memory, param_bytes) != cudaSuccess ||
+        cudaMalloc(&model->grads_memory, param_bytes) != cudaSuccess ||
+        cudaMalloc(&model->acts_memory, total * sizeof(float)) != cudaSuccess ||
+        cudaMalloc(&model->inputs, BT * sizeof(int)) != cudaSuccess ||
+        cudaMalloc(&model->targets, BT * sizeof(int)) != cudaSuccess) {
+        cudaGetLastError();   // clear the sticky-free allocation error
+        size_t free_bytes = 0, total_bytes = 0;
+        cudaMemGetInfo(&free_bytes, &total_bytes);
+        rc = set_error(LLMC_ERR_ALLOC, "out of device memory: the model needs %.2f GiB (params, grads, activations "
+                       "for B=%d, T=%d), %.2f GiB free", (2.0 * param_bytes + total * 4.0 + BT * 8.0) / (1 << 30),
+                       max_B, max_T, free_bytes / (double)(1 << 30));
+    } else if (cudaMemset(model->grads_memory, 0, param_bytes) != cudaSuccess) {
+        rc = set_error(LLMC_ERR_DEVICE, "cudaMemset of the gradients failed: %s",
+                       cudaGetErrorString(cudaGetLastError()));
+    }
+    if (rc != LLMC_OK) {
+        llmc_model_free(model);
+        return rc;
+    }
+    float* p = (float*)model->acts_memory;
+    for (auto& [ptr, n] : layout) {
+        *ptr = p;
+        p += padded(n);
+    }
+    point_params(&model->params, model->params_memory, model->param_sizes);
+    point_params(&model->grads, model->grads_memory, model->param_sizes);
+    *out = model;
+    return LLMC_OK;
+}
+
+// ----------------------------------------------------------------------------- forward / backward
+// The forward over the inputs (and targets) already on the device.
+static int forward_pass(llmc_model* model) {
+    const llmc_config& cfg = model->config;
+    int B = model->B, T = model->T, C = cfg.channels, NH = cfg.num_heads, L = cfg.num_layers;
+    int V = cfg.vocab_size, Vp = cfg.padded_vocab_size;
+    size_t BT = (size_t)B * T;
+    // per-layer strides use the current B, T: the stacks are packed for this forward
+    size_t btc = BT * C, att_size = (size_t)B * NH * T * T;
+    Params& p = model->params;
+    Activations& a = model->acts;
+
+    TRY(encoder_forward_gpu(a.encoded, model->inputs, p.t[WTE], p.t[WPE], B, T, C));
+    for (int l = 0; l < L; l++) {
+        const float* residual = l == 0 ? a.encoded : a.residual3 + (l - 1) * btc;
+        float* ln1 = a.ln1 + l * btc;
+        float* qkv = a.qkv + l * 3 * btc;
+        float* atty = a.atty + l * btc;
+        float* residual2 = a.residual2 + l * btc;
+        float* ln2 = a.ln2 + l * btc;
+        float* fch = a.fch + l * 4 * btc;
+        float* fch_gelu = a.fch_gelu + l * 4 * btc;
+        TRY(layernorm_forward_gpu(ln1, a.ln1_mean + l * BT, a.ln1_rstd + l * BT, residual, p.t[LN1W] + l * C,
+                                  p.t[LN1B] + l * C, BT, C));
+        TRY(matmul_forward_gpu(qkv, ln1, p.t[QKVW] + (size_t)l * 3 * C * C, p.t[QKVB] + l * 3 * C, nullptr, BT, C,
+                               3 * C));
+        TRY(attention_forward_gpu(atty, a.att + l * att_size, qkv, B, T, C, NH));
+        // residual2 = residual + attproj, the residual added by the GEMM itself
+        TRY(matmul_forward_gpu(residual2, atty, p.t[ATTPROJW] + (size_t)l * C * C, p.t[ATTPROJB] + l * C, residual,
+                               BT, C, C));
+        TRY(layernorm_forward_gpu(ln2, a.ln2_mean + l * BT, a.ln2_rstd + l * BT, residual2, p.t[LN2W] + l * C,
+                                  p.t[LN2B] + l * C, BT, C));
+        TRY(matmul_forward_gpu(fch, ln2, p.t[FCW] + (size_t)l * 4 * C * C, p.t[FCB] + l * 4 * C, nullptr, BT, C,
+                               4 * C));
+        TRY(gelu_forward_gpu(fch_gelu, fch, 4 * btc));
+        // residual3 = residual2 + fcproj
+        TRY(matmul_forward_gpu(a.residual3 + l * btc, fch_gelu, p.t[FCPROJW] + (size_t)l * 4 * C * C,
+                               p.t[FCPROJB] + l * C, residual2, BT, 4 * C, C));
+    }
+    TRY(layernorm_forward_gpu(a.lnf, a.lnf_mean, a.lnf_rstd, a.residual3 + (L - 1) * btc, p.t[LNFW], p.t[LNFB], BT, C));
+    TRY(matmul_forward_gpu(a.logits, a.lnf, p.t[WTE], nullptr, nullptr, BT, C, Vp));   // lm head tied to wte
+    if (model->has_targets) TRY(classifier_forward_gpu(a.losses, a.stats, a.logits, model->targets, BT, V, Vp));
+    return LLMC_OK;
+}
+
+static int check_tokens(const int* tokens, int B, int T, int V, const char* what) {
+    for (size_t i = 0; i < (size_t)B * T; i++) {
+        if (tokens[i] < 0 || tokens[i] >= V)
+            return set_error(LLMC_ERR_TOKEN, "llmc_forward: %s[%zu][%zu] = %d is outside [0, %d)", what, i / T, i % T,
+                             tokens[i], V);
+    }
+    return LLMC_OK;
+}
+
+static int backward_pass(llmc_model* model) {
+    const llmc_config& cfg = model->config;
+    int B = model->B, T = model->T, C = cfg.channels, NH = cfg.num_heads, L = cfg.num_layers;
+    int V = cfg.vocab_size, Vp = cfg.padded_vocab_size;
+    size_t BT = (size_t)B * T, btc = BT * C, att_size = (size_t)B * NH * T * T;
+    Params &p = model->params, &g = model->grads;
+    Activations& a = model->acts;
+
+    // The lm head, DLOGITS_ROWS positions at a time: dlogits = (softmax - onehot) / (B*T) for a chunk, then
+    // its share of dlnf and dwte. The logits stay intact (llmc_get_logits after backward and update), and
+    // the (B,T,Vp) gradient is never stored whole.
+    for (size_t r = 0; r < BT; r += DLOGITS_ROWS) {
+        size_t rows = std::min(DLOGITS_ROWS, BT - r);
+        TRY(classifier_backward_gpu(a.dlogits, a.logits + r * Vp, a.stats + r, model->targets + r, 1.0f / (float)BT,
+                                    rows, V, Vp));
+        TRY(matmul_backward_gpu(a.dbtc + r * C, g.t[WTE], nullptr, a.dlogits, a.lnf + r * C, p.t[WTE], rows, C, Vp,
+                                false));
+    }
+    CUDA_TRY(cudaMemset(a.dresidual, 0, btc * sizeof(float)));
+    TRY(layernorm_backward_gpu(a.dresidual, g.t[LNFW], g.t[LNFB], a.dbtc, a.residual3 + (L - 1) * btc, p.t[LNFW],
+                               a.lnf_mean, a.lnf_rstd, BT, C));
+    for (int l = L - 1; l >= 0; l--) {
+        const float* residual = l == 0 ? a.encoded : a.residual3 + (l - 1) * btc;
+        // residual3 = residual2 + fcproj: dresidual reaches both unchanged
+        TRY(matmul_backward_gpu(a.dfch, g.t[FCPROJW] + (size_t)l * 4 * C * C, g.t[FCPROJB] + l * C, a.dresidual,
+                                a.fch_gelu + l * 4 * btc, p.t[FCPROJW] + (size_t)l * 4 * C * C, BT, 4 * C, C, false));
+        TRY(gelu_backward_gpu(a.dfch, a.fch + l * 4 * btc, a.dfch, 4 * btc, false));
+        TRY(matmul_backward_gpu(a.dbtc, g.t[FCW] + (size_t)l * 4 * C * C, g.t[FCB] + l * 4 * C, a.dfch,
+                                a.ln2 + l * btc, p.t[FCW] + (size_t)l * 4 * C * C, BT, C, 4 * C, false));
+        TRY(layernorm_backward_gpu(a.dresidual, g.t[LN2W] + l * C, g.t[LN2B] + l * C, a.dbtc, a.residual2 + l * btc,
+                                   p.t[LN2W] + l * C, a.ln2_mean + l * BT, a.ln2_rstd + l * BT, BT, C));
+        // dresidual is now d residual2 = residual + attproj
+        TRY(matmul_backward_gpu(a.dbtc, g.t[ATTPROJW] + (size_t)l * C * C, g.t[ATTPROJB] + l * C, a.dresidual,
+                                a.atty + l * btc, p.t[ATTPROJW] + (size_t)l * C * C, BT, C, C, false));
+        TRY(attention_backward_gpu(a.dqkv, a.datt, a.dbtc, a.qkv + l * 3 * btc, a.att + l * att_size, B, T, C, NH,
+                                   false));
+        TRY(matmul_backward_gpu(a.dbtc, g.t[QKVW] + (size_t)l * 3 * C * C, g.t[QKVB] + l * 3 * C, a.dqkv,
+                                a.ln1 + l * btc, p.t[QKVW] + (size_t)l * 3 * C * C, BT, C, 3 * C, false));
+        TRY(layernorm_backward_gpu(a.dresidual, g.t[LN1W] + l * C, g.t[LN1B] + l * C, a.dbtc, residual,
+                                   p.t[LN1W] + l * C, a.ln1_mean + l * BT, a.ln1_rstd + l * BT, BT, C));
+    }
+    return encoder_backward_gpu(g.t[WTE], g.t[WPE], a.dresidual, &model->buckets, B, T, C);
+}
+
+// ----------------------------------------------------------------------------- llmc.h: model API
+#define CHECK_MODEL(model, fn) \
+    if (!(model)) return set_error(LLMC_ERR_ARGUMENT, fn ": model is NULL")
+#define CHECK_PTR(ptr, fn) \
+    if (!(ptr)) return set_error(LLMC_ERR_ARGUMENT, fn ": " #ptr " is NULL")
+
+extern "C" {
+
+int llmc_model_from_params(const llmc_config* config, const float* params, int max_B, int max_T, llmc_model** out) {
+    clear_error();
+    CHECK_PTR(config, "llmc_model_from_params");
+    CHECK_PTR(params, "llmc_model_from_params");
+    CHECK_PTR(out, "llmc_model_from_params");
+    *out = nullptr;
+    TRY(validate_config(config, nullptr));
+    TRY(ensure_device());
+    llmc_model* model;
+    TRY(model_create(config, max_B, max_T, &model));
+    if (cudaMemcpy(model->params_memory, params, model->num_parameters * sizeof(float), cudaMemcpyHostToDevice) !=
+        cudaSuccess) {
+        llmc_model_free(model);
+        return set_error(LLMC_ERR_DEVICE, "llmc_model_from_params: copying the parameters to the device failed");
+    }
+    *out = model;
+    return LLMC_OK;
+}
+
+int llmc_model_from_checkpoint(const char* path, int max_B, int max_T, llmc_model** out) {
+    clear_error();
+    CHECK_PTR(path, "llmc_model_from_checkpoint");
+    CHECK_PTR(out, "llmc_model_from_checkpoint");
+    *out = nullptr;
+    FILE* f = fopen(path, "rb");
+    if (!f) return set_error(LLMC_ERR_FILE, "checkpoint '%s': cannot open: %s", path, strerror(errno));
+    std::unique_ptr<FILE, int (*)(FILE*)> closer(f, fclose);
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode))
+        return set_error(LLMC_ERR_FILE, "checkpoint '%s': not a regular file", path);
+    long long file_size = st.st_size;
+    int header[HEADER_INTS];
+    if (fread(header, sizeof(header), 1, f) != 1)
+        return set_error(LLMC_ERR_FORMAT, "checkpoint '%s': %lld bytes, shorter than the %zu-byte header", path,
+                         file_size, sizeof(header));
+    if (header[0] != CHECKPOINT_MAGIC)
+        return set_error(LLMC_ERR_FORMAT, "checkpoint '%s': header[0] magic = %d, expected %d (an llm.c GPT-2 model "
+                         "file)", path, header[0], CHECKPOINT_MAGIC);
+    int version = header[1];
+    if (version != VERSION_FP32 && version != VERSION_BF16)
+        return set_error(LLMC_ERR_FORMAT, "checkpoint '%s': header[1] version = %d, expected %d (fp32) or %d (bf16)",
+                         path, version, VERSION_FP32, VERSION_BF16);
+    llmc_config config = {header[2], header[3], header[7], header[4], header[5], header[6]};
+    TRY(validate_config(&config, path));
+    size_t sizes[NUM_PARAM_TENSORS], n = 0;
+    fill_param_sizes(sizes, config);
+    for (size_t size : sizes) n += size;
+    size_t elem = version == VERSION_FP32 ? 4 : 2;
+    long long expected = (long long)(sizeof(header) + n * elem);
+    if (file_size != expected)
+        return set_error(LLMC_ERR_FORMAT, "checkpoint '%s': file size %lld bytes (%s), expected %lld = %zu-byte header "
+                         "+ %zu parameters x %zu bytes for the header's config (L=%d, NH=%d, C=%d, V=%d, Vp=%d, "
+                         "maxT=%d, version %d)", path, file_size, file_size < expected ? "truncated" : "oversized",
+                         expected, sizeof(header), n, elem, config.num_layers, config.num_heads, config.channels,
+                         config.vocab_size, config.padded_vocab_size, config.max_seq_len, version);
+    if (max_T > config.max_seq_len)
+        return set_error(LLMC_ERR_ARGUMENT, "checkpoint '%s': max_T=%d exceeds its max_seq_len %d", path, max_T,
+                         config.max_seq_len);
+    std::vector<float> params(n);
+    size_t got;
+    if (version == VERSION_FP32) {
+        got = fread(params.data(), sizeof(float), n, f);
+    } else {   // bf16 is the upper half of an fp32: widen in place, from the back so nothing is overwritten early
+        uint16_t* halves = (uint16_t*)params.data();
+        got = fread(halves, sizeof(uint16_t), n, f);
+        for (size_t i = n; i-- > 0;) {
+            uint32_t bits = (uint32_t)halves[i] << 16;
+            memcpy(&params[i], &bits, sizeof(bits));
+        }
+    }
+    if (got != n) return set_error(LLMC_ERR_FILE, "checkpoint '%s': short read of the parameters", path);
+    return llmc_model_from_params(&config, params.data(), max_B, max_T, out);
+}
+
+void llmc_model_free(llmc_model* model) {
+    if (!model) return;
+    cudaFree(model->params_memory);
+    cudaFree(model->grads_memory);
+    cudaFree(model->m_memory);
+    cudaFree(model->v_memory);
+    cudaFree(model->acts_memory);
+    cudaFree(model->inputs);
+    cudaFree(model->targets);
+    token_buckets_free(&model->buckets);
+    delete model;
+}
+
+int llmc_model_config(const llmc_model* model, llmc_config* out) {
+    clear_error();
+    CHECK_MODEL(model, "llmc_model_config");
+    CHECK_PTR(out, "llmc_model_config");
+    *out = model->config;
+    return LLMC_OK;
+}
+
+size_t llmc_model_num_parameters(const llmc_model* model) { return model ? model->num_parameters : 0; }
+
+int llmc_forward(llmc_model* model, const int* inputs, const int* targets, int B, int T, float* mean_loss) {
+    clear_error();
+    CHECK_MODEL(model, "llmc_forward");
+    CHECK_PTR(inputs, "llmc_forward");
+    if (B < 1 || T < 1 || B > model->max_B || T > model->max_T)
+        return set_error(LLMC_ERR_ARGUMENT, "llmc_forward: B=%d, T=%d outside the model's 1..max_B=%d, 1..max_T=%d",
+                         B, T, model->max_B, model->max_T);
+    size_t BT = (size_t)B * T;
+    int V = model->config.vocab_size;
+    TRY(check_tokens(inputs, B, T, V, "inputs"));
+    if (targets) TRY(check_tokens(targets, B, T, V, "targets"));
+    CUDA_TRY(cudaMemcpy(model->inputs, inputs, BT * sizeof(int), cudaMemcpyHostToDevice));
+    if (targets) {
+        CUDA_TRY(cudaMemcpy(model->targets, targets, BT * sizeof(int), cudaMemcpyHostToDevice));
+        TRY(token_buckets_build(&model->buckets, inputs, (int)BT, V));
+    }
+    model->B = B;
+    model->T = T;
+    model->has_targets = targets != nullptr;
+    model->forward_done = false;
+    TRY(forward_pass(model));
+    model->forward_done = true;
+    float loss = -1.0f;   // llm.c's "no targets"
+    if (targets) {
+        double sum;
+        TRY(sum_gpu(&sum, model->acts.losses, BT, false));
+        loss = (float)(sum / BT);
+    } else {
+        CUDA_TRY(cudaDeviceSynchronize());   // report asynchronous failures of the forward here
+    }
+    if (mean_loss) *mean_loss = loss;
+    return LLMC_OK;
+}
+
+int llmc_zero_grad(llmc_model* model) {
+    clear_error();
+    CHECK_MODEL(model, "llmc_zero_grad");
+    CUDA_TRY(cudaMemset(model->grads_memory, 0, model->num_parameters * sizeof(float)));
+    return LLMC_OK;
+}
+
+int llmc_backward(llmc_model* model) {
+    clear_error();
+    CHECK_MODEL(model, "llmc_backward");
+    if (!model->forward_done || !model->has_targets)
+        return set_error(LLMC_ERR_STATE, "llmc_backward: needs a forward with targets first");
+    TRY(backward_pass(model));
+    CUDA_TRY(cudaDeviceSynchronize());
+    return LLMC_OK;
+}
+
+int llmc_update(llmc_model* model, const llmc_adamw* opt, int t, float* grad_norm) {
+    clear_error();
+    CHECK_MODEL(model, "llmc_update");
+    CHECK_PTR(opt, "llmc_update");
+    if (t < 1) return set_error(LLMC_ERR_ARGUMENT, "llmc_update: t = %d: the step count starts at 1", t);
+    size_t bytes = model->num_parameters * sizeof(float);
+    if (!model->m_memory) {
+        CUDA_TRY(cudaMalloc(&model->m_memory, bytes));
+        CUDA_TRY(cudaMalloc(&model->v_memory, bytes));
+        CUDA_TRY(cudaMemset(model->m_memory, 0, bytes));
+        CUDA_TRY(cudaMemset(model->v_memory, 0, bytes));
+    }
+    double norm_squared;
+    TRY(sum_gpu(&norm_squared, model->grads_memory, model->num_parameters, true));
+    double norm = sqrt(norm_squared);
+    float grad_scale = (opt->grad_clip > 0.0f && norm > opt->grad_clip) ? (float)(opt->grad_clip / norm) : 1.0f;
+    float bias_correction1 = (float)(1.0 - pow((double)opt->beta1, t));
+    float bias_correction2 = (float)(1.0 - pow((double)opt->beta2, t));
+    size_t offset = 0;
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+        float wd = (opt->decay_all || IS_MATRIX[i]) ? opt->weight_decay : 0.0f;
+        TRY(adamw_gpu(model->params_memory + offset, model->grads_memory + offset, model->m_memory + offset,
+                      model->v_memory + offset, model->param_sizes[i], opt->learning_rate, opt->beta1, opt->beta2,
+                      opt->eps, wd, bias_correction1, bias_correction2, grad_scale));
+        offset += model->param_sizes[i];
+    }
+    CUDA_TRY(cudaDeviceSynchronize());
+    if (grad_norm) *grad_norm = (float)norm;
+    return LLMC_OK;
+}
+
+static int copy_out(float* dst, const float* src, size_t n, const char* fn) {
+    if (!dst) return set_error(LLMC_ERR_ARGUMENT, "%s: dst is NULL", fn);
+    CUDA_TRY(cudaMemcpy(dst, src, n * sizeof(float), cudaMemcpyDeviceToHost));
+    return LLMC_OK;
+}
+
+int llmc_get_params(const llmc_model* model, float* dst) {
+    clear_error();
+    CHECK_MODEL(model, "llmc_get_params");
+    return copy_out(dst, model->params_memory, model->num_parameters, "llmc_get_params");
+}
+
+int llmc_set_params(llmc_model* model, const float* src) {
+    clear_error();
+    CHECK_MODEL(model, "llmc_set_params");
+    CHECK_PTR(src, "llmc_set_params");
+    CUDA_TRY(cudaMemcpy(model->params_memory, src, model->num_parameters * sizeof(float), cudaMemcpyHostToDevice));
+    return LLMC_OK;
+}
+
+int llmc_get_grads(const llmc_model* model, float* dst) {
+    clear_error();
+    CHECK_MODEL(model, "llmc_get_grads");
+    return copy_out(dst, model->grads_memory, model->num_parameters, "llmc_get_grads");
+}
+
+int llmc_get_logits(const llmc_model* model, float* dst) {
+    clear_error();
+    CHECK_MODEL(model, "llmc_get_logits");
+    if (!model->forward_done) return set_error(LLMC_ERR_STATE, "llmc_get_logits: no forward has run");
+    size_t n = (size_t)model->B * model->T * model->config.padded_vocab_size;
+    return copy_out(dst, model->acts.logits, n, "llmc_get_logits");
+}
+
+int llmc_get_optimizer_state(const llmc_model* model, float* m, float* v) {
+    clear_error();
+    CHECK_MODEL(model, "llmc_get_optimizer_state");
+    CHECK_PTR(m, "llmc_get_optimizer_state");
+    CHECK_PTR(v, "llmc_get_optimizer_state");
+    if (!model->m_memory) {   // zeros before the first update
+        memset(m, 0, model->num_parameters * sizeof(float));
+        memset(v, 0, model->num_parameters * sizeof(float));
+        return LLMC_OK;
+    }
+    TRY(copy_out(m, model->m_memory, model->num_parameters, "llmc_get_optimizer_state"));
+    return copy_out(v, model->v_memory, model->num_parameters, "llmc_get_optimizer_state");
+}
+
+int llmc_set_optimizer_state(llmc_model* model, const float* m, const float* v) {
+    clear_error();
+    CHECK_MODEL(model, "llmc_set_optimizer_state");
+    CHECK_PTR(m, "llmc_set_optimizer_state");
+    CHECK_PTR(v, "llmc_set_optimizer_state");
+    size_t bytes = model->num_parameters * sizeof(float);
+    if (!model->m_memory) {
+        CUDA_TRY(cudaMalloc(&model->m_memory, bytes));
+        CUDA_TRY(cudaMalloc(&model->v_memory, bytes));
+    }
+    CUDA_TRY(cudaMemcpy(model->m_memory, m, bytes, cudaMemcpyHostToDevice));
+    CUDA_TRY(cudaMemcpy(model->v_memory, v, bytes, cudaMemcpyHostToDevice));
+    return LLMC_OK;
+}
+
+}  // extern "C"

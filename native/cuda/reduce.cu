@@ -1,0 +1,89 @@
+// Deterministic column reductions: out[c] += sum over rows r of f(r, c), for bias gradients, layernorm
+// parameter gradients and the position-embedding gradient. No float atomics: a first kernel writes
+// partial sums of fixed row chunks (the chunking depends on the shape only), a second adds the chunks
+// in order. The same input gives the same bits on every run.
+#include "common.cuh"
+
+constexpr int TILE = 32;        // columns per block: one warp reads 128 contiguous bytes of a row
+constexpr int ROW_LANES = 8;    // warps per block, each taking every 8th row of the chunk
+
+// K sums at once (K=2 for layernorm's dweight and dbias, which read the same rows).
+// partial: (K, chunks, cols)
+template <int K, typename F>
+__global__ void column_partial_kernel(float* partial, size_t R, size_t cols, size_t rows_per_chunk, F f) {
+    __shared__ float lane_sums[K][ROW_LANES][TILE + 1];
+    size_t c = (size_t)blockIdx.x * TILE + threadIdx.x;
+    size_t r_begin = (size_t)blockIdx.y * rows_per_chunk;
+    size_t r_end = min(R, r_begin + rows_per_chunk);
+    float acc[K] = {};
+    if (c < cols) {
+        for (size_t r = r_begin + threadIdx.y; r < r_end; r += ROW_LANES) f(r, c, acc);
+    }
+    for (int k = 0; k < K; k++) lane_sums[k][threadIdx.y][threadIdx.x] = acc[k];
+    __syncthreads();
+    if (threadIdx.y < K && c < cols) {
+        int k = threadIdx.y;
+        float s = 0.0f;
+        for (int i = 0; i < ROW_LANES; i++) s += lane_sums[k][i][threadIdx.x];
+        partial[((size_t)k * gridDim.y + blockIdx.y) * cols + c] = s;
+    }
+}
+
+// out_k[c] += sum over chunks g of partial[k][g][c], g ascending
+template <int K>
+__global__ void column_finish_kernel(float* out0, float* out1, const float* partial, size_t cols, int chunks) {
+    size_t c = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    float* outs[2] = {out0, out1};
+    for (int k = 0; k < K; k++) {
+        float s = 0.0f;
+        for (int g = 0; g < chunks; g++) s += partial[((size_t)k * chunks + g) * cols + c];
+        outs[k][c] += s;
+    }
+}
+
+template <int K, typename F>
+static int column_reduce(float* out0, float* out1, size_t R, size_t cols, F f) {
+    if (R == 0 || cols == 0) return LLMC_OK;
+    size_t tiles = ceil_div(cols, (size_t)TILE);
+    // enough blocks to fill the GPU when there are few columns, chunks of at least 64 rows
+    size_t chunks = std::min(ceil_div((size_t)512, tiles), ceil_div(R, (size_t)64));
+    chunks = std::max(chunks, (size_t)1);
+    size_t rows_per_chunk = ceil_div(R, chunks);
+    void* partial;
+    TRY(scratch_get(K * chunks * cols * sizeof(float), &partial));
+    column_partial_kernel<K><<<dim3((unsigned)tiles, (unsigned)chunks), dim3(TILE, ROW_LANES)>>>(
+        (float*)partial, R, cols, rows_per_chunk, f);
+    LAUNCH_CHECK();
+    column_finish_kernel<K><<<(unsigned)ceil_div(cols, (size_t)256), 256>>>(out0, out1, (const float*)partial,
+                                                                            cols, (int)chunks);
+    LAUNCH_CHECK();
+    return LLMC_OK;
+}
+
+struct ReadElement {
+    const float* in;
+    size_t cols;
+    __device__ void operator()(size_t r, size_t c, float (&acc)[1]) const { acc[0] += in[r * cols + c]; }
+};
+
+int column_sum_gpu(float* out, const float* in, size_t R, size_t cols) {
+    return column_reduce<1>(out, nullptr, R, cols, ReadElement{in, cols});
+}
+
+// dweight[c] += sum dout * norm, dbias[c] += sum dout, with norm = (inp - mean) * rstd recomputed
+struct LayernormParamGrads {
+    const float *dout, *inp, *mean, *rstd;
+    int C;
+    __device__ void operator()(size_t r, size_t c, float (&acc)[2]) const {
+        size_t i = r * C + c;
+        float norm = (inp[i] - mean[r]) * rstd[r];
+        acc[0] += dout[i] * norm;
+        acc[1] += dout[i];
+    }
+};
+
+int layernorm_param_grads_gpu(float* dweight, float* dbias, const float* dout, const float* inp,
+                              const float* mean, const float* rstd, size_t N, int C) {
+    return column_reduce<2>(dweight, dbias, N, (size_t)C, LayernormParamGrads{dout, inp, mean, rstd, C});
+}
