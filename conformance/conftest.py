@@ -1,0 +1,120 @@
+"""pytest wiring of the conformance suite: which backends and fixtures, one recorder, the reports.
+
+    pytest conformance/ [--backend NAME ...] [--fixture DIR ...] [--report-json PATH] [--report-md PATH]
+
+--backend (repeatable) defaults to every builtin backend; one that cannot run here is SKIPPED with its
+reason, never passed. --fixture (repeatable) defaults to the committed fixtures plus fixtures/gpt2_124M
+where `make fixtures` made it; any llm.c-format directory works, with or without manifest.json.
+Every check a test makes goes through the `recorder` fixture; the session ends with a table of all of
+them, and the JSON / markdown reports when asked for.
+"""
+from pathlib import Path
+
+from hypothesis import settings
+import pytest
+
+from conformance.backends import BUILTIN_BACKENDS, BackendUnavailable, get_backend
+from conformance.checks import Recorder
+from conformance.fixture import default_fixture_dirs, load_fixture
+from conformance.model_checks import run_model_checks
+from conformance.report import format_table, suite_meta, write_json, write_markdown
+
+# fixed seeds: the same examples every run (a failure reproduces), no deadline (first calls load libraries)
+settings.register_profile("llmc", derandomize=True, deadline=None, print_blob=True)
+settings.load_profile("llmc")
+
+_SESSION = pytest.StashKey[dict]()
+
+# a port's own skip / expected-failure lists: --port-skips FILE, --port-xfails FILE
+pytest_plugins = ["conformance.port_lists"]
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("llmc", "llmc conformance")
+    group.addoption("--backend", action="append", metavar="NAME",
+                    help=f"backend to judge (repeatable): {', '.join(BUILTIN_BACKENDS)}, lib:PATH or cmd:COMMAND; "
+                         "default: every builtin backend")
+    group.addoption("--fixture", action="append", metavar="DIR",
+                    help="fixture directory in llm.c's layout (repeatable); default: the committed fixtures "
+                         "and fixtures/gpt2_124M where it exists")
+    group.addoption("--report-json", metavar="PATH", help="write every check's result as JSON")
+    group.addoption("--report-md", metavar="PATH", help="write the support matrix as markdown")
+
+
+def pytest_configure(config):
+    # recorder, backends (name -> description or the reason it is unavailable), caches of loaded things
+    config.stash[_SESSION] = {"recorder": Recorder(), "backends": {}, "fixtures": {}, "model_results": {}}
+
+
+def _session(request):
+    return request.config.stash[_SESSION]
+
+
+@pytest.hookimpl(trylast=True)    # after @pytest.mark.parametrize: ids read test_gradient[dwte-cpu-tiny-bytes]
+def pytest_generate_tests(metafunc):
+    if "backend" in metafunc.fixturenames:
+        names = metafunc.config.getoption("backend") or list(BUILTIN_BACKENDS)
+        metafunc.parametrize("backend", names, indirect=True, scope="session")
+    if "llmc_fixture" in metafunc.fixturenames:
+        dirs = [Path(d) for d in (metafunc.config.getoption("fixture") or default_fixture_dirs())]
+        metafunc.parametrize("llmc_fixture", dirs, indirect=True, scope="session", ids=[d.name for d in dirs])
+
+
+@pytest.fixture(scope="session")
+def backend(request):
+    """A backend by name (parametrized); skipped, with the reason, where it cannot run."""
+    known = _session(request)["backends"]
+    try:
+        b = get_backend(request.param)
+    except BackendUnavailable as e:
+        known[request.param] = f"unavailable: {e}"
+        pytest.skip(f"backend {request.param} unavailable: {e}")
+    known[request.param] = b.description or b.name
+    return b
+
+
+@pytest.fixture(scope="session")
+def llmc_fixture(request):
+    """A loaded fixture directory (parametrized), loaded once per session."""
+    cache = _session(request)["fixtures"]
+    if request.param not in cache:
+        cache[request.param] = load_fixture(request.param)
+    return cache[request.param]
+
+
+@pytest.fixture(scope="session")
+def recorder(request):
+    return _session(request)["recorder"]
+
+
+@pytest.fixture
+def model_results(request, backend, llmc_fixture):
+    """check name -> CheckResult of run_model_checks(backend, fixture), run once per (backend, fixture).
+    A failure to run at all (an exception) is kept and raised again in every test that asks."""
+    cache = _session(request)["model_results"]
+    key = (backend.name, str(llmc_fixture.path))
+    if key not in cache:
+        try:
+            cache[key] = {r.check: r for r in run_model_checks(backend, llmc_fixture)}
+        except Exception as e:
+            cache[key] = e
+    if isinstance(cache[key], Exception):
+        raise cache[key]
+    return cache[key]
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    results = config.stash[_SESSION]["recorder"].results
+    if not results:
+        return
+    terminalreporter.section("llmc conformance checks")
+    terminalreporter.write_line(format_table(results))
+    json_path, md_path = config.getoption("report_json"), config.getoption("report_md")
+    if json_path or md_path:
+        meta = suite_meta(config.stash[_SESSION]["backends"], source="pytest conformance/")
+        if json_path:
+            write_json(results, json_path, meta)
+            terminalreporter.write_line(f"wrote {json_path}")
+        if md_path:
+            write_markdown(results, md_path, meta)
+            terminalreporter.write_line(f"wrote {md_path}")

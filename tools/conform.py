@@ -1,0 +1,100 @@
+"""The main job: model-level conformance of every available backend on every fixture.
+
+    python -m tools.conform [--backend NAME ...] [--fixture DIR ...] [--json OUT] [--markdown OUT]
+                            [--port-skips FILE] [--port-xfails FILE]
+
+Runs conformance/model_checks.py (the same checks as conformance/test_model.py: logits, loss, the 16
+gradients, wte padding, test_gpt2.c's 10 training losses) for each backend (default: every builtin one;
+an unavailable backend is listed with its reason) on each fixture (default: the committed ones plus
+fixtures/gpt2_124M where `make fixtures` made it). Prints the table, writes the JSON report (every
+check, and each backend's 10 losses) and the markdown support matrix, and exits 1 on any failure.
+A port's skip / expected-failure lists (conformance/port_lists.py) apply to the check names.
+"""
+import argparse
+from pathlib import Path
+import sys
+import time
+
+from conformance.backends import BUILTIN_BACKENDS, BackendUnavailable, get_backend
+from conformance.fixture import default_fixture_dirs, load_fixture
+from conformance.model_checks import TRAIN_STEPS, run_model_checks
+from conformance.port_lists import apply_to_results, read_list
+from conformance.report import format_table, suite_meta, write_json, write_markdown
+
+DEFAULT_JSON = Path("out/conform/conform.json")
+DEFAULT_MARKDOWN = Path("out/conform/support_matrix.md")
+
+
+def training_losses(results, fixture_name):
+    """-> {backend: [its 10 losses]} from the train_loss checks of one fixture."""
+    losses = {}
+    for step in range(TRAIN_STEPS):
+        for r in results:
+            if r.check == f"{fixture_name}/train_loss/{step}":
+                losses.setdefault(r.backend, []).append(r.got)
+    return losses
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", action="append", metavar="NAME",
+                        help=f"repeatable: {', '.join(BUILTIN_BACKENDS)}, lib:PATH or cmd:COMMAND "
+                             "(default: every builtin backend)")
+    parser.add_argument("--fixture", action="append", metavar="DIR",
+                        help="repeatable: a fixture directory in llm.c's layout (default: the committed "
+                             "fixtures and fixtures/gpt2_124M where it exists)")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, metavar="OUT",
+                        help=f"JSON report (default: {DEFAULT_JSON})")
+    parser.add_argument("--markdown", type=Path, default=DEFAULT_MARKDOWN, metavar="OUT",
+                        help=f"markdown support matrix (default: {DEFAULT_MARKDOWN})")
+    parser.add_argument("--port-skips", action="append", default=[], metavar="FILE",
+                        help="a port's skip list (conformance/port_lists.py): matching checks are left out")
+    parser.add_argument("--port-xfails", action="append", default=[], metavar="FILE",
+                        help="a port's expected failures: a matching check passes by failing, and fails by passing")
+    args = parser.parse_args(argv)
+    skips = [entry for path in args.port_skips for entry in read_list(path)]
+    xfails = [entry for path in args.port_xfails for entry in read_list(path)]
+
+    backends, described = [], {}
+    for name in args.backend or BUILTIN_BACKENDS:
+        try:
+            backend = get_backend(name)
+        except BackendUnavailable as e:
+            described[name] = f"unavailable: {e}"
+            print(f"backend {name}: unavailable: {e}")
+            continue
+        backends.append(backend)
+        described[backend.name] = backend.description or backend.name
+
+    results, errors, losses = [], [], {}
+    for path in args.fixture or default_fixture_dirs():
+        fixture = load_fixture(path)      # one fixture in memory at a time: gpt2_124M's is 1.3 GB
+        expected = [float(v) for v in fixture.expected_losses]
+        for backend in backends:
+            start = time.perf_counter()
+            try:
+                results += run_model_checks(backend, fixture)
+            except Exception as e:       # a backend that cannot even run is a failure, reported, not a crash
+                errors.append(f"{backend.name} on {fixture.name}: {type(e).__name__}: {e}")
+            print(f"{backend.name} on {fixture.name}: {time.perf_counter() - start:.1f} s", flush=True)
+        losses[fixture.name] = {"expected": expected, "source": fixture.losses_source,
+                                **training_losses(results, fixture.name)}
+
+    results, notes = apply_to_results(results, skips, xfails)
+    print(format_table(results))
+    for note in notes:
+        print(note)
+    for error in errors:
+        print(f"ERROR {error}")
+    failed = [r for r in results if not r.passed]
+    meta = suite_meta(described, source="python -m tools.conform", training_losses=losses, errors=errors,
+                      port_list_notes=notes)
+    write_json(results, args.json, meta)
+    write_markdown(results, args.markdown, meta)
+    print(f"{len(results) - len(failed)} of {len(results)} checks passed, {len(errors)} errors; "
+          f"wrote {args.json} and {args.markdown}")
+    return 1 if failed or errors or not results else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
