@@ -1,0 +1,472 @@
+"""cffi (ABI mode) binding of libllmc: any shared library with the C ABI of native/llmc.h as a backend.
+
+    load_library(path) -> Library            dlopen + the cdef read from llmc.h; symbols bind lazily,
+                                              so a library that lacks some kernel still loads
+    NativeBackend(library, name, precision, mode)
+                                              the conformance.backends.Backend interface over it
+    native_backend("cpu" | "cuda" | "cuda-tf32")
+                                              our own libraries, build/libllmc_{cpu,cuda}.so (or the
+                                              paths in LLMC_CPU_LIB / LLMC_CUDA_LIB)
+
+Arrays cross the boundary without copies (ffi.from_buffer). Everything C would trust (dtype,
+C-contiguity, writability of outputs, shapes that agree, token ids in range) is checked here first,
+so a wrong call raises TypeError / ValueError naming the argument instead of crashing the process.
+A model-API error code becomes LlmcError carrying llmc_last_error().
+"""
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+from cffi import FFI
+
+from conformance.backends import KERNEL_NAMES, Backend, BackendUnavailable
+from reference.model import GPT2Config, init_params
+
+# libgomp reads its wait policy once, when it loads (with our library). Its default spins about a
+# millisecond at every barrier; on a small machine shared with other work, a thread spinning while its
+# partner is descheduled wastes the core the partner needs (measured on the 2-core dev box under
+# load: d12 step 6.2 s with the default, 2.4 s with this, 2.2 s single-threaded). A short spin keeps
+# the quiet-machine speed. Whoever sets OMP_WAIT_POLICY or GOMP_SPINCOUNT themselves keeps theirs.
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["GOMP_SPINCOUNT"] = "10000"
+
+ROOT = Path(__file__).resolve().parent.parent
+HEADER = Path(__file__).resolve().with_name("llmc.h")
+
+ERROR_NAMES = {0: "LLMC_OK", 1: "LLMC_ERR_ARGUMENT", 2: "LLMC_ERR_FILE", 3: "LLMC_ERR_FORMAT",
+               4: "LLMC_ERR_ALLOC", 5: "LLMC_ERR_TOKEN", 6: "LLMC_ERR_STATE", 7: "LLMC_ERR_DEVICE",
+               8: "LLMC_ERR_UNSUPPORTED"}
+LLMC_OK, LLMC_ERR_ARGUMENT, LLMC_ERR_TOKEN = 0, 1, 5
+
+# name -> (library kind, tolerance class, precision mode)
+BUILTIN = {"cpu": ("cpu", "fp32", 0), "cuda": ("cuda", "fp32", 0), "cuda-tf32": ("cuda", "tf32", 1)}
+LIBRARY_ENV = {"cpu": "LLMC_CPU_LIB", "cuda": "LLMC_CUDA_LIB"}
+
+
+class LlmcError(RuntimeError):
+    """A libllmc call returned an error code; .code is it, the message is llmc_last_error()."""
+
+    def __init__(self, code, message):
+        super().__init__(f"{ERROR_NAMES.get(code, 'LLMC_ERR_?')} ({code}): {message}")
+        self.code = code
+        self.llmc_message = message
+
+
+class LlmcArgumentError(LlmcError, ValueError):
+    """LLMC_ERR_ARGUMENT or LLMC_ERR_TOKEN: the caller's input was wrong."""
+
+
+def read_cdef(header=HEADER):
+    """The declarations between the LLMC_CDEF markers of llmc.h, comments stripped."""
+    text = Path(header).read_text()
+    begin, end = "/* LLMC_CDEF_BEGIN */", "/* LLMC_CDEF_END */"
+    if begin not in text or end not in text:
+        raise ValueError(f"{header}: the {begin} / {end} markers are missing")
+    body = text.split(begin, 1)[1].split(end, 1)[0]
+    return re.sub(r"/\*.*?\*/", "", body, flags=re.S)
+
+
+class Library:
+    """One dlopen'ed library with libllmc's ABI. has(name) says whether it exports a function."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        self.ffi = FFI()
+        self.ffi.cdef(read_cdef())
+        try:
+            self.lib = self.ffi.dlopen(self.path)
+        except OSError as e:
+            raise BackendUnavailable(f"cannot load {self.path}: {e}") from e
+
+    def has(self, name):
+        try:
+            getattr(self.lib, name)
+        except AttributeError:
+            return False
+        return True
+
+    def check(self, rc):
+        """Raises LlmcError for a nonzero return code."""
+        if rc != LLMC_OK:
+            message = self.ffi.string(self.lib.llmc_last_error()).decode(errors="replace")
+            cls = LlmcArgumentError if rc in (LLMC_ERR_ARGUMENT, LLMC_ERR_TOKEN) else LlmcError
+            raise cls(rc, message)
+
+
+_libraries = {}
+
+
+def load_library(path):
+    """A Library for path; each file is opened once per process."""
+    key = os.path.realpath(path)
+    if key not in _libraries:
+        _libraries[key] = Library(path)
+    return _libraries[key]
+
+
+# ----------------------------------------------------------------------------- argument checks
+def _array(ffi, name, a, dtype, shape=None, ndim=None, output=False):
+    """A C pointer into a, after checking it is what C will assume."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy array, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise TypeError(f"{name}: dtype {a.dtype}, expected {np.dtype(dtype)}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name}: {a.ndim} dimensions {a.shape}, expected {ndim}")
+    if shape is not None and a.shape != tuple(shape):
+        raise ValueError(f"{name}: shape {a.shape}, expected {tuple(shape)}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name}: must be C-contiguous")
+    if output and not a.flags.writeable:
+        raise ValueError(f"{name}: is an output and must be writable")
+    if a.size == 0:
+        raise ValueError(f"{name}: is empty {a.shape}; every dimension must be positive")
+    if a.size >= 2**31:
+        raise ValueError(f"{name}: {a.size} elements, the kernels count in int32")
+    return ffi.from_buffer("float[]" if dtype == np.float32 else "int[]", a)
+
+
+def _shape(name, a, ndim):
+    """a's shape, after checking it is an ndim-dimensional numpy array (sizes are read off it)."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy array, got {type(a).__name__}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name}: {a.ndim} dimensions {a.shape}, expected {ndim}")
+    return a.shape
+
+
+def _tokens(ffi, name, a, shape, limit):
+    ptr = _array(ffi, name, a, np.int32, shape)
+    lo, hi = int(a.min()), int(a.max())
+    if lo < 0 or hi >= limit:
+        raise ValueError(f"{name}: token ids must lie in [0, {limit}), got [{lo}, {hi}]")
+    return ptr
+
+
+def _heads(NH, C):
+    if not isinstance(NH, (int, np.integer)) or NH <= 0 or C % NH:
+        raise ValueError(f"NH: {NH!r} must be a positive integer dividing C = {C}")
+    return int(NH)
+
+
+class NativeKernels:
+    """llm.c's layer kernels on numpy arrays, in llm.c's argument order, sizes read off the shapes
+    (as conformance.backends.ReferenceKernels). Kernels the library lacks are absent attributes."""
+
+    def __init__(self, backend):
+        self._backend = backend
+        self._ffi = backend.library.ffi
+        self._lib = backend.library.lib
+        for name in KERNEL_NAMES:
+            if backend.library.has(name):
+                setattr(self, name, getattr(self, "_" + name))
+
+    def _f(self, name, a, shape=None, ndim=None, output=False):
+        return _array(self._ffi, name, a, np.float32, shape, ndim, output)
+
+    def _run(self, name, *args):
+        self._backend.activate()   # a successful call: it also resets llmc_last_error_code() to LLMC_OK
+        getattr(self._lib, name)(*args)
+        self._backend.check_kernel(name)
+
+    def _encoder_forward(self, out, inp, wte, wpe):
+        B, T, C = _shape("out", out, 3)
+        o = self._f("out", out, ndim=3, output=True)
+        Vp, maxT = _shape("wte", wte, 2)[0], _shape("wpe", wpe, 2)[0]
+        if T > maxT:
+            raise ValueError(f"out: T = {T} exceeds wpe's {maxT} rows")
+        args = (o, _tokens(self._ffi, "inp", inp, (B, T), Vp), self._f("wte", wte, (Vp, C)),
+                self._f("wpe", wpe, (maxT, C)))
+        self._run("encoder_forward", *args, B, T, C)
+
+    def _encoder_backward(self, dwte, dwpe, dout, inp):
+        B, T, C = _shape("dout", dout, 3)
+        d = self._f("dout", dout, ndim=3)
+        Vp, maxT = _shape("dwte", dwte, 2)[0], _shape("dwpe", dwpe, 2)[0]
+        if T > maxT:
+            raise ValueError(f"dout: T = {T} exceeds dwpe's {maxT} rows")
+        args = (self._f("dwte", dwte, (Vp, C), output=True), self._f("dwpe", dwpe, (maxT, C), output=True), d,
+                _tokens(self._ffi, "inp", inp, (B, T), Vp))
+        self._run("encoder_backward", *args, B, T, C)
+
+    def _layernorm_forward(self, out, mean, rstd, inp, weight, bias):
+        B, T, C = _shape("inp", inp, 3)
+        args = (self._f("out", out, (B, T, C), output=True), self._f("mean", mean, (B, T), output=True),
+                self._f("rstd", rstd, (B, T), output=True), self._f("inp", inp, ndim=3),
+                self._f("weight", weight, (C,)), self._f("bias", bias, (C,)))
+        self._run("layernorm_forward", *args, B, T, C)
+
+    def _layernorm_backward(self, dinp, dweight, dbias, dout, inp, weight, mean, rstd):
+        B, T, C = _shape("inp", inp, 3)
+        args = (self._f("dinp", dinp, (B, T, C), output=True), self._f("dweight", dweight, (C,), output=True),
+                self._f("dbias", dbias, (C,), output=True), self._f("dout", dout, (B, T, C)),
+                self._f("inp", inp, ndim=3), self._f("weight", weight, (C,)), self._f("mean", mean, (B, T)),
+                self._f("rstd", rstd, (B, T)))
+        self._run("layernorm_backward", *args, B, T, C)
+
+    def _matmul_forward(self, out, inp, weight, bias):
+        B, T, C = _shape("inp", inp, 3)
+        OC = _shape("weight", weight, 2)[0]
+        args = (self._f("out", out, (B, T, OC), output=True), self._f("inp", inp, ndim=3),
+                self._f("weight", weight, (OC, C)),
+                self._ffi.NULL if bias is None else self._f("bias", bias, (OC,)))
+        self._run("matmul_forward", *args, B, T, C, OC)
+
+    def _matmul_backward(self, dinp, dweight, dbias, dout, inp, weight):
+        B, T, C = _shape("inp", inp, 3)
+        OC = _shape("weight", weight, 2)[0]
+        args = (self._f("dinp", dinp, (B, T, C), output=True), self._f("dweight", dweight, (OC, C), output=True),
+                self._ffi.NULL if dbias is None else self._f("dbias", dbias, (OC,), output=True),
+                self._f("dout", dout, (B, T, OC)), self._f("inp", inp, ndim=3), self._f("weight", weight, (OC, C)))
+        self._run("matmul_backward", *args, B, T, C, OC)
+
+    def _attention_forward(self, out, preatt, att, inp, NH):
+        B, T, C3 = _shape("inp", inp, 3)
+        if C3 % 3:
+            raise ValueError(f"inp: last dimension {C3} is not 3*C")
+        C = C3 // 3
+        NH = _heads(NH, C)
+        args = (self._f("out", out, (B, T, C), output=True), self._f("preatt", preatt, (B, NH, T, T), output=True),
+                self._f("att", att, (B, NH, T, T), output=True), self._f("inp", inp, ndim=3))
+        self._run("attention_forward", *args, B, T, C, NH)
+
+    def _attention_backward(self, dinp, dpreatt, datt, dout, inp, att, NH):
+        B, T, C3 = _shape("inp", inp, 3)
+        if C3 % 3:
+            raise ValueError(f"inp: last dimension {C3} is not 3*C")
+        C = C3 // 3
+        NH = _heads(NH, C)
+        args = (self._f("dinp", dinp, (B, T, C3), output=True),
+                self._f("dpreatt", dpreatt, (B, NH, T, T), output=True),
+                self._f("datt", datt, (B, NH, T, T), output=True), self._f("dout", dout, (B, T, C)),
+                self._f("inp", inp, ndim=3), self._f("att", att, (B, NH, T, T)))
+        self._run("attention_backward", *args, B, T, C, NH)
+
+    def _gelu_forward(self, out, inp):
+        i = self._f("inp", inp)
+        args = (self._f("out", out, inp.shape, output=True), i)
+        self._run("gelu_forward", *args, inp.size)
+
+    def _gelu_backward(self, dinp, inp, dout):
+        i = self._f("inp", inp)
+        args = (self._f("dinp", dinp, inp.shape, output=True), i, self._f("dout", dout, inp.shape))
+        self._run("gelu_backward", *args, inp.size)
+
+    def _residual_forward(self, out, inp1, inp2):
+        i1 = self._f("inp1", inp1)
+        args = (self._f("out", out, inp1.shape, output=True), i1, self._f("inp2", inp2, inp1.shape))
+        self._run("residual_forward", *args, inp1.size)
+
+    def _residual_backward(self, dinp1, dinp2, dout):
+        d = self._f("dout", dout)
+        args = (self._f("dinp1", dinp1, dout.shape, output=True), self._f("dinp2", dinp2, dout.shape, output=True), d)
+        self._run("residual_backward", *args, dout.size)
+
+    def _softmax_forward(self, probs, logits, V):
+        B, T, Vp = _shape("logits", logits, 3)
+        _check_vocab(V, Vp)
+        args = (self._f("probs", probs, (B, T, Vp), output=True), self._f("logits", logits, ndim=3))
+        self._run("softmax_forward", *args, B, T, int(V), Vp)
+
+    def _crossentropy_forward(self, losses, probs, targets):
+        B, T, Vp = _shape("probs", probs, 3)
+        args = (self._f("losses", losses, (B, T), output=True), self._f("probs", probs, ndim=3),
+                _tokens(self._ffi, "targets", targets, (B, T), Vp))
+        self._run("crossentropy_forward", *args, B, T, Vp)
+
+    def _crossentropy_softmax_backward(self, dlogits, dlosses, probs, targets, V):
+        B, T, Vp = _shape("probs", probs, 3)
+        _check_vocab(V, Vp)
+        args = (self._f("dlogits", dlogits, (B, T, Vp), output=True), self._f("dlosses", dlosses, (B, T)),
+                self._f("probs", probs, ndim=3), _tokens(self._ffi, "targets", targets, (B, T), int(V)))
+        self._run("crossentropy_softmax_backward", *args, B, T, int(V), Vp)
+
+
+def _check_vocab(V, Vp):
+    if not isinstance(V, (int, np.integer)) or not 0 < V <= Vp:
+        raise ValueError(f"V: {V!r} must be an integer in [1, Vp = {Vp}]")
+
+
+# ----------------------------------------------------------------------------- model handles
+class NativeModel:
+    """A libllmc model behind the model-handle interface of conformance/backends.py."""
+
+    def __init__(self, backend, handle):
+        self._backend = backend
+        self._library = backend.library
+        self._ffi, self._lib = backend.library.ffi, backend.library.lib
+        self._handle = self._ffi.gc(handle, self._lib.llmc_model_free)
+        cfg = self._ffi.new("llmc_config*")
+        self._call("llmc_model_config", cfg)
+        self.config = GPT2Config(cfg.max_seq_len, cfg.vocab_size, cfg.padded_vocab_size, cfg.num_layers,
+                                 cfg.num_heads, cfg.channels)
+        self.num_parameters = int(self._lib.llmc_model_num_parameters(self._handle))
+        self._BT = None
+
+    def _call(self, name, *args):
+        if self._handle is None:
+            raise ValueError("this model has been closed")
+        self._backend.activate()
+        self._library.check(getattr(self._lib, name)(self._handle, *args))
+
+    def _flat(self, name, a, output=False):
+        return _array(self._ffi, name, a, np.float32, (self.num_parameters,), output=output)
+
+    def forward(self, inputs, targets=None):
+        inputs = _token_array("inputs", inputs)
+        B, T = inputs.shape
+        tgt = self._ffi.NULL
+        if targets is not None:
+            targets = _token_array("targets", targets)
+            if targets.shape != inputs.shape:
+                raise ValueError(f"targets: shape {targets.shape} differs from inputs {inputs.shape}")
+            tgt = self._ffi.from_buffer("int[]", targets)
+        loss = self._ffi.new("float*")
+        self._call("llmc_forward", self._ffi.from_buffer("int[]", inputs), tgt, B, T, loss)
+        self._BT = (B, T)
+        return None if targets is None else float(loss[0])
+
+    def logits(self):
+        if self._BT is None:
+            raise ValueError("logits(): no forward has run yet")
+        out = np.empty((*self._BT, self.config.padded_vocab_size), np.float32)
+        self._call("llmc_get_logits", self._ffi.from_buffer("float[]", out))
+        return out
+
+    def zero_grad(self):
+        self._call("llmc_zero_grad")
+
+    def backward(self):
+        self._call("llmc_backward")
+
+    def grads(self):
+        out = np.empty(self.num_parameters, np.float32)
+        self._call("llmc_get_grads", self._flat("dst", out, output=True))
+        return out
+
+    def params(self):
+        out = np.empty(self.num_parameters, np.float32)
+        self._call("llmc_get_params", self._flat("dst", out, output=True))
+        return out
+
+    def set_params(self, flat):
+        self._call("llmc_set_params", self._flat("flat", np.ascontiguousarray(flat, np.float32)))
+
+    def update(self, settings, t):
+        opt = self._ffi.new("llmc_adamw*", dict(
+            learning_rate=settings.learning_rate, beta1=settings.beta1, beta2=settings.beta2, eps=settings.eps,
+            weight_decay=settings.weight_decay, decay_all=int(bool(settings.decay_all)),
+            grad_clip=settings.grad_clip))
+        norm = self._ffi.new("float*")
+        self._call("llmc_update", opt, int(t), norm)
+        return float(norm[0])
+
+    def optimizer_state(self):
+        m, v = np.empty(self.num_parameters, np.float32), np.empty(self.num_parameters, np.float32)
+        self._call("llmc_get_optimizer_state", self._flat("m", m, output=True), self._flat("v", v, output=True))
+        return m, v
+
+    def set_optimizer_state(self, m, v):
+        self._call("llmc_set_optimizer_state", self._flat("m", np.ascontiguousarray(m, np.float32)),
+                   self._flat("v", np.ascontiguousarray(v, np.float32)))
+
+    def close(self):
+        if self._handle is not None:
+            self._ffi.release(self._handle)   # runs llmc_model_free now
+            self._handle = None
+
+
+def _token_array(name, a):
+    """Integer (B,T) token ids as a C-contiguous int32 array (a copy only when needed)."""
+    a = np.asarray(a)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{name}: dtype {a.dtype}, expected integer token ids")
+    if a.ndim != 2 or a.size == 0:
+        raise ValueError(f"{name}: shape {a.shape}, expected (B, T) with B, T >= 1")
+    if a.dtype != np.int32:
+        if a.min() < np.iinfo(np.int32).min or a.max() > np.iinfo(np.int32).max:
+            raise ValueError(f"{name}: token ids beyond int32")
+        a = a.astype(np.int32)
+    return np.ascontiguousarray(a)
+
+
+# ----------------------------------------------------------------------------- backends
+def default_threads():
+    return int(os.environ.get("LLMC_THREADS") or os.cpu_count() or 1)
+
+
+class NativeBackend(Backend):
+    """A Library behind the Backend interface. mode is its precision mode (llmc_set_precision),
+    precision the tolerance class its results are judged by."""
+
+    def __init__(self, library, name, precision="fp32", mode=0):
+        self.library = library
+        self.name = name
+        self.precision = precision
+        self.mode = mode
+        lib, ffi = library.lib, library.ffi
+        if library.has("llmc_init") and lib.llmc_init() != LLMC_OK:
+            raise BackendUnavailable(f"{name}: {ffi.string(lib.llmc_last_error()).decode(errors='replace')}")
+        self.activate()   # fails here, not later, when the library refuses the mode
+        if library.has("llmc_set_num_threads"):
+            self.set_num_threads(default_threads())
+        self.kernels = NativeKernels(self)
+        info = ffi.string(lib.llmc_build_info()).decode() if library.has("llmc_build_info") else "no build info"
+        self.description = f"{library.path}: {info}"
+
+    def activate(self):
+        """Sets this backend's precision mode: cuda and cuda-tf32 share one loaded library."""
+        if self.library.has("llmc_set_precision"):
+            lib = self.library.lib
+            if lib.llmc_set_precision(self.mode) != LLMC_OK:
+                raise BackendUnavailable(f"{self.name}: {self.library.ffi.string(lib.llmc_last_error()).decode()}")
+
+    def check_kernel(self, name):
+        """Kernels return void; a library that can fail inside one (CUDA) says so through the error code."""
+        if self.library.has("llmc_last_error_code"):
+            code = self.library.lib.llmc_last_error_code()
+            if code != LLMC_OK:
+                self.library.check(code)
+
+    def set_num_threads(self, n):
+        self.library.check(self.library.lib.llmc_set_num_threads(int(n)))
+
+    def model(self, config, params, max_B, max_T):
+        if params is None:
+            params = init_params(config)
+        params = np.ascontiguousarray(params, np.float32)
+        if params.shape != (config.num_parameters,):
+            raise ValueError(f"params: shape {params.shape}, expected ({config.num_parameters},) for {config}")
+        cfg = self.library.ffi.new("llmc_config*", dict(
+            max_seq_len=config.max_seq_len, vocab_size=config.vocab_size,
+            padded_vocab_size=config.padded_vocab_size, num_layers=config.num_layers,
+            num_heads=config.num_heads, channels=config.channels))
+        out = self.library.ffi.new("llmc_model**")
+        self.activate()
+        self.library.check(self.library.lib.llmc_model_from_params(
+            cfg, self.library.ffi.from_buffer("float[]", params), int(max_B), int(max_T), out))
+        return NativeModel(self, out[0])
+
+    def model_from_checkpoint(self, path, max_B, max_T):
+        out = self.library.ffi.new("llmc_model**")
+        self.activate()
+        self.library.check(self.library.lib.llmc_model_from_checkpoint(
+            os.fsencode(path), int(max_B), int(max_T), out))
+        return NativeModel(self, out[0])
+
+
+def library_path(kind):
+    """build/libllmc_{kind}.so under the repository root, or the file named by LLMC_{KIND}_LIB."""
+    return Path(os.environ.get(LIBRARY_ENV[kind]) or ROOT / "build" / f"libllmc_{kind}.so")
+
+
+def native_backend(name):
+    if name not in BUILTIN:
+        raise ValueError(f"unknown native backend {name!r}: use one of {', '.join(BUILTIN)}")
+    kind, precision, mode = BUILTIN[name]
+    path = library_path(kind)
+    if not path.is_file():
+        shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+        raise BackendUnavailable(f"{shown} not found: run make")
+    return NativeBackend(load_library(path), name, precision, mode)
