@@ -18,10 +18,13 @@ int set_error(int code, const char* fmt, ...);
 void clear_error();
 
 // Evaluate a CUDA runtime call; on failure record where and return LLMC_ERR_DEVICE from the caller.
+// A non-sticky error (a failed cudaMalloc) is also taken off cudaGetLastError, so the next launch check
+// does not report it again.
 #define CUDA_TRY(call)                                                                                 \
     do {                                                                                               \
         cudaError_t err_ = (call);                                                                     \
         if (err_ != cudaSuccess) {                                                                     \
+            cudaGetLastError();                                                                        \
             return set_error(err_ == cudaErrorMemoryAllocation ? LLMC_ERR_ALLOC : LLMC_ERR_DEVICE,     \
                              "%s failed at %s:%d: %s", #call, __FILE__, __LINE__,                      \
                              cudaGetErrorString(err_));                                                \
@@ -104,11 +107,15 @@ int gemm(bool transA, bool transB, int m, int n, int k, float alpha, const float
 int gemm_batched(bool transA, bool transB, int m, int n, int k, float alpha, const float* const* A, int lda,
                  const float* const* Bm, int ldb, float beta, float* const* Cm, int ldc, int batch);
 
-// attention.cu: inp (B,T,3C) -> out (B,T,C); att (B,NH,T,T) is kept for the backward, datt (B,NH,T,T)
-// is the backward's scratch. dinp (B,T,3C) is added to or overwritten.
-int attention_forward_gpu(float* out, float* att, const float* inp, int B, int T, int C, int NH);
-int attention_backward_gpu(float* dinp, float* datt, const float* dout, const float* inp, const float* att,
-                           int B, int T, int C, int NH, bool accumulate_dinp);
+// attention.cu, fused (no (B,NH,T,T) tensor): inp (B,T,3C) -> out (B,T,C) and lse (B,NH,T), the logsumexp
+// of each row of scaled scores, kept for the backward. The backward reads inp, out and lse; delta (B,NH,T)
+// is its scratch; dinp (B,T,3C) is added to or overwritten. Head sizes up to ATTENTION_MAX_HEAD_SIZE.
+constexpr int ATTENTION_MAX_HEAD_SIZE = 128;
+int attention_forward_gpu(float* out, float* lse, const float* inp, int B, int T, int C, int NH);
+int attention_backward_gpu(float* dinp, float* delta, const float* dout, const float* inp, const float* out,
+                           const float* lse, int B, int T, int C, int NH, bool accumulate_dinp);
+// att (B,NH,T,T), the softmax probabilities, from inp and the forward's lse (kernel-level API only)
+int attention_probs_gpu(float* att, const float* inp, const float* lse, int B, int T, int C, int NH);
 
 // gelu.cu
 int gelu_forward_gpu(float* out, const float* inp, size_t N);

@@ -169,35 +169,43 @@ void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dou
     });
 }
 
-// preatt is left unwritten; att gets the softmax probabilities (zero above the diagonal)
+// preatt is left unwritten; att gets the softmax probabilities (zero above the diagonal), computed from q, k
+// and the fused forward's logsumexp
 void attention_forward(float* out, float* preatt, float* att, float* inp, int B, int T, int C, int NH) {
     (void)preatt;
     run_kernel("attention_forward", [&](DeviceScope& s) {
         size_t BT = (size_t)B * T, att_size = (size_t)B * NH * T * T;
-        float *d_out = nullptr, *d_att = nullptr, *d_inp = nullptr;
+        float *d_out = nullptr, *d_lse = nullptr, *d_att = nullptr, *d_inp = nullptr;
         TRY(s.alloc(&d_out, BT * C));
+        TRY(s.alloc(&d_lse, (size_t)B * NH * T));
         TRY(s.alloc(&d_att, att_size));
         TRY(s.upload(&d_inp, inp, 3 * BT * C));
-        TRY(attention_forward_gpu(d_out, d_att, d_inp, B, T, C, NH));
+        TRY(attention_forward_gpu(d_out, d_lse, d_inp, B, T, C, NH));
+        TRY(attention_probs_gpu(d_att, d_inp, d_lse, B, T, C, NH));
         TRY(download(out, d_out, BT * C));
         return download(att, d_att, att_size);
     });
 }
 
-// reads att (the forward's probabilities); dpreatt and datt are left unwritten (scratch in llm.c)
+// The fused backward needs the forward's out and logsumexp, not att: it reruns the forward on inp (att is
+// that forward's probabilities, so nothing changes). dpreatt and datt are left unwritten (scratch in llm.c).
 void attention_backward(float* dinp, float* dpreatt, float* datt, float* dout, float* inp, float* att,
                         int B, int T, int C, int NH) {
     (void)dpreatt;
     (void)datt;
+    (void)att;
     run_kernel("attention_backward", [&](DeviceScope& s) {
-        size_t BT = (size_t)B * T, att_size = (size_t)B * NH * T * T;
-        float *d_dinp = nullptr, *d_datt = nullptr, *d_dout = nullptr, *d_inp = nullptr, *d_att = nullptr;
+        size_t BT = (size_t)B * T, rows = (size_t)B * NH * T;
+        float *d_dinp = nullptr, *d_dout = nullptr, *d_inp = nullptr, *d_out = nullptr, *d_lse = nullptr;
+        float* d_delta = nullptr;
         TRY(s.upload(&d_dinp, dinp, 3 * BT * C));
-        TRY(s.alloc(&d_datt, att_size));
         TRY(s.upload(&d_dout, dout, BT * C));
         TRY(s.upload(&d_inp, inp, 3 * BT * C));
-        TRY(s.upload(&d_att, att, att_size));
-        TRY(attention_backward_gpu(d_dinp, d_datt, d_dout, d_inp, d_att, B, T, C, NH, true));
+        TRY(s.alloc(&d_out, BT * C));
+        TRY(s.alloc(&d_lse, rows));
+        TRY(s.alloc(&d_delta, rows));
+        TRY(attention_forward_gpu(d_out, d_lse, d_inp, B, T, C, NH));
+        TRY(attention_backward_gpu(d_dinp, d_delta, d_dout, d_inp, d_out, d_lse, B, T, C, NH, true));
         return download(dinp, d_dinp, 3 * BT * C);
     });
 }

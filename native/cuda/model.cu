@@ -39,7 +39,7 @@ struct Activations {
     float* ln1_rstd;    // (L,B,T)
     float* qkv;         // (L,B,T,3C)
     float* atty;        // (L,B,T,C)
-    float* att;         // (L,B,NH,T,T)
+    float* att_lse;     // (L,B,NH,T) logsumexp of each attention row: the backward recomputes the probabilities
     float* residual2;   // (L,B,T,C)
     float* ln2;         // (L,B,T,C)
     float* ln2_mean;    // (L,B,T)
@@ -55,7 +55,7 @@ struct Activations {
     float2* stats;      // (B,T) softmax max and sum of exp, read again by the backward
     // work buffers, reused by every layer
     float* dlogits;     // (DLOGITS_ROWS,Vp) one chunk of positions at a time
-    float* datt;        // (B,NH,T,T)
+    float* att_delta;   // (B,NH,T) rowsum(datty * atty), the attention backward's scratch
     float* dresidual;   // (B,T,C) gradient flowing down the residual stream
     float* dbtc;        // (B,T,C) gradient of a layernorm output or of atty
     float* dfch;        // (B,T,4C)
@@ -128,6 +128,9 @@ static int model_create(const llmc_config* config, int max_B, int max_T, llmc_mo
     if (max_B < 1 || max_T < 1 || max_T > config->max_seq_len)
         return set_error(LLMC_ERR_ARGUMENT, "max_B=%d, max_T=%d: need max_B >= 1 and 1 <= max_T <= max_seq_len (%d)",
                          max_B, max_T, config->max_seq_len);
+    if (config->channels / config->num_heads > ATTENTION_MAX_HEAD_SIZE)
+        return set_error(LLMC_ERR_ARGUMENT, "config: head size channels / num_heads = %d / %d exceeds the CUDA "
+                         "attention's limit of %d", config->channels, config->num_heads, ATTENTION_MAX_HEAD_SIZE);
     llmc_model* model = new (std::nothrow) llmc_model();
     if (!model) return set_error(LLMC_ERR_ALLOC, "cannot allocate the model struct");
     model->config = *config;
@@ -142,11 +145,11 @@ static int model_create(const llmc_config* config, int max_B, int max_T, llmc_mo
     // (pointer, floats) for one allocation; stats are float2, counted as 2 floats
     std::vector<std::pair<float**, size_t>> layout = {
         {&a.encoded, BT * C}, {&a.ln1, L * BT * C}, {&a.ln1_mean, L * BT}, {&a.ln1_rstd, L * BT},
-        {&a.qkv, L * BT * 3 * C}, {&a.atty, L * BT * C}, {&a.att, L * B * NH * T * T}, {&a.residual2, L * BT * C},
+        {&a.qkv, L * BT * 3 * C}, {&a.atty, L * BT * C}, {&a.att_lse, L * B * NH * T}, {&a.residual2, L * BT * C},
         {&a.ln2, L * BT * C}, {&a.ln2_mean, L * BT}, {&a.ln2_rstd, L * BT}, {&a.fch, L * BT * 4 * C},
         {&a.fch_gelu, L * BT * 4 * C}, {&a.residual3, L * BT * C}, {&a.lnf, BT * C}, {&a.lnf_mean, BT},
         {&a.lnf_rstd, BT}, {&a.logits, BT * Vp}, {&a.losses, BT}, {(float**)&a.stats, 2 * BT},
-        {&a.dlogits, std::min(BT, DLOGITS_ROWS) * Vp}, {&a.datt, B * NH * T * T},
+        {&a.dlogits, std::min(BT, DLOGITS_ROWS) * Vp}, {&a.att_delta, B * NH * T},
         {&a.dresidual, BT * C}, {&a.dbtc, BT * C}, {&a.dfch, BT * 4 * C}, {&a.dqkv, BT * 3 * C}};
     // every tensor starts 256-byte aligned (16-byte vector accesses, cuBLASLt's preferred alignment)
     auto padded = [](size_t n) { return ceil_div(n, (size_t)64) * 64; };
@@ -193,7 +196,7 @@ static int forward_pass(llmc_model* model) {
     int V = cfg.vocab_size, Vp = cfg.padded_vocab_size;
     size_t BT = (size_t)B * T;
     // per-layer strides use the current B, T: the stacks are packed for this forward
-    size_t btc = BT * C, att_size = (size_t)B * NH * T * T;
+    size_t btc = BT * C, lse_size = (size_t)B * NH * T;
     Params& p = model->params;
     Activations& a = model->acts;
 
@@ -211,7 +214,7 @@ static int forward_pass(llmc_model* model) {
                                   p.t[LN1B] + l * C, BT, C));
         TRY(matmul_forward_gpu(qkv, ln1, p.t[QKVW] + (size_t)l * 3 * C * C, p.t[QKVB] + l * 3 * C, nullptr, BT, C,
                                3 * C));
-        TRY(attention_forward_gpu(atty, a.att + l * att_size, qkv, B, T, C, NH));
+        TRY(attention_forward_gpu(atty, a.att_lse + l * lse_size, qkv, B, T, C, NH));
         // residual2 = residual + attproj, the residual added by the GEMM itself
         TRY(matmul_forward_gpu(residual2, atty, p.t[ATTPROJW] + (size_t)l * C * C, p.t[ATTPROJB] + l * C, residual,
                                BT, C, C));
@@ -243,7 +246,7 @@ static int backward_pass(llmc_model* model) {
     const llmc_config& cfg = model->config;
     int B = model->B, T = model->T, C = cfg.channels, NH = cfg.num_heads, L = cfg.num_layers;
     int V = cfg.vocab_size, Vp = cfg.padded_vocab_size;
-    size_t BT = (size_t)B * T, btc = BT * C, att_size = (size_t)B * NH * T * T;
+    size_t BT = (size_t)B * T, btc = BT * C, lse_size = (size_t)B * NH * T;
     Params &p = model->params, &g = model->grads;
     Activations& a = model->acts;
 
@@ -273,14 +276,38 @@ static int backward_pass(llmc_model* model) {
         // dresidual is now d residual2 = residual + attproj
         TRY(matmul_backward_gpu(a.dbtc, g.t[ATTPROJW] + (size_t)l * C * C, g.t[ATTPROJB] + l * C, a.dresidual,
                                 a.atty + l * btc, p.t[ATTPROJW] + (size_t)l * C * C, BT, C, C, false));
-        TRY(attention_backward_gpu(a.dqkv, a.datt, a.dbtc, a.qkv + l * 3 * btc, a.att + l * att_size, B, T, C, NH,
-                                   false));
+        TRY(attention_backward_gpu(a.dqkv, a.att_delta, a.dbtc, a.qkv + l * 3 * btc, a.atty + l * btc,
+                                   a.att_lse + l * lse_size, B, T, C, NH, false));
         TRY(matmul_backward_gpu(a.dbtc, g.t[QKVW] + (size_t)l * 3 * C * C, g.t[QKVB] + l * 3 * C, a.dqkv,
                                 a.ln1 + l * btc, p.t[QKVW] + (size_t)l * 3 * C * C, BT, C, 3 * C, false));
         TRY(layernorm_backward_gpu(a.dresidual, g.t[LN1W] + l * C, g.t[LN1B] + l * C, a.dbtc, residual,
                                    p.t[LN1W] + l * C, a.ln1_mean + l * BT, a.ln1_rstd + l * BT, BT, C));
     }
     return encoder_backward_gpu(g.t[WTE], g.t[WPE], a.dresidual, &model->buckets, B, T, C);
+}
+
+// AdamW's m and v, zeroed, at the first update or set_optimizer_state: both or neither. A failed
+// cudaMalloc is cleared from cudaGetLastError, so the model stays usable (later launch checks would
+// otherwise report the stale error).
+static int alloc_optimizer_state(llmc_model* model, const char* fn) {
+    if (model->m_memory) return LLMC_OK;
+    size_t bytes = model->num_parameters * sizeof(float);
+    float *m = nullptr, *v = nullptr;
+    bool got_m = cudaMalloc(&m, bytes) == cudaSuccess;
+    bool got_v = got_m && cudaMalloc(&v, bytes) == cudaSuccess;
+    if (!got_v) {
+        cudaGetLastError();
+        if (got_m) cudaFree(m);
+        size_t free_bytes = 0, total_bytes = 0;
+        cudaMemGetInfo(&free_bytes, &total_bytes);
+        return set_error(LLMC_ERR_ALLOC, "%s: out of device memory for the AdamW state (2 x %.2f GiB, %.2f GiB free)",
+                         fn, bytes / (double)(1 << 30), free_bytes / (double)(1 << 30));
+    }
+    model->m_memory = m;   // owned by the model from here on (llmc_model_free)
+    model->v_memory = v;
+    CUDA_TRY(cudaMemset(m, 0, bytes));
+    CUDA_TRY(cudaMemset(v, 0, bytes));
+    return LLMC_OK;
 }
 
 // ----------------------------------------------------------------------------- llmc.h: model API
@@ -444,13 +471,7 @@ int llmc_update(llmc_model* model, const llmc_adamw* opt, int t, float* grad_nor
     CHECK_MODEL(model, "llmc_update");
     CHECK_PTR(opt, "llmc_update");
     if (t < 1) return set_error(LLMC_ERR_ARGUMENT, "llmc_update: t = %d: the step count starts at 1", t);
-    size_t bytes = model->num_parameters * sizeof(float);
-    if (!model->m_memory) {
-        CUDA_TRY(cudaMalloc(&model->m_memory, bytes));
-        CUDA_TRY(cudaMalloc(&model->v_memory, bytes));
-        CUDA_TRY(cudaMemset(model->m_memory, 0, bytes));
-        CUDA_TRY(cudaMemset(model->v_memory, 0, bytes));
-    }
+    TRY(alloc_optimizer_state(model, "llmc_update"));
     double norm_squared;
     TRY(sum_gpu(&norm_squared, model->grads_memory, model->num_parameters, true));
     double norm = sqrt(norm_squared);
@@ -524,10 +545,7 @@ int llmc_set_optimizer_state(llmc_model* model, const float* m, const float* v) 
     CHECK_PTR(m, "llmc_set_optimizer_state");
     CHECK_PTR(v, "llmc_set_optimizer_state");
     size_t bytes = model->num_parameters * sizeof(float);
-    if (!model->m_memory) {
-        CUDA_TRY(cudaMalloc(&model->m_memory, bytes));
-        CUDA_TRY(cudaMalloc(&model->v_memory, bytes));
-    }
+    TRY(alloc_optimizer_state(model, "llmc_set_optimizer_state"));
     CUDA_TRY(cudaMemcpy(model->m_memory, m, bytes, cudaMemcpyHostToDevice));
     CUDA_TRY(cudaMemcpy(model->v_memory, v, bytes, cudaMemcpyHostToDevice));
     return LLMC_OK;
