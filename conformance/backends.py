@@ -171,11 +171,9 @@ class ReferenceModel:
         self.gpt.params_memory[:] = flat
 
     def update(self, settings, t):
-        if self.optimizer is None or self.optimizer.settings != settings:
-            state = None if self.optimizer is None else (self.optimizer.m, self.optimizer.v)
+        if self.optimizer is None:
             self.optimizer = AdamW(settings, self.config, self.gpt.dtype)
-            if state is not None:
-                self.optimizer.m[:], self.optimizer.v[:] = state
+        self.optimizer.settings = settings
         return self.optimizer.step(self.gpt.params_memory, self.gpt.grads_memory, t)
 
     def optimizer_state(self):

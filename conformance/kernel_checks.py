@@ -32,8 +32,11 @@ class KernelShape:
 # the random shapes of the kernel tests: inclusive ranges (C = NH * hs, Vp = V + pad)
 SHAPE_RANGES = dict(B=(1, 4), T=(1, 17), NH=(1, 4), hs=(1, 12), OC=(1, 40), V=(1, 60), pad=(0, 20))
 # always tried: a single token and head; GPT-2-like sizes that are not multiples of 8 (B*T) or 16 (C)
+# and GPT-2's head size 64 (the CUDA library's tensor-core attention serves only that head size) with T
+# not a multiple of its 64-row tiles
 EXAMPLE_SHAPES = (KernelShape(B=1, T=1, C=3, NH=1, OC=5, V=7, Vp=9, bias=True),
-                  KernelShape(B=3, T=21, C=72, NH=6, OC=200, V=100, Vp=128, bias=False))
+                  KernelShape(B=3, T=21, C=72, NH=6, OC=200, V=100, Vp=128, bias=False),
+                  KernelShape(B=2, T=80, C=256, NH=4, OC=96, V=300, Vp=384, bias=True))
 
 
 def make_shape(B, T, NH, hs, OC, V, pad, bias):

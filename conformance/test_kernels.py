@@ -26,6 +26,7 @@ def test_kernel(backend, recorder, name):
     @given(shape=kernel_shapes, seed=st.integers(0, 2**32 - 1))
     @example(shape=EXAMPLE_SHAPES[0], seed=0)
     @example(shape=EXAMPLE_SHAPES[1], seed=1)
+    @example(shape=EXAMPLE_SHAPES[2], seed=2)
     def check(shape, seed):
         results = [recorder.add(r) for r in run_kernel_check(backend, name, shape, seed)]
         failed = [r.message() for r in results if not r.passed]

@@ -42,8 +42,19 @@ def decay_mask(config, dtype=np.float32):
 
 
 def global_norm(grads):
-    """sqrt(sum g^2), accumulated in float64."""
-    return math.sqrt(float(np.dot(grads.astype(np.float64, copy=False), grads.astype(np.float64, copy=False))))
+    """sqrt(sum g^2), accumulated in float64. A float32 array is widened a chunk at a time (never whole)
+    and summed by einsum, not np.dot: BLAS wakes its threads for every call, which on a busy machine
+    costs more than the sums themselves."""
+    if grads.dtype == np.float64:
+        return math.sqrt(float(np.dot(grads, grads)))
+    total = 0.0
+    wide = np.empty(AdamW.CHUNK, np.float64)
+    for lo in range(0, grads.size, AdamW.CHUNK):
+        chunk = grads[lo:lo + AdamW.CHUNK]
+        x = wide[:chunk.size]
+        x[...] = chunk
+        total += float(np.einsum("i,i->", x, x))
+    return math.sqrt(total)
 
 
 class AdamW:
@@ -53,28 +64,46 @@ class AdamW:
     CHUNK = 1 << 16   # elements per pass: keeps each temporary in cache, so fp32 d12 streams memory once
 
     def __init__(self, settings, config, dtype=np.float32):
-        self.settings = settings
+        self.settings = settings      # may change between steps (a learning-rate schedule)
+        self.config = config
         self.m = np.zeros(config.num_parameters, dtype)
         self.v = np.zeros(config.num_parameters, dtype)
-        self.decay = None if settings.decay_all else decay_mask(config, dtype)
+        self._decay_mask = None
 
     def step(self, params, grads, t):
         s = self.settings
+        if not s.decay_all and self._decay_mask is None:
+            self._decay_mask = decay_mask(self.config, params.dtype)
+        decay_factor = None if s.decay_all else self._decay_mask
         f = params.dtype.type
         norm = global_norm(grads)
         grad_scale = s.grad_clip / norm if (s.grad_clip > 0 and norm > s.grad_clip) else 1.0
         b1, b2 = f(s.beta1), f(s.beta2)
         lr, eps, wd = f(s.learning_rate), f(s.eps), f(s.weight_decay)
         bias1, bias2 = f(1.0 - s.beta1 ** t), f(1.0 - s.beta2 ** t)
+        # every operation writes into these chunk-sized buffers (out=), so a pass allocates nothing
+        scaled_buf, tmp_buf, update_buf = (np.empty(self.CHUNK, params.dtype) for _ in range(3))
         for lo in range(0, params.size, self.CHUNK):
-            hi = lo + self.CHUNK
-            p, m, v = params[lo:hi], self.m[lo:hi], self.v[lo:hi]
-            g = grads[lo:hi] * f(grad_scale) if grad_scale != 1.0 else grads[lo:hi]
-            m *= b1
-            m += (1 - b1) * g
-            v *= b2
-            v += (1 - b2) * (g * g)
-            update = (m / bias1) / (np.sqrt(v / bias2) + eps)
-            decay = p * wd if self.decay is None else p * wd * self.decay[lo:hi]
-            p -= lr * (update + decay)
+            hi = min(lo + self.CHUNK, params.size)
+            p, m, v, g = params[lo:hi], self.m[lo:hi], self.v[lo:hi], grads[lo:hi]
+            tmp, update = tmp_buf[:hi - lo], update_buf[:hi - lo]
+            if grad_scale != 1.0:
+                g = np.multiply(g, f(grad_scale), out=scaled_buf[:hi - lo])
+            m *= b1                                            # m = b1 m + (1-b1) g
+            m += np.multiply(g, 1 - b1, out=tmp)
+            v *= b2                                            # v = b2 v + (1-b2) g^2
+            np.multiply(g, g, out=tmp)
+            tmp *= 1 - b2
+            v += tmp
+            np.divide(v, bias2, out=tmp)                       # update = m^ / (sqrt(v^) + eps)
+            np.sqrt(tmp, out=tmp)
+            tmp += eps
+            np.divide(m, bias1, out=update)
+            update /= tmp
+            np.multiply(p, wd, out=tmp)                        # decay = wd p (masked: 2-D tensors only)
+            if decay_factor is not None:
+                tmp *= decay_factor[lo:hi]
+            update += tmp                                      # p -= lr (update + decay)
+            update *= lr
+            p -= update
         return norm

@@ -26,7 +26,8 @@ def encoder_backward(dout, inp, wte_shape, wpe_shape):
     """dout (B,T,C) -> dwte (Vp,C), dwpe (maxT,C); a token seen twice gets both contributions."""
     B, T, C = dout.shape
     dwte = np.zeros(wte_shape, dout.dtype)
-    np.add.at(dwte, inp.reshape(-1), dout.reshape(B * T, C))
+    for token, row in zip(inp.reshape(-1), dout.reshape(B * T, C)):   # in order, as np.add.at but faster
+        dwte[token] += row
     dwpe = np.zeros(wpe_shape, dout.dtype)
     dwpe[:T] = dout.sum(axis=0)
     return dwte, dwpe
@@ -58,17 +59,18 @@ def layernorm_backward(dout, inp, weight, mean, rstd):
 # ----------------------------------------------------------------------------- matmul
 def matmul_forward(inp, weight, bias=None):
     """inp (B,T,C), weight (OC,C), bias (OC) or None -> out (B,T,OC)."""
-    out = inp @ weight.T
+    # one (B*T,C) x (C,OC) gemm: on a (B,T,C) array numpy's @ runs a separate small gemm per batch row
+    out = inp.reshape(-1, inp.shape[-1]) @ weight.T
     if bias is not None:
         out += bias
-    return out
+    return out.reshape(*inp.shape[:-1], weight.shape[0])
 
 
 def matmul_backward(dout, inp, weight, has_bias=True):
     """dout (B,T,OC) -> dinp (B,T,C), dweight (OC,C), dbias (OC) or None."""
     OC, C = weight.shape
     dout2 = dout.reshape(-1, OC)
-    dinp = dout @ weight
+    dinp = (dout2 @ weight).reshape(inp.shape)
     dweight = dout2.T @ inp.reshape(-1, C)
     dbias = dout2.sum(axis=0) if has_bias else None
     return dinp, dweight, dbias
@@ -151,9 +153,11 @@ def residual_backward(dout):
 def softmax_forward(logits, V):
     """logits (B,T,Vp) -> probs (B,T,Vp): softmax over the first V columns, the padding stays zero."""
     real = logits[..., :V]
-    exp = np.exp(real - real.max(axis=-1, keepdims=True))
     probs = np.zeros_like(logits)
-    probs[..., :V] = exp / exp.sum(axis=-1, keepdims=True)
+    exp = probs[..., :V]                    # computed in place: (B,T,Vp) temporaries are the big ones here
+    np.subtract(real, real.max(axis=-1, keepdims=True), out=exp)
+    np.exp(exp, out=exp)
+    exp /= exp.sum(axis=-1, keepdims=True)
     return probs
 
 
@@ -168,4 +172,5 @@ def crossentropy_softmax_backward(dlosses, probs, targets, V):
     dlogits[..., V:] = 0
     np.put_along_axis(dlogits, targets[..., None],
                       np.take_along_axis(dlogits, targets[..., None], axis=-1) - 1, axis=-1)
-    return dlogits * dlosses[..., None]
+    dlogits *= dlosses[..., None]
+    return dlogits

@@ -7,7 +7,7 @@ from llm.c's d12 init (reference.model.init_params, seed 42). Each configuration
 --steps timed ones (each step ends in a host sync: the loss and the grad norm come back); the table gives
 the median. tok/s = B*T / median step time. Memory: libllmc's device memory in use (cudaMemGetInfo, free
 before the model minus free after the steps, so cuBLAS's workspace counts); PyTorch's peak allocated.
-"max" is the largest B (from 64 down, in steps of 8) whose allocation succeeds.
+"max" is the largest B (from 128 down) whose allocation succeeds.
 PyTorch baselines: reference/torch_gpt2.py, eager fp32, eager TF32 (both with explicit attention, as
 nanoGPT without flash) and torch.compile TF32 with F.scaled_dot_product_attention(is_causal=True).
 Writes bench_cuda.json and bench_cuda.md under --out.
@@ -30,7 +30,7 @@ from reference.model import GPT2Config, init_params
 T = 1024
 SETTINGS = AdamWSettings(learning_rate=6e-4, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, decay_all=False,
                          grad_clip=1.0)
-MAX_B_CANDIDATES = (64, 56, 48, 40, 32)
+MAX_B_CANDIDATES = (128, 112, 96, 88, 80, 72, 64, 56, 48, 40, 32)
 LLMC_ERR_ALLOC = 4   # llmc.h
 
 

@@ -51,7 +51,9 @@ def _adamw_step_without_bias_correction(self, params, grads, t):
     f = params.dtype.type
     self.m[:] = f(s.beta1) * self.m + f(1 - s.beta1) * grads
     self.v[:] = f(s.beta2) * self.v + f(1 - s.beta2) * grads * grads
-    decay = params * f(s.weight_decay) if self.decay is None else params * f(s.weight_decay) * self.decay
+    decay = params * f(s.weight_decay)
+    if not s.decay_all:
+        decay *= adamw.decay_mask(self.config, params.dtype)
     params -= f(s.learning_rate) * (self.m / (np.sqrt(self.v) + f(s.eps)) + decay)
     return adamw.global_norm(grads)
 

@@ -1,0 +1,153 @@
+"""tools.train: resume is bit-exact, gradient accumulation is one big batch, the log has llm.c's form,
+bad arguments and files give a one-line error with exit status 2.
+
+Tiny models (V=256) on random token files, so every test takes seconds."""
+import re
+
+import numpy as np
+import pytest
+
+from reference.formats import write_tokens
+from tools import train as trainer
+
+V = 256
+MODEL = f"L2-NH4-C32-V{V}-T32"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """(train path, val path): random ids in [0, V) in llm.c's token format."""
+    d = tmp_path_factory.mktemp("tokens")
+    rng = np.random.default_rng(7)
+    write_tokens(d / "train.bin", rng.integers(0, V, 4000))
+    write_tokens(d / "val.bin", rng.integers(0, V, 600))
+    return d / "train.bin", d / "val.bin"
+
+
+def run(data, outdir, *extra, backend="reference"):
+    """-> (TrainResult, printed lines)"""
+    lines = []
+    argv = ["--backend", backend, "--model", MODEL, "--train-data", str(data[0]), "--val-data", str(data[1]),
+            "-B", "2", "-T", "16", "--output-dir", str(outdir), "--quiet", *extra]
+    return trainer.train(trainer.parse_args(argv), out=lines.append), lines
+
+
+def samples(lines):
+    return [line for line in lines if line.startswith("generating:")]
+
+
+# a schedule that changes every step, clipping that bites, accumulation over 2 micro-batches
+SCHEDULE = ["--steps", "8", "--lr", "3e-3", "--warmup", "2", "--final-lr-frac", "0.1", "--grad-clip", "0.5",
+            "--weight-decay", "0.1", "--total-batch-size", "64", "--val-every", "3", "--val-batches", "2",
+            "--sample-every", "3", "--gen-tokens", "6", "--checkpoint-every", "2"]
+
+
+def test_resume_is_bit_exact(data, tmp_path, backend):
+    """`backend` is conftest's (every --backend, skipped where unavailable); bit-exactness is promised on CPU."""
+    if backend.name not in ("reference", "cpu"):
+        pytest.skip(f"bit-exact resume is checked on the CPU backends only, not {backend.name}")
+    whole, whole_lines = run(data, tmp_path / "whole", *SCHEDULE, backend=backend.name)
+    first, _ = run(data, tmp_path / "split", *SCHEDULE, "--stop-at", "5", backend=backend.name)
+    assert first.last_step == 5 and max(first.train_losses) == 4
+    assert trainer.newest_checkpoint(tmp_path / "split") == 4
+    rest, rest_lines = run(data, tmp_path / "split", *SCHEDULE, "--resume", backend=backend.name)
+    assert min(rest.train_losses) == 4
+    # exact equality: the same floats, not merely close ones
+    assert {s: l for s, l in whole.train_losses.items() if s >= 4} == rest.train_losses
+    assert {s: l for s, l in whole.val_losses.items() if s >= 4} == rest.val_losses
+    assert samples(whole_lines)[-len(samples(rest_lines)):] == samples(rest_lines)
+    # the resumed log is the uninterrupted one: lines from the stopped run past step 4 are dropped
+    assert (tmp_path / "split" / "main.log").read_text() == (tmp_path / "whole" / "main.log").read_text()
+
+
+def test_grad_accumulation_is_one_big_batch(data, tmp_path):
+    """B=2 with 2 micro-batches reads the same rows as B=4 in one (llm.c's loader is sequential), so the
+    two runs agree to float32 rounding (the eps and clip rescaling of tools/train.py is exact math)."""
+    common = ["--steps", "4", "--lr", "3e-3", "--grad-clip", "0.5", "--val-every", "0", "--sample-every", "0"]
+    accum, _ = run(data, tmp_path / "accum", *common, "--total-batch-size", "64")
+    lines = []
+    argv = ["--backend", "reference", "--model", MODEL, "--train-data", str(data[0]), "--val-data", str(data[1]),
+            "-B", "4", "-T", "16", "--output-dir", str(tmp_path / "big"), "--quiet", *common]
+    big = trainer.train(trainer.parse_args(argv), out=lines.append)
+    losses_accum = np.array(list(accum.train_losses.values()))
+    losses_big = np.array(list(big.train_losses.values()))
+    np.testing.assert_allclose(losses_accum, losses_big, rtol=1e-5)
+    norms = [re.search(r"norm:(\S+)", l)[1] for l in (tmp_path / d / "main.log" for d in ("accum", "big"))
+             for l in l.read_text().splitlines() if "trl" in l]
+    np.testing.assert_allclose(np.float64(norms[:4]), np.float64(norms[4:]), rtol=1e-3)
+
+
+def test_log_format(data, tmp_path):
+    result, _ = run(data, tmp_path, "--steps", "4", "--val-every", "2", "--val-batches", "1", "--sample-every", "0")
+    lines = (tmp_path / "main.log").read_text().splitlines()
+    train = [l for l in lines if " trl:" in l]
+    val = [l for l in lines if " tel:" in l]
+    assert len(train) + len(val) == len(lines)
+    assert [int(l.split()[0][2:]) for l in train] == [0, 1, 2, 3]
+    assert [int(l.split()[0][2:]) for l in val] == [0, 2, 4]
+    for line in train:
+        assert re.fullmatch(r"s:\d+ trl:\d+\.\d{6} lr:\S+ norm:\d+\.\d{4}", line), line
+    for line in val:
+        assert re.fullmatch(r"s:\d+ tel:\d+\.\d{6}", line), line
+    assert trainer.read_log(tmp_path / "main.log")[0] == pytest.approx(result.train_losses, abs=1e-6)
+
+
+def test_learning_rate_schedules():
+    args = trainer.parse_args(["--lr", "1.0", "--warmup", "2", "--final-lr-frac", "0.1"])
+    assert [trainer.learning_rate(s, args, 12) for s in (0, 1)] == [0.5, 1.0]
+    assert trainer.learning_rate(2, args, 12) == pytest.approx(1.0)
+    assert trainer.learning_rate(7, args, 12) == pytest.approx(0.55)    # cosine half-way
+    assert trainer.learning_rate(12, args, 12) == pytest.approx(0.1)
+    args.schedule = "linear"
+    assert trainer.learning_rate(7, args, 12) == pytest.approx(0.55)
+    assert trainer.learning_rate(4, args, 12) == pytest.approx(0.82)
+    args.schedule = "constant"
+    assert trainer.learning_rate(7, args, 12) == 1.0
+
+
+def test_sampler_matches_llmc_xorshift():
+    """llm.c's random_u32 / random_f32 from seed 1337: values from the same three shifts and multiply
+    written in C with uint64_t arithmetic (gcc 12), so Python's 64-bit wrapping is checked too."""
+    sampler = trainer.Sampler()
+    assert [sampler.random_u32() for _ in range(3)] == [989205090, 818269915, 1335155955]
+    assert sampler.random_f32() == np.float32(0.902659476)
+    assert sampler.state == 3115803837778227132
+    probs = np.array([0.25, 0.25, 0.5], np.float32)
+    assert [trainer.Sampler.sample_mult(probs, c) for c in (0.0, 0.2499, 0.25, 0.49, 0.5, 0.99)] == [0, 0, 1, 1, 2, 2]
+
+
+@pytest.mark.parametrize("argv, names", [
+    (["-B", "0"], "--batch-size"),
+    (["--total-batch-size", "100"], "--total-batch-size"),
+    (["--model", "d7x"], "--model"),
+    (["--model", "missing.bin"], "missing.bin"),
+    (["--train-data", "/nonexistent/train.bin"], "/nonexistent/train.bin"),
+    (["--backend", "nosuch"], "--backend"),
+    (["--resume"], "--resume"),
+    (["--lr", "abc"], "--lr"),
+    (["--schedule", "wsd"], "--schedule"),
+])
+def test_bad_arguments_exit_2_with_one_line(data, tmp_path, capsys, argv, names):
+    base = ["--backend", "reference", "--model", MODEL, "--train-data", str(data[0]), "--val-data", str(data[1]),
+            "-B", "2", "-T", "16", "--steps", "1", "--output-dir", str(tmp_path)]
+    assert trainer.main(base + argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("train: error:") and names in err, err
+
+
+def test_bad_token_file_names_the_file(tmp_path, capsys):
+    bad = tmp_path / "train.bin"
+    bad.write_bytes(b"\0" * 100)
+    assert trainer.main(["--backend", "reference", "--model", MODEL, "--train-data", str(bad),
+                         "--val-data", str(bad), "-T", "16", "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--train-data" in err and str(bad) in err, err
+
+
+def test_keep_last_deletes_old_checkpoints(data, tmp_path):
+    run(data, tmp_path, "--steps", "6", "--checkpoint-every", "2", "--keep-last", "2", "--val-every", "0",
+        "--sample-every", "0")
+    names = sorted(p.name for p in tmp_path.iterdir() if p.name[:4] in ("DONE", "mode", "stat"))
+    assert names == ["DONE_00000004", "DONE_00000006", "model_00000004.bin", "model_00000006.bin",
+                     "state_00000004.bin", "state_00000006.bin"]
+    assert trainer.newest_checkpoint(tmp_path) == 6
