@@ -9,7 +9,7 @@ the median. tok/s = B*T / median step time. Memory: libllmc's device memory in u
 before the model minus free after the steps, so cuBLAS's workspace counts); PyTorch's peak allocated.
 "max" is the largest B (from 128 down) whose allocation succeeds.
 PyTorch baselines: reference/torch_gpt2.py, eager fp32, eager TF32 (both with explicit attention, as
-nanoGPT without flash) and torch.compile TF32 with F.scaled_dot_product_attention(is_causal=True).
+nanoGPT without flash) and torch.compile fp32 and TF32 with F.scaled_dot_product_attention(is_causal=True).
 Writes bench_cuda.json and bench_cuda.md under --out.
 """
 import argparse
@@ -191,7 +191,8 @@ def main(argv=None):
     if args.profile:
         profile_llmc(backends["tf32"], config, params, 16, args.out)
     baselines = [b for b in args.torch.split(",") if b]
-    torch_runs = [("eager", "fp32", False, False), ("eager", "tf32", True, False), ("compile", "tf32", True, True)]
+    torch_runs = [("eager", "fp32", False, False), ("eager", "tf32", True, False),
+                  ("compile", "fp32", False, True), ("compile", "tf32", True, True)]
     for name, precision, tf32, compiled in torch_runs:
         if name not in baselines:
             continue
