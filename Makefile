@@ -1,6 +1,6 @@
 # make            : the virtual environment (.venv) and libllmc (build/libllmc_cpu.so, and build/libllmc_cuda.so where nvcc is found)
 # make test       : everything, then the conformance suite (what .ci/run calls)
-# make conform    : everything, then the main job: model-level checks of every available backend
+# make conform    : everything (the 124M fixture too), then the main job: model-level checks of every available backend
 # make fixtures   : the GPT-2 124M-shape fixture (fixtures/gpt2_124M/, ignored by git)
 # make bench      : the pytest-benchmark suite for every available backend, JSON under out/bench/
 PYTHON ?= python3
@@ -34,7 +34,7 @@ $(FIXTURE_124M)/manifest.json: | venv
 test: all fixtures
 	$(PY) -m pytest conformance/
 
-conform: all
+conform: all fixtures
 	$(PY) -m tools.conform
 
 bench: all fixtures
