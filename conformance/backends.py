@@ -1,6 +1,6 @@
 """Every implementation the suite can judge, behind one interface, chosen by name.
 
-A backend offers two levels (see DESIGN in README.md):
+A backend offers two levels (the design sketch: one backend interface, two levels):
 
 - model level: ``backend.model(config, params, max_B, max_T)`` or ``backend.model_from_checkpoint(path,
   max_B, max_T)`` returns a model handle with
@@ -59,9 +59,6 @@ class Backend:
 # ----------------------------------------------------------------------------- reference (numpy)
 class ReferenceKernels:
     """reference.layers with llm.c's in-place, accumulate-into-gradients calling convention."""
-
-    def __init__(self):
-        self.saved_att = {}
 
     @staticmethod
     def encoder_forward(out, inp, wte, wpe):

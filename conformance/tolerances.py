@@ -188,7 +188,7 @@ _entry("torch_crosscheck", "fp64", 5e-14, 2e-13,
 
 def tolerance(quantity, precision):
     """The entry for (quantity, precision); "grad:<dname>" falls back to the family "grad" where the
-    class has no per-tensor entries (tf32, bf16)."""
+    class has no per-tensor entries (bf16)."""
     for key in ((quantity, precision), (quantity.split(":")[0], precision)):
         if key in TOLERANCES:
             return TOLERANCES[key]

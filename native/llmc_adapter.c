@@ -24,6 +24,7 @@
 #endif
 #include "train_gpt2.c"
 
+#include <limits.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <sys/stat.h>
@@ -93,8 +94,12 @@ static int check_config(const llmc_config* c, const char* where) {
     const int fields[6] = {c->max_seq_len, c->vocab_size, c->padded_vocab_size, c->num_layers, c->num_heads,
                            c->channels};
     const char* names[6] = {"max_seq_len", "vocab_size", "padded_vocab_size", "num_layers", "num_heads", "channels"};
+    /* libllmc's bounds (native/model.c llmc_check_config): every size product stays far from overflow */
+    const int maxima[6] = {1 << 16, 1 << 24, 1 << 24, 1 << 12, 1 << 12, 1 << 16};
     for (int i = 0; i < 6; i++) {
-        if (fields[i] <= 0) return adapter_fail(LLMC_ERR_FORMAT, "%s: %s = %d, must be positive", where, names[i], fields[i]);
+        if (fields[i] <= 0 || fields[i] > maxima[i])
+            return adapter_fail(LLMC_ERR_FORMAT, "%s: %s = %d, must lie in [1, %d]", where, names[i], fields[i],
+                                maxima[i]);
     }
     if (c->channels % c->num_heads)
         return adapter_fail(LLMC_ERR_FORMAT, "%s: channels (%d) not divisible by num_heads (%d)", where, c->channels,
@@ -125,6 +130,13 @@ static int check_sizes(const llmc_config* c, int max_B, int max_T, const char* w
     if (max_T > c->max_seq_len)
         return adapter_fail(LLMC_ERR_ARGUMENT, "%s: max_T = %d exceeds the model's max_seq_len %d", where, max_T,
                             c->max_seq_len);
+    /* llm.c indexes activations with int: B*T*Vp (logits), B*NH*T*T (attention), B*T*4C must fit.
+       What no check here can prevent: llm.c's mallocCheck ends the process when memory runs out. */
+    const double tokens = (double)max_B * max_T;
+    if (tokens * c->padded_vocab_size > INT_MAX || tokens * max_T * c->num_heads > INT_MAX ||
+        tokens * 4.0 * c->channels > INT_MAX)
+        return adapter_fail(LLMC_ERR_ARGUMENT, "%s: max_B = %d x max_T = %d is too large for llm.c's int offsets "
+                            "(B*T*Vp, B*NH*T*T and B*T*4C must stay below 2^31)", where, max_B, max_T);
     return LLMC_OK;
 }
 

@@ -152,11 +152,6 @@ def _flatten(model, pick):
     return np.concatenate(parts)
 
 
-def flat_params(model):
-    """The parameters as one numpy array in llm.c's order (float64 for a float64 model, else float32)."""
-    return _flatten(model, lambda t: t)
-
-
 def flat_grads(model):
     """The gradients as one numpy array in llm.c's order; wte's holds both uses (embedding and lm head)."""
     return _flatten(model, lambda t: t.grad)

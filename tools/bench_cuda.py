@@ -20,7 +20,11 @@ import sys
 import time
 
 import numpy as np
-import torch
+
+try:
+    import torch
+except ImportError:     # a CLI: say what is missing instead of a traceback
+    sys.exit("tools.bench_cuda needs PyTorch with CUDA for its baselines: pip install -e '.[torch]' on a GPU machine")
 
 from conformance.backends import get_backend
 from native.binding import LlmcError
