@@ -16,8 +16,9 @@ import pytest
 from conformance.backends import BUILTIN_BACKENDS, BackendUnavailable, get_backend
 from conformance.checks import Recorder
 from conformance.fixture import default_fixture_dirs, load_fixture
-from conformance.model_checks import run_model_checks
-from conformance.report import format_table, suite_meta, write_json, write_markdown
+from conformance.model_checks import ModelChecksStopped, run_model_checks
+from conformance.ports import is_unsupported
+from conformance.report import format_table, stopped_entry, suite_meta, write_json, write_markdown
 
 # fixed seeds: the same examples every run (a failure reproduces), no deadline (first calls load libraries)
 settings.register_profile("llmc", derandomize=True, deadline=None, print_blob=True)
@@ -43,7 +44,8 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     # recorder, backends (name -> description or the reason it is unavailable), caches of loaded things
-    config.stash[_SESSION] = {"recorder": Recorder(), "backends": {}, "fixtures": {}, "model_results": {}}
+    config.stash[_SESSION] = {"recorder": Recorder(), "backends": {}, "fixtures": {}, "model_results": {},
+                               "stopped": []}
 
 
 def _session(request):
@@ -87,31 +89,47 @@ def recorder(request):
     return _session(request)["recorder"]
 
 
+class ModelResults(dict):
+    """check name -> CheckResult; a check the run never reached is skipped (the backend does not support
+    what it needs) or an error (the backend raised), with the cause."""
+
+    def __init__(self, results, stopped=None):
+        super().__init__((r.check, r) for r in results)
+        self.stopped = stopped
+
+    def __missing__(self, check):
+        if self.stopped is None:
+            raise KeyError(check)
+        if is_unsupported(self.stopped.cause):
+            pytest.skip(f"unsupported: {self.stopped.cause}")
+        raise RuntimeError(f"{check} not reached: {self.stopped}") from self.stopped.cause
+
+
 @pytest.fixture
 def model_results(request, backend, llmc_fixture):
-    """check name -> CheckResult of run_model_checks(backend, fixture), run once per (backend, fixture).
-    A failure to run at all (an exception) is kept and raised again in every test that asks."""
-    cache = _session(request)["model_results"]
+    """ModelResults of run_model_checks(backend, fixture), run once per (backend, fixture). A run that
+    stopped part way keeps its checks; the rest skip (unsupported) or error (any other exception)."""
+    session = _session(request)
     key = (backend.name, str(llmc_fixture.path))
-    if key not in cache:
+    if key not in session["model_results"]:
         try:
-            cache[key] = {r.check: r for r in run_model_checks(backend, llmc_fixture)}
-        except Exception as e:
-            cache[key] = e
-    if isinstance(cache[key], Exception):
-        raise cache[key]
-    return cache[key]
+            session["model_results"][key] = ModelResults(run_model_checks(backend, llmc_fixture))
+        except ModelChecksStopped as e:
+            session["model_results"][key] = ModelResults(e.results, e)
+            session["stopped"].append(stopped_entry(e, is_unsupported(e.cause)))
+    return session["model_results"][key]
 
 
 def pytest_terminal_summary(terminalreporter, config):
-    results = config.stash[_SESSION]["recorder"].results
+    session = config.stash[_SESSION]
+    results = session["recorder"].results
     if not results:
         return
     terminalreporter.section("llmc conformance checks")
-    terminalreporter.write_line(format_table(results))
+    terminalreporter.write_line(format_table(results, session["stopped"]))
     json_path, md_path = config.getoption("report_json"), config.getoption("report_md")
     if json_path or md_path:
-        meta = suite_meta(config.stash[_SESSION]["backends"], source="pytest conformance/")
+        meta = suite_meta(session["backends"], source="pytest conformance/", stopped=session["stopped"])
         if json_path:
             write_json(results, json_path, meta)
             terminalreporter.write_line(f"wrote {json_path}")

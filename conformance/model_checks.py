@@ -17,6 +17,9 @@ Then test_gpt2.c's loop, 10 times: forward, zero_grad, backward, AdamW update wi
 fixture.optimizer (test_gpt2.c's TEST_GPT2_SETTINGS in every fixture), on the same model handle (no
 update has run yet, so it starts from the fixture's parameters):
     <fixture>/train_loss/<step> each step's loss (before its update) vs fixture.expected_losses
+
+A backend that raises part way (a port that does not support training, a crash) does not lose the
+checks already made: run_model_checks raises ModelChecksStopped carrying them and the cause.
 """
 import numpy as np
 
@@ -27,16 +30,32 @@ GRAD_NAMES = tuple("d" + name for name in PARAM_NAMES)
 TRAIN_STEPS = 10
 
 
+class ModelChecksStopped(Exception):
+    """The backend raised part way: .results are the checks made before, .cause is what it raised."""
+
+    def __init__(self, backend, fixture, results, cause):
+        super().__init__(f"{backend} on {fixture}: {type(cause).__name__}: {cause}")
+        self.backend, self.fixture, self.results, self.cause = backend, fixture, results, cause
+
+
 def run_model_checks(backend, fixture):
     """Every model-level check of `backend` on `fixture` (conformance.fixture.Fixture) -> list[CheckResult]."""
     config, name, prec = fixture.config, fixture.name, backend.precision
-    V, C = config.vocab_size, config.channels
     results = []
 
     def judge(check, got, want, quantity, scale=None):
         results.append(compare(f"{name}/{check}", backend.name, got, want, (quantity, prec), scale))
 
-    model = backend.model(config, fixture.params, fixture.B, fixture.T)
+    try:
+        _checks(backend.model(config, fixture.params, fixture.B, fixture.T), fixture, judge)
+    except Exception as e:
+        raise ModelChecksStopped(backend.name, name, results, e) from e
+    return results
+
+
+def _checks(model, fixture, judge):
+    config = fixture.config
+    V, C = config.vocab_size, config.channels
     try:
         loss = model.forward(fixture.x, fixture.y)
         logits = model.logits()                                   # (B,T,Vp)
@@ -68,4 +87,3 @@ def run_model_checks(backend, fixture):
             judge(f"train_loss/{step}", loss, fixture.expected_losses[step], "losses10")
     finally:
         model.close()
-    return results

@@ -32,7 +32,7 @@ import weakref
 import numpy as np
 
 from conformance.backends import KERNEL_NAMES, Backend, BackendUnavailable
-from native.binding import NativeBackend, load_library
+from native.binding import LlmcError, NativeBackend, load_library
 from reference.formats import atomic_write, read_checkpoint, write_checkpoint
 
 PROTOCOL_VERSION = 1
@@ -42,6 +42,8 @@ DTYPES = {1: np.dtype("<f4"), 2: np.dtype("<i4")}   # code -> dtype: float32, in
 DTYPE_CODES = {np.dtype(np.float32): 1, np.dtype(np.int32): 2}
 EXIT_UNSUPPORTED = 3
 PRECISIONS = ("fp32", "tf32", "bf16")
+DEFAULT_TIMEOUT_S = 600         # LLMC_PORT_TIMEOUT's default: gpt2_124M's train call on a slow port
+LLMC_ERR_UNSUPPORTED = 8         # native/llmc.h
 TRAIN_LOOKAHEAD = 10             # steps a train call runs ahead of the handle: test_gpt2.c's loop length
 
 
@@ -207,20 +209,21 @@ class CmdBackend(Backend):
                             f"command-line protocol {PROTOCOL_VERSION}: `{command}`")
 
     def _info(self):
+        command = f"`{shlex.join(self.argv)} info`"
         try:
-            done = subprocess.run(self.argv + ["info"], capture_output=True, text=True, timeout=120)
+            done = _run(self.argv + ["info"])
         except OSError as e:
             raise BackendUnavailable(f"cannot run {shlex.join(self.argv)}: {e}") from e
         if done.returncode != 0:
-            raise BackendUnavailable(f"`{shlex.join(self.argv)} info` exited with {done.returncode}: "
-                                     f"{_tail(done.stderr)}")
+            raise BackendUnavailable(f"{command} exited with {done.returncode}: {_tail(done.stderr)}")
         try:
             info = json.loads(done.stdout)
         except json.JSONDecodeError as e:
-            raise PortError(f"`{shlex.join(self.argv)} info` did not print JSON: {e}: {done.stdout[:200]!r}") from e
+            raise PortError(f"{command} did not print JSON: {e}: {done.stdout[:200]!r}") from e
+        if not isinstance(info, dict):
+            raise PortError(f"{command} printed {type(info).__name__} JSON, expected an object: {done.stdout[:200]!r}")
         if info.get("protocol") != PROTOCOL_VERSION:
-            raise PortError(f"`{shlex.join(self.argv)} info`: protocol {info.get('protocol')!r}, "
-                            f"this suite speaks {PROTOCOL_VERSION}")
+            raise PortError(f"{command}: protocol {info.get('protocol')!r}, this suite speaks {PROTOCOL_VERSION}")
         return info
 
     def has_kernel(self, name):
@@ -229,7 +232,10 @@ class CmdBackend(Backend):
     def call(self, op, args):
         """Run `COMMAND op args...`; PortUnsupported on exit 3, PortError on any other failure."""
         argv = self.argv + [op] + [str(a) for a in args]
-        done = subprocess.run(argv, capture_output=True, text=True)
+        try:
+            done = _run(argv)
+        except OSError as e:
+            raise PortError(f"cannot run `{shlex.join(argv)}`: {e}") from e
         if done.returncode == EXIT_UNSUPPORTED:
             raise PortUnsupported(f"{self.port_name}: {op} unsupported: {_tail(done.stderr)}")
         if done.returncode != 0:
@@ -241,6 +247,33 @@ class CmdBackend(Backend):
     def model_from_checkpoint(self, path, max_B, max_T):
         config, params = read_checkpoint(path)
         return CmdModel(self, config, params, max_B, max_T)
+
+
+def port_timeout():
+    """Seconds one protocol call may take (env LLMC_PORT_TIMEOUT): a hung port fails its checks, never the suite."""
+    value = os.environ.get("LLMC_PORT_TIMEOUT", str(DEFAULT_TIMEOUT_S))
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not seconds > 0:
+        raise ValueError(f"LLMC_PORT_TIMEOUT={value!r}: expected a positive number of seconds")
+    return seconds
+
+
+def _run(argv):
+    """One protocol call -> CompletedProcess; PortError naming the command when it runs past port_timeout()."""
+    timeout = port_timeout()
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        raise PortError(f"`{shlex.join(argv)}` ran past LLMC_PORT_TIMEOUT={timeout:g} s") from e
+
+
+def is_unsupported(error):
+    """Whether an exception says "this backend does not do that" (a skip, not a failure): a port's
+    PortUnsupported or libllmc's LLMC_ERR_UNSUPPORTED."""
+    return isinstance(error, PortUnsupported) or (isinstance(error, LlmcError) and error.code == LLMC_ERR_UNSUPPORTED)
 
 
 def _tail(text, lines=5):

@@ -4,9 +4,12 @@ Generic over results: the model checks, the kernel checks and the ports' checks 
 A check run many times (a hypothesis kernel test) is one row: its worst errors, its total elements,
 passed only if every run passed.
 
-    print(format_table(results))
+    print(format_table(results, stopped))
     write_json(results, "out/conformance.json", meta)    # meta: suite version, commit, platform, backends...
     write_markdown(results, "out/conformance.md", meta)  # rows = checks, columns = backends
+
+stopped (also meta["stopped"]) lists the model-check runs that stopped part way (stopped_entry): their
+checks not reached are ERROR where the backend raised, "skipped" where it does not support them.
 """
 from dataclasses import asdict, dataclass
 import json
@@ -61,15 +64,31 @@ def aggregate(results):
     return list(rows.values())
 
 
-def format_table(results):
-    """The terminal table: check, backend, max abs, rel norm, elements, tolerance, pass."""
+def stopped_entry(stopped, unsupported):
+    """A run that stopped (conformance.model_checks.ModelChecksStopped) -> the reports' record of it."""
+    return {"backend": stopped.backend, "fixture": stopped.fixture, "verdict": "skipped" if unsupported else "ERROR",
+            "reason": f"{'unsupported' if unsupported else type(stopped.cause).__name__}: {stopped.cause}"}
+
+
+def _not_reached(stopped, check, backend):
+    """The verdict of a check with no result: ERROR / skipped from its stopped run, else skipped."""
+    fixture = check.split("/", 1)[0]
+    verdicts = [s["verdict"] for s in stopped if s["backend"] == backend and s["fixture"] == fixture]
+    return verdicts[0] if verdicts else "skipped"
+
+
+def format_table(results, stopped=()):
+    """The terminal table: check, backend, max abs, rel norm, elements, tolerance, pass; then one line per
+    stopped run: the rest of its checks, ERROR or skipped, with the reason."""
     header = ("check", "backend", "max abs", "rel norm", "elements", "tolerance (abs / rel)", "pass")
     lines = [(row.check + (f" (x{row.runs})" if row.runs > 1 else ""), row.backend, f"{row.max_abs:.2e}",
               f"{row.rel_norm:.2e}", str(row.elements), f"{row.tol_max_abs:.1e} / {row.tol_rel_norm:.1e}",
               "pass" if row.passed else "FAIL") for row in aggregate(results)]
     widths = [max(len(cells[i]) for cells in [header] + lines) for i in range(len(header))]
     fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(cells) for cells in lines])
+    table = [fmt(header), fmt(["-" * w for w in widths])] + [fmt(cells) for cells in lines]
+    return "\n".join(table + [f"{s['fixture']}/* not reached  {s['backend']}  {s['verdict']}  ({s['reason']})"
+                              for s in stopped])
 
 
 def write_text(path, text):
@@ -116,7 +135,8 @@ def suite_meta(backends=None, **extra):
 def write_json(results, path, meta):
     """Every result, the aggregated rows and meta, written atomically."""
     doc = {"meta": meta,
-           "passed": all(r.passed for r in results),
+           "passed": all(r.passed for r in results) and not any(s["verdict"] == "ERROR"
+                                                                 for s in meta.get("stopped", ())),
            "summary": [asdict(row) for row in aggregate(results)],
            "results": [r.to_dict() for r in results]}
     write_text(path, json.dumps(_json_safe(doc), indent=1, allow_nan=False) + "\n")
@@ -124,7 +144,9 @@ def write_json(results, path, meta):
 
 def write_markdown(results, path, meta=None):
     """The support matrix: rows = checks, columns = backends; a cell is pass / FAIL with the worst relative
-    error, or 'skipped' where the backend produced no result for that check (the reasons follow the table)."""
+    error, ERROR where the backend raised before the check, or 'skipped' where the backend produced no
+    result for it (unavailable or unsupported: the reasons follow the table)."""
+    stopped = (meta or {}).get("stopped", ())
     rows = aggregate(results)
     backends = list(dict.fromkeys([r.backend for r in rows] + list((meta or {}).get("backends", {}))))
     checks = list(dict.fromkeys(r.check for r in rows))
@@ -135,7 +157,8 @@ def write_markdown(results, path, meta=None):
         for b in backends:
             r = cells.get((check, b))
             if r is None:
-                row.append("skipped")
+                verdict = _not_reached(stopped, check, b)
+                row.append("**ERROR**" if verdict == "ERROR" else verdict)
             else:
                 row.append(f"{'pass' if r.passed else '**FAIL**'} ({r.rel_norm:.1e})")
         lines.append("| " + " | ".join(row) + " |")
@@ -147,4 +170,7 @@ def write_markdown(results, path, meta=None):
     text += lines
     if meta and meta.get("backends"):
         text += ["", "Backends:", ""] + [f"- **{name}**: {what}" for name, what in meta["backends"].items()]
+    if stopped:
+        text += ["", "Runs that stopped part way (their remaining checks are ERROR or skipped):", ""]
+        text += [f"- **{s['backend']}** on {s['fixture']}: {s['verdict']}: {s['reason']}" for s in stopped]
     write_text(path, "\n".join(text) + "\n")

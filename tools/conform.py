@@ -7,7 +7,10 @@ Runs conformance/model_checks.py (the same checks as conformance/test_model.py: 
 gradients, wte padding, test_gpt2.c's 10 training losses) for each backend (default: every builtin one;
 an unavailable backend is listed with its reason) on each fixture (default: the committed ones plus
 fixtures/gpt2_124M where `make fixtures` made it). Prints the table, writes the JSON report (every
-check, and each backend's 10 losses) and the markdown support matrix, and exits 1 on any failure.
+check, and each backend's 10 losses) and the markdown support matrix, and exits 1 on any failure or
+error. A backend that raises part way keeps the checks it made; the rest are ERROR, or skipped when it
+said the feature is unsupported (a cmd: port's exit 3, LLMC_ERR_UNSUPPORTED, a lib: port without the
+model API). Bad input (a fixture, a backend name, a list file) is one line on stderr and exit status 2.
 A port's skip / expected-failure lists (conformance/port_lists.py) apply to the check names.
 """
 import argparse
@@ -17,9 +20,10 @@ import time
 
 from conformance.backends import BUILTIN_BACKENDS, BackendUnavailable, get_backend
 from conformance.fixture import default_fixture_dirs, load_fixture
-from conformance.model_checks import TRAIN_STEPS, run_model_checks
+from conformance.model_checks import TRAIN_STEPS, ModelChecksStopped, run_model_checks
 from conformance.port_lists import apply_to_results, read_list
-from conformance.report import format_table, suite_meta, write_json, write_markdown
+from conformance.ports import PortError, is_unsupported
+from conformance.report import format_table, stopped_entry, suite_meta, write_json, write_markdown
 
 DEFAULT_JSON = Path("out/conform/conform.json")
 DEFAULT_MARKDOWN = Path("out/conform/support_matrix.md")
@@ -52,13 +56,33 @@ def main(argv=None):
     parser.add_argument("--port-xfails", action="append", default=[], metavar="FILE",
                         help="a port's expected failures: a matching check passes by failing, and fails by passing")
     args = parser.parse_args(argv)
-    skips = [entry for path in args.port_skips for entry in read_list(path)]
-    xfails = [entry for path in args.port_xfails for entry in read_list(path)]
+    try:
+        return conform(args)
+    except UsageError as e:
+        print(f"tools.conform: {e}", file=sys.stderr)
+        return 2
+
+
+class UsageError(Exception):
+    """Bad input on the command line (a file, a field, a backend): one line on stderr, exit status 2."""
+
+
+def _usage(what, action, *args):
+    """action(*args), its bad-input exceptions turned into a UsageError naming `what`."""
+    try:
+        return action(*args)
+    except (OSError, ValueError, PortError) as e:   # a missing file, a FormatError, a bad list line, a bad name
+        raise UsageError(f"{what}: {e}") from e
+
+
+def conform(args):
+    skips = [entry for path in args.port_skips for entry in _usage(f"--port-skips {path}", read_list, path)]
+    xfails = [entry for path in args.port_xfails for entry in _usage(f"--port-xfails {path}", read_list, path)]
 
     backends, described = [], {}
     for name in args.backend or BUILTIN_BACKENDS:
         try:
-            backend = get_backend(name)
+            backend = _usage(f"--backend {name}", get_backend, name)
         except BackendUnavailable as e:
             described[name] = f"unavailable: {e}"
             print(f"backend {name}: unavailable: {e}")
@@ -66,33 +90,33 @@ def main(argv=None):
         backends.append(backend)
         described[backend.name] = backend.description or backend.name
 
-    results, errors, losses = [], [], {}
+    results, stopped, losses = [], [], {}
     for path in args.fixture or default_fixture_dirs():
-        fixture = load_fixture(path)      # one fixture in memory at a time: gpt2_124M's is 1.3 GB
+        fixture = _usage(f"--fixture {path}", load_fixture, path)   # one in memory at a time: gpt2_124M's is 1.3 GB
         expected = [float(v) for v in fixture.expected_losses]
         for backend in backends:
             start = time.perf_counter()
             try:
                 results += run_model_checks(backend, fixture)
-            except Exception as e:       # a backend that cannot even run is a failure, reported, not a crash
-                errors.append(f"{backend.name} on {fixture.name}: {type(e).__name__}: {e}")
+            except ModelChecksStopped as e:   # its checks so far count; the rest are ERROR (or skipped: unsupported)
+                results += e.results
+                stopped.append(stopped_entry(e, is_unsupported(e.cause)))
             print(f"{backend.name} on {fixture.name}: {time.perf_counter() - start:.1f} s", flush=True)
         losses[fixture.name] = {"expected": expected, "source": fixture.losses_source,
                                 **training_losses(results, fixture.name)}
 
     results, notes = apply_to_results(results, skips, xfails)
-    print(format_table(results))
+    print(format_table(results, stopped))
     for note in notes:
         print(note)
-    for error in errors:
-        print(f"ERROR {error}")
     failed = [r for r in results if not r.passed]
-    meta = suite_meta(described, source="python -m tools.conform", training_losses=losses, errors=errors,
+    errors = [s for s in stopped if s["verdict"] == "ERROR"]
+    meta = suite_meta(described, source="python -m tools.conform", training_losses=losses, stopped=stopped,
                       port_list_notes=notes)
     write_json(results, args.json, meta)
     write_markdown(results, args.markdown, meta)
-    print(f"{len(results) - len(failed)} of {len(results)} checks passed, {len(errors)} errors; "
-          f"wrote {args.json} and {args.markdown}")
+    print(f"{len(results) - len(failed)} of {len(results)} checks passed, {len(errors)} errors, "
+          f"{len(stopped) - len(errors)} unsupported; wrote {args.json} and {args.markdown}")
     return 1 if failed or errors or not results else 0
 
 
