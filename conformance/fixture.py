@@ -6,12 +6,15 @@ Two kinds of directory:
 - llm.c's own (train_gpt2.py output: gpt2_124M.bin + gpt2_124M_debug_state.bin, no manifest): the
   expected losses are computed by reference/oracle.py in float64 on first use, and losses_source says so.
 """
+import dataclasses
 import functools
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 
+from conformance.model_checks import TRAIN_STEPS
 from reference.adamw import AdamWSettings, TEST_GPT2_SETTINGS
 from reference.formats import FormatError, read_checkpoint, read_debug_state, sha256_file
 from reference.oracle import expected_outputs
@@ -22,6 +25,9 @@ MANIFEST = "manifest.json"
 FIXTURES_DIR = Path(__file__).resolve().parents[1] / "fixtures"
 COMMITTED_FIXTURES = ("tiny-bytes", "tiny-gpt2")
 GPT2_124M_FIXTURE = FIXTURES_DIR / "gpt2_124M"   # made by `make fixtures`, ignored by git
+
+CONFIG_KEYS = tuple(field.name for field in dataclasses.fields(GPT2Config))
+OPTIMIZER_KEYS = tuple(field.name for field in dataclasses.fields(AdamWSettings))
 
 LOSSES_FROM_MANIFEST = "manifest"
 LOSSES_FROM_ORACLE = "oracle (float64)"
@@ -60,14 +66,74 @@ class Fixture:
 
 
 def _load_manifest(path):
+    """-> the manifest dict, every entry this module uses checked for its type (and the config for sense)."""
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise FormatError(path, "json", f"is not valid JSON: {e}") from e
+    _expect(path, "manifest", manifest, dict, "an object")
     for key in ("config", "files", "expected", "optimizer", "B", "T"):
         if key not in manifest:
             raise FormatError(path, key, f"has no {key!r} entry")
+
+    config = _expect(path, "config", manifest["config"], dict, "an object")
+    _check_keys(path, "config", config, required=CONFIG_KEYS, allowed=CONFIG_KEYS)
+    try:
+        GPT2Config(**config)
+    except ValueError as e:
+        raise FormatError(path, "config", f"config: {e}") from e
+
+    for name, entry in _expect(path, "files", manifest["files"], dict, "an object").items():
+        field = f"files[{name!r}]"
+        _expect(path, field, entry, dict, "an object")
+        _check_keys(path, field, entry, required=("size", "sha256"))
+        if _expect(path, f"{field}.size", entry["size"], int, "an integer") < 0:
+            raise FormatError(path, f"{field}.size", f"{field}.size is {entry['size']}, must be >= 0")
+        _expect(path, f"{field}.sha256", entry["sha256"], str, "a hex string")
+
+    expected = _expect(path, "expected", manifest["expected"], dict, "an object")
+    _check_keys(path, "expected", expected, required=("losses",))
+    losses = _expect(path, "expected.losses", expected["losses"], list, "a list")
+    if len(losses) != TRAIN_STEPS:
+        raise FormatError(path, "expected.losses", f"expected.losses has {len(losses)} values, test_gpt2's loop "
+                                                   f"needs {TRAIN_STEPS}")
+    for i, loss in enumerate(losses):
+        if not _is_number(loss) or not math.isfinite(loss):
+            raise FormatError(path, "expected.losses", f"expected.losses[{i}] is {loss!r}, must be a finite number")
+
+    optimizer = _expect(path, "optimizer", manifest["optimizer"], dict, "an object")
+    _check_keys(path, "optimizer", optimizer, allowed=OPTIMIZER_KEYS)
+    for key, value in optimizer.items():
+        is_flag = key == "decay_all"
+        if not (isinstance(value, bool) if is_flag else _is_number(value)):
+            raise FormatError(path, f"optimizer.{key}", f"optimizer.{key} is {value!r}, must be a "
+                                                        f"{'boolean' if is_flag else 'number'}")
+
+    for key in ("B", "T"):
+        if _expect(path, key, manifest[key], int, "an integer") <= 0:
+            raise FormatError(path, key, f"{key} is {manifest[key]}, must be positive")
     return manifest
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _expect(path, field, value, kind, description):
+    """value, if it is a `kind` (JSON true/false never pass for an integer)."""
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise FormatError(path, field, f"{field} is {value!r}, must be {description}")
+    return value
+
+
+def _check_keys(path, field, entry, required=(), allowed=None):
+    """Every `required` key present; with `allowed`, no other key (a misspelt setting must not pass silently)."""
+    missing = [key for key in required if key not in entry]
+    if missing:
+        raise FormatError(path, field, f"{field} has no {missing[0]!r} entry")
+    unknown = sorted(set(entry) - set(allowed)) if allowed is not None else []
+    if unknown:
+        raise FormatError(path, field, f"{field} has unknown entry {unknown[0]!r} (known: {', '.join(allowed)})")
 
 
 def _verify_files(dirpath, manifest_path, manifest):

@@ -56,7 +56,8 @@ def test_train_step_torch(benchmark, setup):
 def test_train_step(benchmark, backend, setup):
     """`backend` is conftest's: every --backend (default all builtin), skipped where unavailable."""
     config, params = setup
-    if hasattr(backend, "set_num_threads"):
+    library = getattr(backend, "library", None)   # native and lib: backends; a lib: port may lack the symbol
+    if library is not None and library.has("llmc_set_num_threads"):
         backend.set_num_threads(THREADS)
     try:
         model = backend.model(config, params, B, T)

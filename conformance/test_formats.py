@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conformance.badfiles import append, patch_header, truncate
 from conformance.fixture import (CHECKPOINT, CHECKPOINT_BF16, DEBUG_STATE, GPT2_124M_FIXTURE, LOSSES_FROM_MANIFEST,
                                  LOSSES_FROM_ORACLE, MANIFEST, default_fixture_dirs, load_fixture)
 from reference import formats, tokenizer
@@ -59,22 +60,6 @@ def raises_format_error(path, field, detail):
 
 def random_params(config, seed=0):
     return np.random.default_rng(seed).standard_normal(config.num_parameters).astype(np.float32)
-
-
-def patch_header(path, index, value):
-    data = bytearray(Path(path).read_bytes())
-    data[4 * index:4 * index + 4] = np.array([value], "<i4").tobytes()
-    Path(path).write_bytes(bytes(data))
-
-
-def truncate(path, nbytes):
-    data = Path(path).read_bytes()
-    Path(path).write_bytes(data[:len(data) - nbytes])
-
-
-def append(path, extra=b"\0\0\0\0"):
-    with open(path, "ab") as f:
-        f.write(extra)
 
 
 # ----------------------------------------------------------------------------- writers of each format
@@ -348,6 +333,24 @@ def test_debug_state_rejects_bad_header_and_tokens(tmp_path):
         read_debug_state(path, SMALL)
 
 
+NAN_BITS = int(np.array(np.nan, "<f4").view("<i4"))
+INF_BITS = int(np.array(np.inf, "<f4").view("<i4"))
+
+
+@pytest.mark.parametrize("word, bits, field, detail", [
+    # words of make_debug_state's file (B=2, T=8, V=100): header 256, x and y 16 each, logits, loss, grads
+    (256 + 32 + 1 * 100 + 3, NAN_BITS, "logits", r"logits\[0, 1, 3\] is nan, must be finite"),
+    (256 + 32 + 1600, INF_BITS, "loss", r"loss is inf, must be finite"),
+    (256 + 32 + 1600 + 1 + 7, INF_BITS, "grads", r"grads\[7\] is inf, must be finite"),
+])
+def test_debug_state_rejects_nonfinite(tmp_path, word, bits, field, detail):
+    """A NaN in the oracle's file must be caught here, not later as an apparent backend failure."""
+    path = make_debug_state(tmp_path)
+    patch_header(path, word, bits)
+    with raises_format_error(path, field, detail):
+        read_debug_state(path, SMALL)
+
+
 def test_check_tokens(tmp_path):
     path = make_tokens(tmp_path, 10)      # ids 0, 600, ..., 5400
     tokens = read_tokens(path)
@@ -448,6 +451,46 @@ def test_fixture_sha256_mismatch_names_file(tmp_path):
     data[-1] ^= 1
     path.write_bytes(bytes(data))
     with raises_format_error(path, "sha256", f"sha256 is [0-9a-f]{{64}}, .*{MANIFEST} says"):
+        load_fixture(tmp_path)
+
+
+def _drop(entry, key):
+    del entry[key]
+
+
+MANIFEST_DAMAGE = {
+    # name: (change to the manifest dict, field, words of the message)
+    "file-without-size": (lambda m: _drop(m["files"][CHECKPOINT], "size"), f"files[{CHECKPOINT!r}]",
+                          r"has no 'size' entry"),
+    "file-size-not-int": (lambda m: m["files"][CHECKPOINT].update(size="big"), f"files[{CHECKPOINT!r}].size",
+                          r"is 'big', must be an integer"),
+    "unknown-optimizer-key": (lambda m: m["optimizer"].update(lr=1e-3), "optimizer",
+                              r"unknown entry 'lr' \(known: learning_rate, "),
+    "optimizer-value-not-number": (lambda m: m["optimizer"].update(beta1="0.9"), "optimizer.beta1",
+                                   r"is '0.9', must be a number"),
+    "negative-channels": (lambda m: m["config"].update(channels=-8), "config",
+                          r"GPT2Config.channels must be a positive integer, got -8"),
+    "config-missing-key": (lambda m: _drop(m["config"], "num_heads"), "config", r"has no 'num_heads' entry"),
+    "no-losses": (lambda m: _drop(m["expected"], "losses"), "expected", r"has no 'losses' entry"),
+    "three-losses": (lambda m: m["expected"].update(losses=[10.8, 10.7, 10.6]), "expected.losses",
+                     r"has 3 values, test_gpt2's loop needs 10"),
+    "loss-not-number": (lambda m: m["expected"]["losses"].__setitem__(4, None), "expected.losses",
+                        r"expected.losses\[4\] is None"),
+    "B-not-positive": (lambda m: m.update(B=0), "B", r"B is 0, must be positive"),
+    "no-T": (lambda m: _drop(m, "T"), "T", r"has no 'T' entry"),
+    "files-not-an-object": (lambda m: m.update(files=[]), "files", r"files is \[\], must be an object"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MANIFEST_DAMAGE))
+def test_fixture_rejects_bad_manifest(tmp_path, case):
+    change, field, detail = MANIFEST_DAMAGE[case]
+    shutil.copytree(COMMITTED[0], tmp_path, dirs_exist_ok=True)
+    path = tmp_path / MANIFEST
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+    with raises_format_error(path, field, detail):
         load_fixture(tmp_path)
 
 

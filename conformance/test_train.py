@@ -7,7 +7,9 @@ import re
 import numpy as np
 import pytest
 
-from reference.formats import write_tokens
+from conformance.badfiles import patch_header, truncate
+from reference.formats import FormatError, write_tokens
+from reference.model import GPT2Config
 from tools import train as trainer
 
 V = 256
@@ -142,6 +144,30 @@ def test_bad_token_file_names_the_file(tmp_path, capsys):
                          "--val-data", str(bad), "-T", "16", "--output-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "--train-data" in err and str(bad) in err, err
+
+
+@pytest.mark.parametrize("damage, field, detail", [
+    (lambda path: patch_header(path, 0, 20240327), "magic", "header[0] magic is 20240327, expected 20261126"),
+    (lambda path: truncate(path, 4), "size", "file is truncated"),
+    (lambda path: truncate(path, 10**9), "header", "shorter than the 1024-byte header"),
+    (lambda path: patch_header(path, 3, 0), "header[3]", "header[3] B is 0, must be positive"),
+    (lambda path: patch_header(path, 5, -2), "header[5]", "header[5] grad_accum is -2, must be positive"),
+    (lambda path: patch_header(path, 7, 1), "header[7]", "header[7] is 1, expected 0 (reserved)"),
+])
+def test_malformed_state_names_file_and_field(data, tmp_path, capsys, damage, field, detail):
+    argv = ["--backend", "reference", "--model", MODEL, "--train-data", str(data[0]), "--val-data", str(data[1]),
+            "-B", "2", "-T", "16", "--steps", "1", "--checkpoint-every", "1", "--val-every", "0", "--sample-every", "0",
+            "--output-dir", str(tmp_path)]
+    assert trainer.main(argv) == 0
+    path = tmp_path / "state_00000001.bin"
+    damage(path)
+    with pytest.raises(FormatError) as info:
+        trainer.read_state(path, GPT2Config.from_descriptor(MODEL).num_parameters)
+    assert info.value.field == field and detail in str(info.value) and str(path) in str(info.value), info.value
+    capsys.readouterr()
+    assert trainer.main(argv + ["--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err and detail in err, err
 
 
 def test_keep_last_deletes_old_checkpoints(data, tmp_path):

@@ -280,9 +280,14 @@ def read_debug_state(path, config):
         offset += 4 * count
     for name in ("x", "y"):
         check_tokens(parts[name], V, path, field=name)
+    # a NaN here would only surface later, looking like a backend's failure
+    for name in ("logits", "loss", "grads"):
+        bad = _first_nonfinite(parts[name])
+        if bad is not None:
+            where = np.unravel_index(bad, (B, T, V)) if name == "logits" else (bad,)
+            index = "" if name == "loss" else "[" + ", ".join(str(int(i)) for i in where) + "]"
+            raise FormatError(path, name, f"{name}{index} is {parts[name][bad]}, must be finite")
     loss = float(parts["loss"][0])
-    if not math.isfinite(loss):
-        raise FormatError(path, "loss", f"loss is {loss}, must be finite")
     return DebugState(B, T, parts["x"].astype(np.int32).reshape(B, T), parts["y"].astype(np.int32).reshape(B, T),
                       parts["logits"].astype(np.float32).reshape(B, T, V), loss, parts["grads"].astype(np.float32))
 

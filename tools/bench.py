@@ -210,7 +210,8 @@ def worker(args):
     else:
         from conformance.backends import get_backend
         backend = get_backend(args.worker)
-        if args.threads and hasattr(backend, "set_num_threads"):
+        library = getattr(backend, "library", None)      # the reference has no thread setting of its own
+        if args.threads and library is not None and library.has("llmc_set_num_threads"):
             backend.set_num_threads(args.threads)
         # built from the file by the backend itself: no copy of the parameters in Python counts
         # towards the training run's peak memory

@@ -48,8 +48,8 @@ import numpy as np
 from conformance.backends import BackendUnavailable, get_backend
 from reference import tokenizer
 from reference.adamw import AdamWSettings
-from reference.formats import HEADER_BYTES, HEADER_INTS, FormatError, atomic_write, check_tokens, \
-    read_checkpoint, read_tokens, write_checkpoint
+from reference.formats import HEADER_BYTES, HEADER_INTS, FormatError, _check_reserved_zero, _check_size, \
+    _read_header, atomic_write, check_tokens, read_checkpoint, read_tokens, write_checkpoint
 from reference.model import GPT2Config, init_params
 from tools.prepare_data import ensure_tinyshakespeare
 
@@ -243,22 +243,21 @@ def write_state(path, step, B, T, grad_accum, position, sampler_state, m, v):
 
 def read_state(path, num_parameters):
     """-> dict(step, B, T, grad_accum, position, sampler_state, m, v); FormatError names the field."""
-    size = os.path.getsize(path)
-    if size < HEADER_BYTES:
-        raise FormatError(path, "header", f"file is {size} bytes, shorter than a {HEADER_BYTES}-byte header")
-    header = np.fromfile(path, "<i4", count=HEADER_INTS)
-    if header[0] != STATE_MAGIC:
-        raise FormatError(path, "magic", f"header[0] magic is {header[0]}, expected {STATE_MAGIC} (trainer state)")
-    if header[1] != STATE_VERSION:
-        raise FormatError(path, "version", f"header[1] version is {header[1]}, expected {STATE_VERSION}")
+    header = _read_header(path, STATE_MAGIC, (STATE_VERSION,), "trainer state")
+    step, B, T, grad_accum = (int(x) for x in header[2:6])
+    if step < 0:
+        raise FormatError(path, "header[2]", f"header[2] step is {step}, must be >= 0")
+    for i, name, value in ((3, "B", B), (4, "T", T), (5, "grad_accum", grad_accum)):
+        if value <= 0:
+            raise FormatError(path, f"header[{i}]", f"header[{i}] {name} is {value}, must be positive")
+    _check_reserved_zero(path, header[:10], 6)     # int32 fields 10..15 hold the three uint64s
+    _check_reserved_zero(path, header, 16)
     n, position, sampler_state = (int(x) for x in header.view("<u8")[5:8])
     if n != num_parameters:
         raise FormatError(path, "header[10]", f"header[10] num_parameters is {n}, the model has {num_parameters}")
-    if size != HEADER_BYTES + 8 * n:
-        raise FormatError(path, "size", f"file is {size} bytes, m and v of {n} parameters need {HEADER_BYTES + 8 * n}")
+    _check_size(path, HEADER_BYTES + 8 * n, f"m and v of {n} parameters")
     m = np.fromfile(path, "<f4", count=n, offset=HEADER_BYTES)
     v = np.fromfile(path, "<f4", count=n, offset=HEADER_BYTES + 4 * n)
-    step, B, T, grad_accum = (int(x) for x in header[2:6])
     return dict(step=step, B=B, T=T, grad_accum=grad_accum, position=position, sampler_state=sampler_state,
                 m=m, v=v)
 
@@ -378,7 +377,8 @@ def train(args, out=print):
     except (BackendUnavailable, ValueError) as e:
         raise UsageError(f"--backend {args.backend}: {e}") from e
     if args.threads is not None:
-        if not hasattr(backend, "set_num_threads"):
+        library = getattr(backend, "library", None)   # native and lib: backends; a lib: port may lack the symbol
+        if library is None or not library.has("llmc_set_num_threads"):
             raise UsageError(f"--threads: the {args.backend} backend has no thread setting")
         backend.set_num_threads(args.threads)
     model = backend.model(config, params, B, T)
