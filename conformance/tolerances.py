@@ -28,7 +28,8 @@ the measurement behind every entry here, rerunnable.
 Quantities: logits, loss, losses10 (each of test_gpt2.c's 10 training losses, abs only), grad:<dname>
 (each of the 16 gradients), grad_key_bias (dqkvb's key third: zero in exact arithmetic, judged against
 the norm of the whole dqkvb), padding (wte's padded rows, their gradient, the logits' padded columns:
-exactly zero), kernel:<kernel>.<output>, finite_difference and torch_crosscheck (fp64).
+exactly zero), rerun (two identical runs: exactly equal), grad_norm (the global gradient norm),
+kernel:<kernel>.<output>, finite_difference and torch_crosscheck (fp64).
 """
 from dataclasses import dataclass
 import math
@@ -116,6 +117,12 @@ _entry("grad", "bf16", 5e-2, 1e-1, PROVISIONAL_BF16 + " (7.9% per element plus t
 _entry("grad_key_bias", "bf16", 1e-4, 1e-2, PROVISIONAL_BF16)
 for _p in ("fp32", "tf32", "bf16"):
     _entry("padding", _p, 0.0, 0.0, "exact: wte's padded rows are zero, so are their gradient and the logits they make")
+    _entry("rerun", _p, 0.0, 0.0, "exact: the same build on the same inputs gives the same bits (no order-dependent sums)")
+# the global gradient norm AdamW clips by (tools/cuda_check.py, L2-NH4-C64-V256 after one step, 2-D decay + clip)
+_entry("grad_norm", "fp32", 2e-7, 2e-7,
+       "worst 1.77e-08 abs, 1.40e-08 rel (libllmc cuda on an NVIDIA H100; cpu 1.8e-08 abs); 10x rounded up")
+_entry("grad_norm", "tf32", 2e-4, 2e-4,
+       "worst 1.99e-05 abs, 1.57e-05 rel (libllmc cuda-tf32 on an NVIDIA H100); 10x rounded up")
 
 # ----------------------------------------------------------------------------- kernels, fp32
 # kernel output: (max abs, rel norm) worst over reference and cpu, 300 random shapes + 2 GPT-2-like ones
