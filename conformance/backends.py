@@ -34,6 +34,11 @@ KERNEL_NAMES = (
 )
 
 BUILTIN_BACKENDS = ("reference", "cpu", "cuda", "cuda-tf32")
+# the --backend / --fixture options of pytest (conftest.py) and of tools.conform
+BACKEND_OPTION_HELP = (f"backend to judge (repeatable): {', '.join(BUILTIN_BACKENDS)}, lib:PATH or cmd:COMMAND; "
+                       "default: every builtin backend")
+FIXTURE_OPTION_HELP = ("fixture directory in llm.c's layout (repeatable); default: the committed fixtures "
+                       "and fixtures/gpt2_124M where it exists")
 
 
 class BackendUnavailable(Exception):

@@ -13,7 +13,8 @@ from pathlib import Path
 from hypothesis import settings
 import pytest
 
-from conformance.backends import BUILTIN_BACKENDS, BackendUnavailable, get_backend
+from conformance.backends import (BACKEND_OPTION_HELP, BUILTIN_BACKENDS, FIXTURE_OPTION_HELP, BackendUnavailable,
+                                   get_backend)
 from conformance.checks import Recorder
 from conformance.fixture import default_fixture_dirs, load_fixture
 from conformance.model_checks import ModelChecksStopped, run_model_checks
@@ -32,12 +33,8 @@ pytest_plugins = ["conformance.port_lists"]
 
 def pytest_addoption(parser):
     group = parser.getgroup("llmc", "llmc conformance")
-    group.addoption("--backend", action="append", metavar="NAME",
-                    help=f"backend to judge (repeatable): {', '.join(BUILTIN_BACKENDS)}, lib:PATH or cmd:COMMAND; "
-                         "default: every builtin backend")
-    group.addoption("--fixture", action="append", metavar="DIR",
-                    help="fixture directory in llm.c's layout (repeatable); default: the committed fixtures "
-                         "and fixtures/gpt2_124M where it exists")
+    group.addoption("--backend", action="append", metavar="NAME", help=BACKEND_OPTION_HELP)
+    group.addoption("--fixture", action="append", metavar="DIR", help=FIXTURE_OPTION_HELP)
     group.addoption("--report-json", metavar="PATH", help="write every check's result as JSON")
     group.addoption("--report-md", metavar="PATH", help="write the support matrix as markdown")
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import sys
 import time
 
-from conformance.backends import BUILTIN_BACKENDS, BackendUnavailable, get_backend
+from conformance.backends import (BACKEND_OPTION_HELP, BUILTIN_BACKENDS, FIXTURE_OPTION_HELP, BackendUnavailable,
+                                   get_backend)
 from conformance.fixture import default_fixture_dirs, load_fixture
 from conformance.model_checks import TRAIN_STEPS, ModelChecksStopped, run_model_checks
 from conformance.port_lists import apply_to_results, read_list
@@ -41,12 +42,8 @@ def training_losses(results, fixture_name):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", action="append", metavar="NAME",
-                        help=f"repeatable: {', '.join(BUILTIN_BACKENDS)}, lib:PATH or cmd:COMMAND "
-                             "(default: every builtin backend)")
-    parser.add_argument("--fixture", action="append", metavar="DIR",
-                        help="repeatable: a fixture directory in llm.c's layout (default: the committed "
-                             "fixtures and fixtures/gpt2_124M where it exists)")
+    parser.add_argument("--backend", action="append", metavar="NAME", help=BACKEND_OPTION_HELP)
+    parser.add_argument("--fixture", action="append", metavar="DIR", help=FIXTURE_OPTION_HELP)
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, metavar="OUT",
                         help=f"JSON report (default: {DEFAULT_JSON})")
     parser.add_argument("--markdown", type=Path, default=DEFAULT_MARKDOWN, metavar="OUT",
