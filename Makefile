@@ -3,7 +3,9 @@
 # make conform    : everything (the 124M fixture too), then the main job: model-level checks of every available backend
 # make fixtures   : the GPT-2 124M-shape fixture (fixtures/gpt2_124M/, ignored by git)
 # make bench      : the pytest-benchmark suite for every available backend, JSON under out/bench/
+# CONSTRAINTS     : the pinned versions .venv gets (.ci/constraints.txt); `make test CONSTRAINTS=` takes the newest
 PYTHON ?= python3
+CONSTRAINTS ?= .ci/constraints.txt
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BUILD := build
@@ -14,10 +16,10 @@ EXTRAS := $(if $(NVCC),[cuda],)
 all: venv native
 
 venv: $(VENV)/.installed
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.$(EXTRAS)'
+	$(PY) -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.$(EXTRAS)'
 	touch $@
 
 $(BUILD):

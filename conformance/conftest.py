@@ -10,7 +10,11 @@ them, and the JSON / markdown reports when asked for.
 """
 from pathlib import Path
 
-from hypothesis import settings
+from conformance.environment import require_project_environment
+
+require_project_environment()   # before the imports only the project's venv provides
+
+from hypothesis import settings  # noqa: E402
 import pytest
 
 from conformance.backends import (BACKEND_OPTION_HELP, BUILTIN_BACKENDS, FIXTURE_OPTION_HELP, BackendUnavailable,

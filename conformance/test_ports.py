@@ -28,6 +28,7 @@ from conformance import port_lists
 from conformance.ports import TRAIN_LOOKAHEAD, PortError, is_unsupported, port_backend, read_arrays, write_arrays
 from conformance.report import suite_meta, write_json, write_markdown
 from reference.adamw import AdamWSettings
+from reference.model import PARAM_NAMES, split_params
 from tools import conform
 from tools.port_example import BUGS
 from tools.validate_llmc import STANDIN, build_adapter
@@ -159,15 +160,23 @@ def test_cmd_batching_keeps_llmc_semantics(tiny):
 
     got, want = script(port), script(ref)
     assert got["loss_no_targets"] is None and want["loss_no_targets"] is None
-    # The same numpy code in another process gives the same bits, except where the protocol itself rounds:
-    # losses and grad norms come back as float32 (the reference keeps float64), and the adapter sums two
-    # separately evaluated backward passes where the reference accumulates inside one. Those differ by
-    # float32 rounding (relative 2**-24 ~ 6e-8) plus one addition: rtol 1e-6 bounds that.
-    rounded = {"loss2", "loss_reset", "norm1", "norm2", "grads2"}
-    for key in want.keys() - {"loss_no_targets"} - rounded:
-        assert np.array_equal(got[key], want[key]), f"{key} differs from the in-process reference"
-    for key in rounded:
+    # The same numpy code in another process gives the same bits, except where the protocol itself rounds.
+    # Losses and grad norms come back as float32 (the reference keeps float64): positive scalars, so one
+    # float32 rounding bounds them elementwise (relative 2**-24 ~ 6e-8; rtol 1e-6 leaves room).
+    for key in ("loss2", "loss_reset", "norm1", "norm2"):
         np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=0, err_msg=key)
+    # grads2: the adapter sums two separately evaluated backward passes, the reference accumulates the
+    # second pass into the first. dwte's two contributions (encoder, tied lm head) can cancel element by
+    # element, so no elementwise relative bound holds; the rounding is bounded by the norm of each tensor:
+    # a few float32 roundings (2**-24 each) of terms no larger than the tensor, well under 1e-6.
+    want_grads, got_grads = split_params(want["grads2"], tiny.config), split_params(got["grads2"], tiny.config)
+    for name in PARAM_NAMES:
+        diff = np.linalg.norm(np.float64(got_grads[name]) - want_grads[name])
+        scale = np.linalg.norm(np.float64(want_grads[name]))
+        assert diff <= 1e-6 * scale, f"grads2 d{name}: ||got - want|| = {diff:.3e} > 1e-6 * ||want|| = {scale:.3e}"
+    exact = want.keys() - {"loss_no_targets", "loss2", "loss_reset", "norm1", "norm2", "grads2"}
+    for key in exact:
+        assert np.array_equal(got[key], want[key]), f"{key} differs from the in-process reference"
 
 
 @needs_cc
