@@ -33,6 +33,7 @@ if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER = Path(__file__).resolve().with_name("llmc.h")
+CORE_HEADER = Path(__file__).resolve().with_name("core") / "core.h"
 
 ERROR_NAMES = {0: "LLMC_OK", 1: "LLMC_ERR_ARGUMENT", 2: "LLMC_ERR_FILE", 3: "LLMC_ERR_FORMAT",
                4: "LLMC_ERR_ALLOC", 5: "LLMC_ERR_TOKEN", 6: "LLMC_ERR_STATE", 7: "LLMC_ERR_DEVICE",
@@ -55,6 +56,26 @@ class LlmcError(RuntimeError):
 
 class LlmcArgumentError(LlmcError, ValueError):
     """LLMC_ERR_ARGUMENT or LLMC_ERR_TOKEN: the caller's input was wrong."""
+
+
+def _define(header, name):
+    """The integer value of `#define name VALUE` in a C header."""
+    match = re.search(rf"^#define {name} (\d+)", Path(header).read_text(), flags=re.M)
+    if match is None:
+        raise ValueError(f"{header}: no #define {name}")
+    return int(match.group(1))
+
+
+# The most threads a thread count may ask for: what llmc_set_num_threads clamps to on the largest machine.
+# Larger is taken for a mistake (LLMC_THREADS=100000 once crashed libgomp) and refused here.
+MAX_THREADS = _define(CORE_HEADER, "LLMC_MAX_THREADS")
+
+
+def check_threads(n, name="n"):
+    """n as an int, if it is a thread count in [1, MAX_THREADS]; ValueError naming `name` otherwise."""
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"{name} = {n!r}: a thread count must be an integer in [1, {MAX_THREADS}]")
+    return int(n)
 
 
 def read_cdef(header=HEADER):
@@ -393,7 +414,15 @@ def _token_array(name, a):
 
 # ----------------------------------------------------------------------------- backends
 def default_threads():
-    return int(os.environ.get("LLMC_THREADS") or os.cpu_count() or 1)
+    """LLMC_THREADS when set (ValueError naming it when it is not a thread count), else the CPU count."""
+    value = os.environ.get("LLMC_THREADS")
+    if not value:
+        return min(os.cpu_count() or 1, MAX_THREADS)
+    try:
+        n = int(value)
+    except ValueError:
+        n = value
+    return check_threads(n, "LLMC_THREADS")
 
 
 class NativeBackend(Backend):
@@ -430,7 +459,7 @@ class NativeBackend(Backend):
                 self.library.check(code)
 
     def set_num_threads(self, n):
-        self.library.check(self.library.lib.llmc_set_num_threads(int(n)))
+        self.library.check(self.library.lib.llmc_set_num_threads(check_threads(n)))
 
     def model(self, config, params, max_B, max_T):
         if params is None:
