@@ -34,14 +34,14 @@ $(FIXTURE_124M)/manifest.json: | venv
 	$(PY) -m tools.make_fixtures --model d12 -B 4 -T 64 $(FIXTURE_124M)
 
 test: all fixtures
-	$(PY) -m pytest conformance/
+	$(PY) -m pytest conformance/ tests/
 
 conform: all fixtures
 	$(PY) -m tools.conform
 
 bench: all fixtures
 	mkdir -p out/bench
-	$(PY) -m pytest conformance/test_bench.py --benchmark-only --benchmark-json=out/bench/bench.json
+	$(PY) -m pytest tests/test_bench.py --benchmark-only --benchmark-json=out/bench/bench.json
 
 clean:
 	rm -rf $(BUILD)

@@ -10,24 +10,20 @@ them, and the JSON / markdown reports when asked for.
 """
 from pathlib import Path
 
-from conformance.environment import require_project_environment
+from conformance.environment import require_project_environment, use_fixed_seeds
 
 require_project_environment()   # before the imports only the project's venv provides
+use_fixed_seeds()
 
-from hypothesis import settings  # noqa: E402
 import pytest
 
-from conformance.backends import (BACKEND_OPTION_HELP, BUILTIN_BACKENDS, FIXTURE_OPTION_HELP, BackendUnavailable,
-                                   get_backend)
+from backends.base import BackendUnavailable
+from backends.ports import is_unsupported
+from backends.registry import BACKEND_OPTION_HELP, BUILTIN_BACKENDS, get_backend
 from conformance.checks import Recorder
-from conformance.fixture import default_fixture_dirs, load_fixture
+from conformance.fixture import FIXTURE_OPTION_HELP, default_fixture_dirs, load_fixture
 from conformance.model_checks import ModelChecksStopped, run_model_checks
-from conformance.ports import is_unsupported
 from conformance.report import format_table, stopped_entry, suite_meta, write_json, write_markdown
-
-# fixed seeds: the same examples every run (a failure reproduces), no deadline (first calls load libraries)
-settings.register_profile("llmc", derandomize=True, deadline=None, print_blob=True)
-settings.load_profile("llmc")
 
 _SESSION = pytest.StashKey[dict]()
 

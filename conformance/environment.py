@@ -1,4 +1,7 @@
-"""Stop at once, with the command to use instead, when pytest runs outside the project's environment.
+"""How the suite runs: inside the project's environment, with fixed seeds.
+
+require_project_environment() stops at once, with the command to use instead, when pytest runs
+outside the project's environment.
 
 The design card's own `make && pytest conformance/` meets a `pytest` on the PATH that is not the
 venv's; without this check it dies on the first import the venv alone provides (tiktoken, cffi).
@@ -25,3 +28,11 @@ def require_project_environment():
     if missing:
         print(outside_environment_message(missing), file=sys.stderr)
         raise SystemExit(4)
+
+
+def use_fixed_seeds():
+    """hypothesis draws the same examples every run (a failure reproduces); no deadline, as first calls
+    load libraries."""
+    from hypothesis import settings
+    settings.register_profile("llmc", derandomize=True, deadline=None, print_blob=True)
+    settings.load_profile("llmc")

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from conformance.model_checks import TRAIN_STEPS
-from reference.adamw import AdamWSettings, TEST_GPT2_SETTINGS
+from reference.adamw import TEST_GPT2_SETTINGS, AdamWSettings
 from reference.formats import FormatError, read_checkpoint, read_debug_state, sha256_file
-from reference.oracle import expected_outputs
 from reference.model import GPT2Config
+from reference.oracle import expected_outputs
 
 CHECKPOINT, CHECKPOINT_BF16, DEBUG_STATE = "gpt2_124M.bin", "gpt2_124M_bf16.bin", "gpt2_124M_debug_state.bin"
 MANIFEST = "manifest.json"
@@ -28,6 +28,9 @@ GPT2_124M_FIXTURE = FIXTURES_DIR / "gpt2_124M"   # made by `make fixtures`, igno
 
 CONFIG_KEYS = tuple(field.name for field in dataclasses.fields(GPT2Config))
 OPTIMIZER_KEYS = tuple(field.name for field in dataclasses.fields(AdamWSettings))
+
+FIXTURE_OPTION_HELP = ("fixture directory in llm.c's layout (repeatable); default: the committed fixtures "
+                       "and fixtures/gpt2_124M where it exists")
 
 LOSSES_FROM_MANIFEST = "manifest"
 LOSSES_FROM_ORACLE = "oracle (float64)"

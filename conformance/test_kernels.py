@@ -4,11 +4,12 @@ Property tests (hypothesis, fixed seeds): shapes include B*T not a multiple of 8
 unrolls by 8), C not a multiple of 16, T = 1, NH = 1 and V < Vp; gradient outputs are pre-filled, so
 a kernel must accumulate with +=. The checks themselves live in conformance/kernel_checks.py.
 """
-from hypothesis import example, given, settings, strategies as st
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 import pytest
 
-from conformance.backends import KERNEL_NAMES
 from conformance.kernel_checks import EXAMPLE_SHAPES, SHAPE_RANGES, make_shape, run_kernel_check
+from reference.layers import KERNEL_NAMES
 
 EXAMPLES_PER_KERNEL = 12
 

@@ -1,27 +1,28 @@
-"""cffi (ABI mode) binding of libllmc: any shared library with the C ABI of native/llmc.h as a backend.
+"""cffi (ABI mode) binding of libllmc: any shared library with the C ABI of native/llmc.h, from Python.
 
     load_library(path) -> Library            dlopen + the cdef read from llmc.h; symbols bind lazily,
                                               so a library that lacks some kernel still loads
-    NativeBackend(library, name, precision, mode)
-                                              the conformance.backends.Backend interface over it
-    native_backend("cpu" | "cuda" | "cuda-tf32")
-                                              our own libraries, build/libllmc_{cpu,cuda}.so (or the
-                                              paths in LLMC_CPU_LIB / LLMC_CUDA_LIB)
+    library.model_from_params(...), library.model_from_checkpoint(...) -> NativeModel
+    NativeKernels(library, mode)             llm.c's layer kernels on numpy arrays
+    library_path("cpu" | "cuda")             our own libraries: build/libllmc_{cpu,cuda}.so, or the
+                                              paths in LLMC_CPU_LIB / LLMC_CUDA_LIB
 
 Arrays cross the boundary without copies (ffi.from_buffer). Everything C would trust (dtype,
 C-contiguity, writability of outputs, shapes that agree, token ids in range) is checked here first,
 so a wrong call raises TypeError / ValueError naming the argument instead of crashing the process.
-A model-API error code becomes LlmcError carrying llmc_last_error().
+A model-API error code becomes LlmcError carrying llmc_last_error(); a library that cannot be loaded
+or run here raises LibraryUnavailable. The binding knows nothing of the suite: backends/native.py puts
+it behind the backend interface.
 """
 import os
-import re
 from pathlib import Path
+import re
 
-import numpy as np
 from cffi import FFI
+import numpy as np
 
-from conformance.backends import KERNEL_NAMES, Backend, BackendUnavailable
-from reference.model import GPT2Config, init_params
+from reference.layers import KERNEL_NAMES
+from reference.model import GPT2Config
 
 # libgomp reads its wait policy once, when it loads (with our library). Its default spins about a
 # millisecond at every barrier; on a small machine shared with other work, a thread spinning while its
@@ -35,27 +36,30 @@ ROOT = Path(__file__).resolve().parent.parent
 HEADER = Path(__file__).resolve().with_name("llmc.h")
 CORE_HEADER = Path(__file__).resolve().with_name("core") / "core.h"
 
-ERROR_NAMES = {0: "LLMC_OK", 1: "LLMC_ERR_ARGUMENT", 2: "LLMC_ERR_FILE", 3: "LLMC_ERR_FORMAT",
-               4: "LLMC_ERR_ALLOC", 5: "LLMC_ERR_TOKEN", 6: "LLMC_ERR_STATE", 7: "LLMC_ERR_DEVICE",
-               8: "LLMC_ERR_UNSUPPORTED"}
-LLMC_OK, LLMC_ERR_ARGUMENT, LLMC_ERR_TOKEN = 0, 1, 5
-
-# name -> (library kind, tolerance class, precision mode)
-BUILTIN = {"cpu": ("cpu", "fp32", 0), "cuda": ("cuda", "fp32", 0), "cuda-tf32": ("cuda", "tf32", 1)}
 LIBRARY_ENV = {"cpu": "LLMC_CPU_LIB", "cuda": "LLMC_CUDA_LIB"}
 
 
-class LlmcError(RuntimeError):
-    """A libllmc call returned an error code; .code is it, the message is llmc_last_error()."""
+def read_cdef(header=HEADER):
+    """The declarations between the LLMC_CDEF markers of llmc.h, comments stripped."""
+    text = Path(header).read_text()
+    begin, end = "/* LLMC_CDEF_BEGIN */", "/* LLMC_CDEF_END */"
+    if begin not in text or end not in text:
+        raise ValueError(f"{header}: the {begin} / {end} markers are missing")
+    body = text.split(begin, 1)[1].split(end, 1)[0]
+    return re.sub(r"/\*.*?\*/", "", body, flags=re.S)
 
-    def __init__(self, code, message):
-        super().__init__(f"{ERROR_NAMES.get(code, 'LLMC_ERR_?')} ({code}): {message}")
-        self.code = code
-        self.llmc_message = message
+
+def _error_codes():
+    """{name: value} of llmc.h's LLMC_* enum as cffi parses it (constants need no library loaded)."""
+    ffi = FFI()
+    ffi.cdef(read_cdef())
+    constants = ffi.dlopen(None)
+    return {name: getattr(constants, name) for name in dir(constants) if name.startswith("LLMC_")}
 
 
-class LlmcArgumentError(LlmcError, ValueError):
-    """LLMC_ERR_ARGUMENT or LLMC_ERR_TOKEN: the caller's input was wrong."""
+ERROR_CODES = _error_codes()
+ERROR_NAMES = {code: name for name, code in ERROR_CODES.items()}
+LLMC_OK = ERROR_CODES["LLMC_OK"]
 
 
 def _define(header, name):
@@ -78,14 +82,21 @@ def check_threads(n, name="n"):
     return int(n)
 
 
-def read_cdef(header=HEADER):
-    """The declarations between the LLMC_CDEF markers of llmc.h, comments stripped."""
-    text = Path(header).read_text()
-    begin, end = "/* LLMC_CDEF_BEGIN */", "/* LLMC_CDEF_END */"
-    if begin not in text or end not in text:
-        raise ValueError(f"{header}: the {begin} / {end} markers are missing")
-    body = text.split(begin, 1)[1].split(end, 1)[0]
-    return re.sub(r"/\*.*?\*/", "", body, flags=re.S)
+class LibraryUnavailable(Exception):
+    """The library cannot be loaded, or cannot run here (llmc_init failed); the message says why."""
+
+
+class LlmcError(RuntimeError):
+    """A libllmc call returned an error code; .code is it, the message is llmc_last_error()."""
+
+    def __init__(self, code, message):
+        super().__init__(f"{ERROR_NAMES.get(code, 'LLMC_ERR_?')} ({code}): {message}")
+        self.code = code
+        self.llmc_message = message
+
+
+class LlmcArgumentError(LlmcError, ValueError):
+    """LLMC_ERR_ARGUMENT or LLMC_ERR_TOKEN: the caller's input was wrong."""
 
 
 class Library:
@@ -98,7 +109,7 @@ class Library:
         try:
             self.lib = self.ffi.dlopen(self.path)
         except OSError as e:
-            raise BackendUnavailable(f"cannot load {self.path}: {e}") from e
+            raise LibraryUnavailable(f"cannot load {self.path}: {e}") from e
 
     def has(self, name):
         try:
@@ -111,8 +122,58 @@ class Library:
         """Raises LlmcError for a nonzero return code."""
         if rc != LLMC_OK:
             message = self.ffi.string(self.lib.llmc_last_error()).decode(errors="replace")
-            cls = LlmcArgumentError if rc in (LLMC_ERR_ARGUMENT, LLMC_ERR_TOKEN) else LlmcError
+            cls = LlmcArgumentError if rc in (ERROR_CODES["LLMC_ERR_ARGUMENT"], ERROR_CODES["LLMC_ERR_TOKEN"]) else LlmcError
             raise cls(rc, message)
+
+    def last_error(self):
+        return self.ffi.string(self.lib.llmc_last_error()).decode(errors="replace")
+
+    def init(self):
+        """llmc_init where exported; LibraryUnavailable with the library's reason (CUDA: no usable GPU)."""
+        if self.has("llmc_init") and self.lib.llmc_init() != LLMC_OK:
+            raise LibraryUnavailable(self.last_error())
+
+    def activate(self, mode):
+        """Sets the precision mode (llmc_set_precision) where exported: one loaded library serves several
+        modes (cuda and cuda-tf32), so every call sets its own first. A successful call also resets
+        llmc_last_error_code() to LLMC_OK."""
+        if self.has("llmc_set_precision"):
+            self.check(self.lib.llmc_set_precision(mode))
+
+    def check_kernel(self, name):
+        """Kernels return void; a library that can fail inside one (CUDA) says so through the error code."""
+        if self.has("llmc_last_error_code"):
+            code = self.lib.llmc_last_error_code()
+            if code != LLMC_OK:
+                self.check(code)
+
+    def set_num_threads(self, n):
+        self.check(self.lib.llmc_set_num_threads(check_threads(n)))
+
+    def build_info(self):
+        return self.ffi.string(self.lib.llmc_build_info()).decode() if self.has("llmc_build_info") else "no build info"
+
+    def model_from_params(self, config, params, max_B, max_T, mode=0):
+        """A NativeModel of config with the flat float32 params (num_parameters values, llm.c's order)."""
+        params = np.ascontiguousarray(params, np.float32)
+        if params.shape != (config.num_parameters,):
+            raise ValueError(f"params: shape {params.shape}, expected ({config.num_parameters},) for {config}")
+        cfg = self.ffi.new("llmc_config*", dict(
+            max_seq_len=config.max_seq_len, vocab_size=config.vocab_size,
+            padded_vocab_size=config.padded_vocab_size, num_layers=config.num_layers,
+            num_heads=config.num_heads, channels=config.channels))
+        out = self.ffi.new("llmc_model**")
+        self.activate(mode)
+        self.check(self.lib.llmc_model_from_params(cfg, self.ffi.from_buffer("float[]", params),
+                                                   int(max_B), int(max_T), out))
+        return NativeModel(self, out[0], mode)
+
+    def model_from_checkpoint(self, path, max_B, max_T, mode=0):
+        """A NativeModel read by the library itself from an llm.c checkpoint file."""
+        out = self.ffi.new("llmc_model**")
+        self.activate(mode)
+        self.check(self.lib.llmc_model_from_checkpoint(os.fsencode(path), int(max_B), int(max_T), out))
+        return NativeModel(self, out[0], mode)
 
 
 _libraries = {}
@@ -173,23 +234,23 @@ def _heads(NH, C):
 
 class NativeKernels:
     """llm.c's layer kernels on numpy arrays, in llm.c's argument order, sizes read off the shapes
-    (as conformance.backends.ReferenceKernels). Kernels the library lacks are absent attributes."""
+    (as backends/reference.py's ReferenceKernels). Kernels the library lacks are absent attributes.
+    mode: the precision mode each call runs in (Library.activate)."""
 
-    def __init__(self, backend):
-        self._backend = backend
-        self._ffi = backend.library.ffi
-        self._lib = backend.library.lib
+    def __init__(self, library, mode=0):
+        self._library, self._mode = library, mode
+        self._ffi, self._lib = library.ffi, library.lib
         for name in KERNEL_NAMES:
-            if backend.library.has(name):
+            if library.has(name):
                 setattr(self, name, getattr(self, "_" + name))
 
     def _f(self, name, a, shape=None, ndim=None, output=False):
         return _array(self._ffi, name, a, np.float32, shape, ndim, output)
 
     def _run(self, name, *args):
-        self._backend.activate()   # a successful call: it also resets llmc_last_error_code() to LLMC_OK
+        self._library.activate(self._mode)
         getattr(self._lib, name)(*args)
-        self._backend.check_kernel(name)
+        self._library.check_kernel(name)
 
     def _encoder_forward(self, out, inp, wte, wpe):
         B, T, C = _shape("out", out, 3)
@@ -311,12 +372,11 @@ def _check_vocab(V, Vp):
 
 # ----------------------------------------------------------------------------- model handles
 class NativeModel:
-    """A libllmc model behind the model-handle interface of conformance/backends.py."""
+    """A libllmc model with the model-handle interface of backends/base.py."""
 
-    def __init__(self, backend, handle):
-        self._backend = backend
-        self._library = backend.library
-        self._ffi, self._lib = backend.library.ffi, backend.library.lib
+    def __init__(self, library, handle, mode=0):
+        self._library, self._mode = library, mode
+        self._ffi, self._lib = library.ffi, library.lib
         self._handle = self._ffi.gc(handle, self._lib.llmc_model_free)
         cfg = self._ffi.new("llmc_config*")
         self._call("llmc_model_config", cfg)
@@ -328,7 +388,7 @@ class NativeModel:
     def _call(self, name, *args):
         if self._handle is None:
             raise ValueError("this model has been closed")
-        self._backend.activate()
+        self._library.activate(self._mode)
         self._library.check(getattr(self._lib, name)(self._handle, *args))
 
     def _flat(self, name, a, output=False):
@@ -412,7 +472,7 @@ def _token_array(name, a):
     return np.ascontiguousarray(a)
 
 
-# ----------------------------------------------------------------------------- backends
+# ----------------------------------------------------------------------------- our own libraries
 def default_threads():
     """LLMC_THREADS when set (ValueError naming it when it is not a thread count), else the CPU count."""
     value = os.environ.get("LLMC_THREADS")
@@ -425,77 +485,6 @@ def default_threads():
     return check_threads(n, "LLMC_THREADS")
 
 
-class NativeBackend(Backend):
-    """A Library behind the Backend interface. mode is its precision mode (llmc_set_precision),
-    precision the tolerance class its results are judged by."""
-
-    def __init__(self, library, name, precision="fp32", mode=0):
-        self.library = library
-        self.name = name
-        self.precision = precision
-        self.mode = mode
-        lib, ffi = library.lib, library.ffi
-        if library.has("llmc_init") and lib.llmc_init() != LLMC_OK:
-            raise BackendUnavailable(f"{name}: {ffi.string(lib.llmc_last_error()).decode(errors='replace')}")
-        self.activate()   # fails here, not later, when the library refuses the mode
-        if library.has("llmc_set_num_threads"):
-            self.set_num_threads(default_threads())
-        self.kernels = NativeKernels(self)
-        info = ffi.string(lib.llmc_build_info()).decode() if library.has("llmc_build_info") else "no build info"
-        self.description = f"{library.path}: {info}"
-
-    def activate(self):
-        """Sets this backend's precision mode: cuda and cuda-tf32 share one loaded library."""
-        if self.library.has("llmc_set_precision"):
-            lib = self.library.lib
-            if lib.llmc_set_precision(self.mode) != LLMC_OK:
-                raise BackendUnavailable(f"{self.name}: {self.library.ffi.string(lib.llmc_last_error()).decode()}")
-
-    def check_kernel(self, name):
-        """Kernels return void; a library that can fail inside one (CUDA) says so through the error code."""
-        if self.library.has("llmc_last_error_code"):
-            code = self.library.lib.llmc_last_error_code()
-            if code != LLMC_OK:
-                self.library.check(code)
-
-    def set_num_threads(self, n):
-        self.library.check(self.library.lib.llmc_set_num_threads(check_threads(n)))
-
-    def model(self, config, params, max_B, max_T):
-        if params is None:
-            params = init_params(config)
-        params = np.ascontiguousarray(params, np.float32)
-        if params.shape != (config.num_parameters,):
-            raise ValueError(f"params: shape {params.shape}, expected ({config.num_parameters},) for {config}")
-        cfg = self.library.ffi.new("llmc_config*", dict(
-            max_seq_len=config.max_seq_len, vocab_size=config.vocab_size,
-            padded_vocab_size=config.padded_vocab_size, num_layers=config.num_layers,
-            num_heads=config.num_heads, channels=config.channels))
-        out = self.library.ffi.new("llmc_model**")
-        self.activate()
-        self.library.check(self.library.lib.llmc_model_from_params(
-            cfg, self.library.ffi.from_buffer("float[]", params), int(max_B), int(max_T), out))
-        return NativeModel(self, out[0])
-
-    def model_from_checkpoint(self, path, max_B, max_T):
-        out = self.library.ffi.new("llmc_model**")
-        self.activate()
-        self.library.check(self.library.lib.llmc_model_from_checkpoint(
-            os.fsencode(path), int(max_B), int(max_T), out))
-        return NativeModel(self, out[0])
-
-
 def library_path(kind):
     """build/libllmc_{kind}.so under the repository root, or the file named by LLMC_{KIND}_LIB."""
     return Path(os.environ.get(LIBRARY_ENV[kind]) or ROOT / "build" / f"libllmc_{kind}.so")
-
-
-def native_backend(name):
-    if name not in BUILTIN:
-        raise ValueError(f"unknown native backend {name!r}: use one of {', '.join(BUILTIN)}")
-    kind, precision, mode = BUILTIN[name]
-    path = library_path(kind)
-    if not path.is_file():
-        shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
-        raise BackendUnavailable(f"{shown} not found: run make")
-    return NativeBackend(load_library(path), name, precision, mode)

@@ -1,6 +1,6 @@
 /* libllmc's model API (llmc.h) on top of llm.c's own train_gpt2.c, so the suite can judge llm.c itself.
  *
- * Built by tools/validate_llmc.py against an llm.c checkout (or the stand-in, conformance/standin_llmc),
+ * Built by tools/validate_llmc.py against an llm.c checkout (or the stand-in, tests/standin_llmc),
  * with the host C core (native/core: errors, checks, the checkpoint reader) beside it:
  *     cc -O2 -fPIC -shared -fopenmp -DOMP -I native -I LLMC_DIR native/llmc_adapter.c \
  *        native/core/{checkpoint,checks,errors}.c -o libllmc_llmc.so -lm -Wl,-z,nodelete

@@ -5,12 +5,19 @@ Weights are stored (out, in) as in llm.c, so a linear layer is y = x W^T + b.
 
 Every function computes in the dtype of its inputs (float32 for use, float64 for fixtures) and
 returns fresh arrays. Backward functions return gradients; llm.c's accumulate-with-+= convention is
-the kernel adapter's business (conformance/backends.py), not the math's.
+the kernel adapter's business (backends/reference.py), not the math's.
 """
 import math
 
 import numpy as np
 
+# llm.c's layer kernels, in train_gpt2.c's order: the kernel level of every backend and of the ABI (llmc.h)
+KERNEL_NAMES = (
+    "encoder_forward", "encoder_backward", "layernorm_forward", "layernorm_backward",
+    "matmul_forward", "matmul_backward", "attention_forward", "attention_backward",
+    "gelu_forward", "gelu_backward", "residual_forward", "residual_backward",
+    "softmax_forward", "crossentropy_forward", "crossentropy_softmax_backward",
+)
 LAYERNORM_EPS = 1e-5
 GELU_SCALE = math.sqrt(2.0 / math.pi)
 

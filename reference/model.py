@@ -5,7 +5,7 @@ is a view into it, so a checkpoint's payload, the AdamW state and the gradients 
 of num_parameters floats. The dtype (float32 for use, float64 for fixtures) is fixed when the model
 is made.
 """
-from dataclasses import dataclass, asdict
+from dataclasses import asdict, dataclass
 import math
 import re
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from reference.adamw import AdamW, AdamWSettings, TEST_GPT2_SETTINGS
+from reference.adamw import TEST_GPT2_SETTINGS, AdamW, AdamWSettings
 from reference.model import GPT2
 
 

@@ -3,10 +3,10 @@
 tiktoken.get_encoding("gpt2") would download vocab.bpe and encoder.json; here the same two files ship with
 the repository and their sha256 (SHA256SUMS, the hashes tiktoken itself pins) is checked before use.
 """
+from contextlib import contextmanager
 import functools
 import hashlib
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import tiktoken

@@ -1,6 +1,6 @@
 """Time one GPT-2 training step on several backends in one run: python -m tools.bench --backend cpu reference torch
 
-    python -m tools.bench --backend cpu reference torch --model d12 -B 4 -T 64 --steps 5 --threads 2 --json OUT
+    python -m tools.bench --backend cpu reference torch --model d12 -B 4 -T 64 --steps 5 --threads 2 --report-json OUT
 
 A step is llm.c's: forward (with the loss), zero_grad, backward, AdamW update (reference.adamw's
 TEST_GPT2_SETTINGS for every backend, torch included). Each backend runs in a fresh subprocess
@@ -30,8 +30,9 @@ import time
 import numpy as np
 
 from reference.adamw import TEST_GPT2_SETTINGS, AdamWSettings
-from reference.formats import read_checkpoint, write_checkpoint
+from reference.formats import atomic_write, read_checkpoint, write_checkpoint
 from reference.model import GPT2Config, init_params
+from tools.options import add_report_options
 
 PHASES = ("forward", "zero_grad", "backward", "update")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # where `-m tools.bench` imports
@@ -74,6 +75,7 @@ def backend_phases(model, config, B, T):
 def torch_phases(config, params, B, T):
     """The same step on reference.torch_gpt2 (float32, eager) as {phase: callable}."""
     import torch
+
     from reference.torch_gpt2 import AdamW, from_flat
     model = from_flat(config, params, torch.float32)
     optimizer = AdamW(model, AdamWSettings(**TEST_GPT2_SETTINGS))
@@ -208,7 +210,7 @@ def worker(args):
         description = f"PyTorch {torch.__version__} eager, float32, {torch.get_num_threads()} threads"
         matmul, kernels = _torch_matmul(torch), None
     else:
-        from conformance.backends import get_backend
+        from backends.registry import get_backend
         backend = get_backend(args.worker)
         library = getattr(backend, "library", None)      # the reference has no thread setting of its own
         if args.threads and library is not None and library.has("llmc_set_num_threads"):
@@ -321,8 +323,8 @@ def format_results(report):
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.splitlines()[0])
-    p.add_argument("--backend", nargs="+", default=["cpu", "reference", "torch"],
-                   help="backends to time (torch: PyTorch eager, the baseline)")
+    p.add_argument("--backend", action="extend", nargs="+", metavar="NAME",
+                   help="backend to time (repeatable; torch: PyTorch eager, the baseline); default: cpu reference torch")
     p.add_argument("--model", default="d12", help="descriptor: d12, L4-NH4-C128, ...")
     p.add_argument("-B", "--batch-size", type=int, default=4)
     p.add_argument("-T", "--seq-len", type=int, default=64)
@@ -333,11 +335,12 @@ def parse_args(argv):
     p.add_argument("--kernel-repeats", type=int, default=5, help="timed calls per kernel / matmul shape")
     p.add_argument("--rounds", type=int, default=1,
                    help="fresh workers per backend, in alternation; each backend's fastest round is kept")
-    p.add_argument("--json", help="write the results here")
+    add_report_options(p, markdown=False)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
     p.add_argument("--worker-checkpoint", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.backend = list(dict.fromkeys(args.backend or ["cpu", "reference", "torch"]))
     try:
         GPT2Config.from_descriptor(args.model)
     except ValueError as e:
@@ -385,12 +388,11 @@ def main(argv=None):
         "results": results,
     }
     print(format_results(report))
-    if args.json:
-        from reference.formats import atomic_write
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with atomic_write(args.json, "w") as f:
+    if args.report_json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.report_json)), exist_ok=True)
+        with atomic_write(args.report_json, "w") as f:
             json.dump(report, f, indent=1)
-        print(f"wrote {args.json}")
+        print(f"wrote {args.report_json}")
     return 0 if all("error" not in r for r in results) else 1
 
 

@@ -26,7 +26,7 @@ try:
 except ImportError:     # a CLI: say what is missing instead of a traceback
     sys.exit("tools.bench_cuda needs PyTorch with CUDA for its baselines: pip install -e '.[torch]' on a GPU machine")
 
-from conformance.backends import get_backend
+from backends.registry import get_backend
 from native.binding import LlmcError
 from reference.adamw import AdamWSettings
 from reference.model import GPT2Config, init_params

@@ -7,10 +7,10 @@ and FLOPs per step). Writes DIR/report.md (every run's table: ms per step, the r
 then the per-kernel times) and, with matplotlib, DIR/step_time.png and DIR/kernels.png.
 """
 import argparse
+from dataclasses import dataclass, field
 import json
 import os
 import sys
-from dataclasses import dataclass, field
 
 from reference.formats import atomic_write
 

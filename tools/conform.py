@@ -1,6 +1,6 @@
 """The main job: model-level conformance of every available backend on every fixture.
 
-    python -m tools.conform [--backend NAME ...] [--fixture DIR ...] [--json OUT] [--markdown OUT]
+    python -m tools.conform [--backend NAME ...] [--fixture DIR ...] [--report-json PATH] [--report-md PATH]
                             [--port-skips FILE] [--port-xfails FILE]
 
 Runs conformance/model_checks.py (the same checks as conformance/test_model.py: logits, loss, the 16
@@ -13,18 +13,27 @@ said the feature is unsupported (a cmd: port's exit 3, LLMC_ERR_UNSUPPORTED, a l
 model API). Bad input (a fixture, a backend name, a list file) is one line on stderr and exit status 2.
 A port's skip / expected-failure lists (conformance/port_lists.py) apply to the check names.
 """
-import argparse
 from pathlib import Path
 import sys
 import time
 
-from conformance.backends import (BACKEND_OPTION_HELP, BUILTIN_BACKENDS, FIXTURE_OPTION_HELP, BackendUnavailable,
-                                   get_backend)
+from backends.base import BackendUnavailable
+from backends.ports import is_unsupported
+from backends.protocol import PortError
+from backends.registry import BUILTIN_BACKENDS, get_backend
 from conformance.fixture import default_fixture_dirs, load_fixture
 from conformance.model_checks import TRAIN_STEPS, ModelChecksStopped, run_model_checks
 from conformance.port_lists import apply_to_results, read_list
-from conformance.ports import PortError, is_unsupported
 from conformance.report import format_table, stopped_entry, suite_meta, write_json, write_markdown
+from tools.options import (
+    Parser,
+    UsageError,
+    add_backend_option,
+    add_fixture_option,
+    add_report_options,
+    chosen_backends,
+    run_main,
+)
 
 DEFAULT_JSON = Path("out/conform/conform.json")
 DEFAULT_MARKDOWN = Path("out/conform/support_matrix.md")
@@ -40,28 +49,20 @@ def training_losses(results, fixture_name):
     return losses
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", action="append", metavar="NAME", help=BACKEND_OPTION_HELP)
-    parser.add_argument("--fixture", action="append", metavar="DIR", help=FIXTURE_OPTION_HELP)
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, metavar="OUT",
-                        help=f"JSON report (default: {DEFAULT_JSON})")
-    parser.add_argument("--markdown", type=Path, default=DEFAULT_MARKDOWN, metavar="OUT",
-                        help=f"markdown support matrix (default: {DEFAULT_MARKDOWN})")
+def build_parser():
+    parser = Parser(prog="python -m tools.conform", description=__doc__.splitlines()[0])
+    add_backend_option(parser)
+    add_fixture_option(parser)
+    add_report_options(parser, json_default=str(DEFAULT_JSON), md_default=str(DEFAULT_MARKDOWN))
     parser.add_argument("--port-skips", action="append", default=[], metavar="FILE",
                         help="a port's skip list (conformance/port_lists.py): matching checks are left out")
     parser.add_argument("--port-xfails", action="append", default=[], metavar="FILE",
                         help="a port's expected failures: a matching check passes by failing, and fails by passing")
-    args = parser.parse_args(argv)
-    try:
-        return conform(args)
-    except UsageError as e:
-        print(f"tools.conform: {e}", file=sys.stderr)
-        return 2
+    return parser
 
 
-class UsageError(Exception):
-    """Bad input on the command line (a file, a field, a backend): one line on stderr, exit status 2."""
+def main(argv=None):
+    return run_main("tools.conform", conform, build_parser(), argv)
 
 
 def _usage(what, action, *args):
@@ -77,7 +78,7 @@ def conform(args):
     xfails = [entry for path in args.port_xfails for entry in _usage(f"--port-xfails {path}", read_list, path)]
 
     backends, described = [], {}
-    for name in args.backend or BUILTIN_BACKENDS:
+    for name in chosen_backends(args, BUILTIN_BACKENDS):
         try:
             backend = _usage(f"--backend {name}", get_backend, name)
         except BackendUnavailable as e:
@@ -110,10 +111,10 @@ def conform(args):
     errors = [s for s in stopped if s["verdict"] == "ERROR"]
     meta = suite_meta(described, source="python -m tools.conform", training_losses=losses, stopped=stopped,
                       port_list_notes=notes)
-    write_json(results, args.json, meta)
-    write_markdown(results, args.markdown, meta)
+    write_json(results, args.report_json, meta)
+    write_markdown(results, args.report_md, meta)
     print(f"{len(results) - len(failed)} of {len(results)} checks passed, {len(errors)} errors, "
-          f"{len(stopped) - len(errors)} unsupported; wrote {args.json} and {args.markdown}")
+          f"{len(stopped) - len(errors)} unsupported; wrote {args.report_json} and {args.report_md}")
     return 1 if failed or errors or not results else 0
 
 

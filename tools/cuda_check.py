@@ -1,6 +1,6 @@
 """GPU checks of libllmc CUDA that the pytest suite does not make, judged by the suite's tolerance table.
 
-    python3 -m tools.cuda_check [--out DIR] [--backends cuda,cuda-tf32] [--no-torch] [--quick]
+    python3 -m tools.cuda_check [--backend NAME ...] [--report-json PATH] [--no-torch] [--quick]
 
 The suite (conformance/test_kernels.py, test_model.py) runs on the GPU too, but at small shapes and in
 test_gpt2.c's AdamW convention only. This adds:
@@ -14,20 +14,21 @@ test_gpt2.c's AdamW convention only. This adds:
 Every number becomes a verdict through conformance.checks.compare under conformance/tolerances.py
 at the backend's precision. Prints the table, writes DIR/cuda_check.json, exits 1 if any check fails.
 """
-import argparse
 import dataclasses
-import os
 import sys
 import time
 
 import numpy as np
 
-from conformance.backends import KERNEL_NAMES, BackendUnavailable, get_backend
+from backends.base import BackendUnavailable
+from backends.registry import get_backend
 from conformance.checks import compare
 from conformance.kernel_checks import KernelShape, run_kernel_check
 from conformance.report import format_table, suite_meta, write_json
 from reference.adamw import AdamW, AdamWSettings
-from reference.model import GPT2, GPT2Config, PARAM_NAMES, init_params, split_params
+from reference.layers import KERNEL_NAMES
+from reference.model import GPT2, PARAM_NAMES, GPT2Config, init_params, split_params
+from tools.options import Parser, add_backend_option, add_report_options, chosen_backends, run_main
 
 GPU_KERNEL_SHAPES = (KernelShape(B=2, T=512, C=256, NH=4, OC=384, V=1000, Vp=1024),
                      KernelShape(B=1, T=1024, C=768, NH=12, OC=768, V=1000, Vp=1024))
@@ -122,6 +123,7 @@ def check_against_torch(backend, descriptor="d12", B=16, T=1024):
     """Loss and gradients of one step against PyTorch float64 on the same device; d12 at B=16, T=1024
     puts B*T*4C and L*B*T*C past 2^31 (llm.c's fp32 trainer overflows its int offsets there)."""
     import torch
+
     from reference.torch_gpt2 import flat_grads, from_flat
     config = GPT2Config.from_descriptor(descriptor)
     V, prec, tag = config.vocab_size, backend.precision, f"torch-float64/{descriptor} B={B} T={T}"
@@ -154,14 +156,17 @@ def check_against_torch(backend, descriptor="d12", B=16, T=1024):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="out", help="directory for cuda_check.json")
+    parser = Parser(prog="python -m tools.cuda_check", description=__doc__.splitlines()[0])
+    add_backend_option(parser, default=["cuda", "cuda-tf32"])
+    add_report_options(parser, json_default="out/cuda_check.json", markdown=False)
     parser.add_argument("--no-torch", action="store_true", help="skip the d12 cross-check against PyTorch")
-    parser.add_argument("--backends", default="cuda,cuda-tf32", help="comma-separated (cpu: to test this script)")
     parser.add_argument("--quick", action="store_true", help="no d12 (neither its determinism nor PyTorch)")
-    args = parser.parse_args(argv)
+    return run_main("tools.cuda_check", check, parser, argv)
+
+
+def check(args):
     results, described = [], {}
-    for name in args.backends.split(","):
+    for name in chosen_backends(args, ()):
         try:
             backend = get_backend(name)
         except BackendUnavailable as e:
@@ -179,7 +184,7 @@ def main(argv=None):
             results += check_against_torch(backend)
         print(f"{name}: checks took {time.time() - t0:.1f} s", flush=True)
     print(format_table(results))
-    path = os.path.join(args.out, "cuda_check.json")
+    path = args.report_json
     write_json(results, path, suite_meta(described, source="python -m tools.cuda_check", quick=args.quick,
                                          no_torch=args.no_torch))
     failed = [r for r in results if not r.passed]

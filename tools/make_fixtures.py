@@ -19,15 +19,24 @@ is ASCII, so for V >= 128 the ids are the bytes themselves).
 import argparse
 from dataclasses import asdict
 import json
-import platform
 from pathlib import Path
+import platform
 import time
 
 import numpy as np
 
 from reference.adamw import TEST_GPT2_SETTINGS
-from reference.formats import (MODEL_MAGIC, STATE_MAGIC, STATE_VERSION, atomic_write, check_tokens,
-                               read_tokens, sha256_file, write_checkpoint, write_debug_state)
+from reference.formats import (
+    MODEL_MAGIC,
+    STATE_MAGIC,
+    STATE_VERSION,
+    atomic_write,
+    check_tokens,
+    read_tokens,
+    sha256_file,
+    write_checkpoint,
+    write_debug_state,
+)
 from reference.model import GPT2_VOCAB, GPT2Config, init_params
 from reference.oracle import expected_outputs
 from tools.prepare_data import TINYSHAKESPEARE_TEXT, ensure_tinyshakespeare

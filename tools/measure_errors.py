@@ -1,6 +1,6 @@
 """Measure the errors the tolerance table rests on, for any backend: worst case per quantity, with a bound.
 
-    python -m tools.measure_errors [--backend NAME ...] [--fixture DIR ...] [--kernel-shapes N] [--json OUT]
+    python -m tools.measure_errors [--backend NAME ...] [--fixture DIR ...] [--kernel-shapes N] [--report-json PATH]
 
 Runs the model checks (conformance/model_checks.py) on each fixture and every kernel check
 (conformance/kernel_checks.py) on N random shapes plus the suite's example shapes, then prints, per
@@ -9,20 +9,21 @@ current tolerance, and with_margin() of the worst (10x, one digit): the numbers 
 conformance/tolerances.py (e.g. measured on the GPU for the tf32 class). Exits 1 where a current tolerance
 does not hold.
 """
-import argparse
 import json
 import math
-from pathlib import Path
 import sys
 
 import numpy as np
 
-from conformance.backends import BUILTIN_BACKENDS, KERNEL_NAMES, BackendUnavailable, get_backend
+from backends.base import BackendUnavailable
+from backends.registry import BUILTIN_BACKENDS, get_backend
 from conformance.fixture import default_fixture_dirs, load_fixture
 from conformance.kernel_checks import EXAMPLE_SHAPES, random_shape, run_kernel_check
 from conformance.model_checks import run_model_checks
 from conformance.report import write_text
 from conformance.tolerances import with_margin
+from reference.layers import KERNEL_NAMES
+from tools.options import Parser, add_backend_option, add_fixture_option, add_report_options, chosen_backends
 
 
 def worst_errors(results):
@@ -46,16 +47,16 @@ def worst_errors(results):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", action="append", metavar="NAME", help="repeatable (default: every builtin)")
-    parser.add_argument("--fixture", action="append", metavar="DIR", help="repeatable (default: the default fixtures)")
+    parser = Parser(prog="python -m tools.measure_errors", description=__doc__.splitlines()[0])
+    add_backend_option(parser)
+    add_fixture_option(parser)
     parser.add_argument("--kernel-shapes", type=int, default=300, metavar="N", help="random kernel shapes (300)")
     parser.add_argument("--seed", type=int, default=123, help="of the random kernel shapes and inputs")
-    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the rows as JSON")
+    add_report_options(parser, markdown=False)
     args = parser.parse_args(argv)
 
     backends = []
-    for name in args.backend or BUILTIN_BACKENDS:
+    for name in chosen_backends(args, BUILTIN_BACKENDS):
         try:
             backends.append(get_backend(name))
         except BackendUnavailable as e:
@@ -80,8 +81,8 @@ def main(argv=None):
               f"rel {row['rel_norm']:.2e} ({row['rel_norm_at']})  tolerance {row['tol_max_abs']:.0e} / "
               f"{row['tol_rel_norm']:.0e} {verdict}  suggested {row['suggested_max_abs']:.0e} / "
               f"{row['suggested_rel_norm']:.0e}")
-    if args.json:
-        write_text(args.json, json.dumps(rows, indent=1, default=str) + "\n")
+    if args.report_json:
+        write_text(args.report_json, json.dumps(rows, indent=1, default=str) + "\n")
     return 0 if all(row["passed"] for row in rows) else 1
 
 

@@ -25,8 +25,9 @@ import sys
 
 import numpy as np
 
-from conformance.backends import BackendUnavailable, get_backend
-from conformance.ports import EXIT_UNSUPPORTED, PROTOCOL_VERSION, expect_array, read_arrays, write_arrays
+from backends.base import BackendUnavailable
+from backends.protocol import EXIT_UNSUPPORTED, PROTOCOL_VERSION, expect_array, read_arrays, write_arrays
+from backends.registry import get_backend
 from reference import adamw, layers
 from reference.adamw import AdamWSettings
 from reference.formats import read_checkpoint

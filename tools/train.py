@@ -35,22 +35,35 @@ Example (cpu backend, 2 cores: about 2 minutes, val loss 10.87 -> 5.74, then a s
 Exit status 2 with a one-line message for a bad argument or input file, 130 on Ctrl-C.
 """
 import argparse
+from dataclasses import dataclass, field
 import math
 import os
+from pathlib import Path
 import re
 import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from conformance.backends import BackendUnavailable, get_backend
+from backends.base import BackendUnavailable
+from backends.registry import get_backend
 from reference import tokenizer
 from reference.adamw import AdamWSettings
-from reference.formats import HEADER_BYTES, HEADER_INTS, FormatError, _check_reserved_zero, _check_size, \
-    _read_header, atomic_write, check_tokens, read_checkpoint, read_tokens, write_checkpoint
+from reference.formats import (
+    HEADER_BYTES,
+    HEADER_INTS,
+    FormatError,
+    _check_reserved_zero,
+    _check_size,
+    _read_header,
+    atomic_write,
+    check_tokens,
+    read_checkpoint,
+    read_tokens,
+    write_checkpoint,
+)
 from reference.model import GPT2Config, init_params
+from tools.options import Parser, UsageError, add_backend_option
 from tools.prepare_data import ensure_tinyshakespeare
 
 STATE_MAGIC = 20261126
@@ -59,20 +72,10 @@ SAMPLER_SEED = 1337          # llm.c's rng_state for generation
 SCHEDULES = ("cosine", "linear", "constant")
 
 
-class UsageError(Exception):
-    """A bad argument or input file: main() prints the message on one line and exits 2."""
-
-
-# ----------------------------------------------------------------------------- arguments
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UsageError(message)
-
-
 def parse_args(argv):
-    p = _Parser(prog="python -m tools.train", description=__doc__.splitlines()[0],
+    p = Parser(prog="python -m tools.train", description=__doc__.splitlines()[0],
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--backend", default="cpu", help="reference, cpu, cuda, cuda-tf32, lib:PATH or cmd:COMMAND")
+    add_backend_option(p, default="cpu", single=True)
     p.add_argument("--model", default="d6",
                    help="an llm.c checkpoint .bin, or a random init: d6, d12, ... or L4-NH4-C128[-V..][-T..]")
     p.add_argument("--seed", type=int, default=42, help="random-init seed (descriptor models)")

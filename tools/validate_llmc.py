@@ -1,6 +1,6 @@
 """Judge llm.c itself: build its train_gpt2.c with our adapter into a shared library, run the suite on it.
 
-    python -m tools.validate_llmc PATH_TO_LLMC_CHECKOUT [--json OUT.json] [--markdown OUT.md]
+    python -m tools.validate_llmc PATH_TO_LLMC_CHECKOUT [--report-json OUT.json] [--report-md OUT.md]
                                   [--fixture DIR ...] [--port-skips FILE] [--port-xfails FILE] [--lib OUT.so]
 
 The build (native/llmc_adapter.c #includes the checkout's train_gpt2.c with TESTING defined, so llm.c's
@@ -12,22 +12,23 @@ layer kernels and the adapter's llmc_* model API end up in one library, with lib
 then `pytest conformance/test_model.py conformance/test_kernels.py --backend lib:build/libllmc_llmc.so`
 with the reports asked for. The exit status is pytest's (0: every check passed).
 
-Without llm.c at hand, conformance/standin_llmc is a stand-in with llm.c's ABI (our kernels inside), so
-`python -m tools.validate_llmc conformance/standin_llmc` exercises the adapter and the harness (on the
+Without llm.c at hand, tests/standin_llmc is a stand-in with llm.c's ABI (our kernels inside), so
+`python -m tools.validate_llmc tests/standin_llmc` exercises the adapter and the harness (on the
 committed tiny fixtures only, unless --fixture says otherwise); it says nothing about llm.c itself.
 """
-import argparse
 import os
 from pathlib import Path
 import shlex
 import subprocess
 import sys
 
+from tools.options import Parser, UsageError, add_fixture_option, add_report_options, run_main
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ADAPTER = REPO_ROOT / "native" / "llmc_adapter.c"
 CORE_SOURCES = sorted((REPO_ROOT / "native" / "core").glob("*.c"))   # errors, checks, the checkpoint reader
 DEFAULT_LIB = REPO_ROOT / "build" / "libllmc_llmc.so"
-STANDIN = REPO_ROOT / "conformance" / "standin_llmc"
+STANDIN = REPO_ROOT / "tests" / "standin_llmc"
 
 
 class BuildError(RuntimeError):
@@ -65,26 +66,27 @@ def build_adapter(llmc_dir, out=DEFAULT_LIB, defines=(), cc=None):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m tools.validate_llmc", description=__doc__.split("\n")[0])
-    p.add_argument("llmc_dir", help="an llm.c checkout (the directory with train_gpt2.c), or conformance/standin_llmc")
+    p = Parser(prog="python -m tools.validate_llmc", description=__doc__.split("\n")[0])
+    p.add_argument("llmc_dir", help="an llm.c checkout (the directory with train_gpt2.c), or tests/standin_llmc")
     p.add_argument("--lib", default=str(DEFAULT_LIB), help=f"the library to build (default: {DEFAULT_LIB.relative_to(REPO_ROOT)})")
-    p.add_argument("--json", metavar="OUT", help="write the JSON report")
-    p.add_argument("--markdown", metavar="OUT", help="write the markdown support matrix")
-    p.add_argument("--fixture", action="append", default=[], metavar="DIR", help="fixture directory (repeatable)")
+    add_report_options(p)
+    add_fixture_option(p)
     p.add_argument("--port-skips", metavar="FILE", help="skip list (conformance/port_lists.py)")
     p.add_argument("--port-xfails", metavar="FILE", help="expected-failure list")
     p.add_argument("--define", action="append", default=[], metavar="NAME", help="extra -D for the build")
-    args = p.parse_args(argv)
+    return run_main("tools.validate_llmc", validate, p, argv)
+
+
+def validate(args):
     try:
         lib = build_adapter(args.llmc_dir, args.lib, args.define)
     except BuildError as e:
-        print(e, file=sys.stderr)
-        return 2
+        raise UsageError(str(e)) from e
     standin = Path(args.llmc_dir).resolve() == STANDIN
     print(f"built {lib} from {args.llmc_dir}" + (" (the stand-in, not llm.c)" if standin else ""))
     command = [sys.executable, "-m", "pytest", "conformance/test_model.py", "conformance/test_kernels.py",
                "--backend", f"lib:{lib}", "-p", "no:cacheprovider"]
-    fixtures = args.fixture
+    fixtures = args.fixture or []
     if standin and not fixtures:   # its plain-loop sgemm would take hours on the 124M fixture
         from conformance.fixture import COMMITTED_FIXTURES, FIXTURES_DIR
         fixtures = [FIXTURES_DIR / name for name in COMMITTED_FIXTURES]
@@ -92,7 +94,7 @@ def main(argv=None):
         command += ["--fixture", str(Path(d).resolve())]     # pytest runs in the repository root
     if args.port_skips or args.port_xfails:
         command += ["-p", "conformance.port_lists"]       # the lists' options (a no-op where conftest has it)
-    for flag, value in (("--report-json", args.json), ("--report-md", args.markdown),
+    for flag, value in (("--report-json", args.report_json), ("--report-md", args.report_md),
                         ("--port-skips", args.port_skips), ("--port-xfails", args.port_xfails)):
         if value:
             command += [flag, str(Path(value).resolve())]

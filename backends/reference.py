@@ -1,67 +1,13 @@
-"""Every implementation the suite can judge, behind one interface, chosen by name.
-
-A backend offers two levels (the design sketch: one backend interface, two levels):
-
-- model level: ``backend.model(config, params, max_B, max_T)`` or ``backend.model_from_checkpoint(path,
-  max_B, max_T)`` returns a model handle with
-      forward(inputs, targets) -> mean loss (float, or None without targets)
-      logits() -> (B,T,Vp) float32 of the last forward
-      zero_grad(); backward()
-      grads() / params() -> flat float32 arrays of num_parameters in llm.c's order
-      set_params(flat)
-      update(settings: reference.adamw.AdamWSettings, t) -> global grad norm
-      optimizer_state() -> (m, v); set_optimizer_state(m, v)
-      close()
-- kernel level: ``backend.kernels`` has llm.c's layer functions on numpy arrays, llm.c's argument
-  order, sizes read off the arrays, outputs written in place, gradients accumulated with +=
-  (the list: KERNEL_NAMES). A backend without some kernel leaves it out; its tests skip, saying so.
-
-Names: reference (numpy fp32), cpu, cuda (strict fp32), cuda-tf32, and the port plug-ins
-``lib:PATH`` (a shared library with libllmc's or llm.c's ABI) and ``cmd:COMMAND`` (the command-line
-protocol of PORTING.md).
-"""
+"""The numpy reference (reference/, float32) behind the backend interface: the backend named "reference"."""
 import numpy as np
 
+from backends.base import Backend
 from reference import layers
-from reference.adamw import AdamW
+from reference.adamw import AdamW, AdamWSettings
+from reference.formats import read_checkpoint
 from reference.model import GPT2
 
-KERNEL_NAMES = (
-    "encoder_forward", "encoder_backward", "layernorm_forward", "layernorm_backward",
-    "matmul_forward", "matmul_backward", "attention_forward", "attention_backward",
-    "gelu_forward", "gelu_backward", "residual_forward", "residual_backward",
-    "softmax_forward", "crossentropy_forward", "crossentropy_softmax_backward",
-)
 
-BUILTIN_BACKENDS = ("reference", "cpu", "cuda", "cuda-tf32")
-# the --backend / --fixture options of pytest (conftest.py) and of tools.conform
-BACKEND_OPTION_HELP = (f"backend to judge (repeatable): {', '.join(BUILTIN_BACKENDS)}, lib:PATH or cmd:COMMAND; "
-                       "default: every builtin backend")
-FIXTURE_OPTION_HELP = ("fixture directory in llm.c's layout (repeatable); default: the committed fixtures "
-                       "and fixtures/gpt2_124M where it exists")
-
-
-class BackendUnavailable(Exception):
-    """The backend cannot run here; the message says why (shown as the skip reason)."""
-
-
-class Backend:
-    name = "?"
-    precision = "fp32"          # the tolerance class its results are judged by (conformance/tolerances.py)
-    kernels = None              # an object with the KERNEL_NAMES methods it has
-    description = ""            # library / device / build, for reports
-
-    def model(self, config, params, max_B, max_T):
-        raise NotImplementedError
-
-    def model_from_checkpoint(self, path, max_B, max_T):
-        raise NotImplementedError
-
-    def has_kernel(self, name):
-        return self.kernels is not None and hasattr(self.kernels, name)
-
-
-# ----------------------------------------------------------------------------- reference (numpy)
 class ReferenceKernels:
     """reference.layers with llm.c's in-place, accumulate-into-gradients calling convention."""
 
@@ -185,7 +131,6 @@ class ReferenceModel:
         return self.optimizer.m.astype(np.float32), self.optimizer.v.astype(np.float32)
 
     def set_optimizer_state(self, m, v):
-        from reference.adamw import AdamWSettings
         if self.optimizer is None:
             self.optimizer = AdamW(AdamWSettings(), self.config, self.gpt.dtype)
         self.optimizer.m[:], self.optimizer.v[:] = m, v
@@ -206,20 +151,5 @@ class ReferenceBackend(Backend):
         return ReferenceModel(config, params, max_B, max_T)
 
     def model_from_checkpoint(self, path, max_B, max_T):
-        from reference.formats import read_checkpoint
         config, params = read_checkpoint(path)
         return ReferenceModel(config, params, max_B, max_T)
-
-
-# ----------------------------------------------------------------------------- registry
-def get_backend(name):
-    """A backend by name; raises BackendUnavailable (with the reason) when it cannot run here."""
-    if name == "reference":
-        return ReferenceBackend()
-    if name in ("cpu", "cuda", "cuda-tf32"):
-        from native.binding import native_backend
-        return native_backend(name)
-    if name.startswith("lib:") or name.startswith("cmd:"):
-        from conformance.ports import port_backend
-        return port_backend(name)
-    raise ValueError(f"unknown backend {name!r}: use one of {', '.join(BUILTIN_BACKENDS)}, lib:PATH or cmd:COMMAND")

@@ -31,109 +31,24 @@ import weakref
 
 import numpy as np
 
-from conformance.backends import KERNEL_NAMES, Backend, BackendUnavailable
-from native.binding import LlmcError, NativeBackend, load_library
-from reference.formats import atomic_write, read_checkpoint, write_checkpoint
+from backends.base import Backend, BackendUnavailable
+from backends.native import NativeBackend, open_library
+from backends.protocol import (
+    EXIT_UNSUPPORTED,
+    PROTOCOL_VERSION,
+    PortError,
+    PortUnsupported,
+    expect_array,
+    read_arrays,
+    write_arrays,
+)
+from native.binding import ERROR_CODES, LlmcError
+from reference.formats import read_checkpoint, write_checkpoint
+from reference.layers import KERNEL_NAMES
 
-PROTOCOL_VERSION = 1
-ARRAYS_MAGIC = 20241126          # "array file" header magic
-ARRAYS_VERSION = 1
-DTYPES = {1: np.dtype("<f4"), 2: np.dtype("<i4")}   # code -> dtype: float32, int32
-DTYPE_CODES = {np.dtype(np.float32): 1, np.dtype(np.int32): 2}
-EXIT_UNSUPPORTED = 3
 PRECISIONS = ("fp32", "tf32", "bf16")
 DEFAULT_TIMEOUT_S = 600         # LLMC_PORT_TIMEOUT's default: gpt2_124M's train call on a slow port
-LLMC_ERR_UNSUPPORTED = 8         # native/llmc.h
 TRAIN_LOOKAHEAD = 10             # steps a train call runs ahead of the handle: test_gpt2.c's loop length
-
-
-class PortError(RuntimeError):
-    """A port misbehaved: a failed command, an unreadable or inconsistent output file."""
-
-
-class PortUnsupported(NotImplementedError):
-    """The port (or the cmd: adapter) cannot do what was asked; checks that need it are skipped."""
-
-
-# ----------------------------------------------------------------------------- array files
-def write_arrays(path, arrays):
-    """{name: float32 or int32 array} -> an array file, written atomically.
-
-    Layout (all little-endian int32 unless said otherwise):
-        magic 20241126, version 1, count
-        count times: name_len, name (UTF-8 bytes), dtype (1 float32, 2 int32), ndim, dims[ndim], data (C order)
-    A scalar is an array of ndim 0 (one element)."""
-    with atomic_write(path) as f:
-        f.write(np.array([ARRAYS_MAGIC, ARRAYS_VERSION, len(arrays)], "<i4").tobytes())
-        for name, value in arrays.items():
-            value = np.asarray(value)
-            if value.dtype not in DTYPE_CODES:
-                raise TypeError(f"write_arrays {path}: array {name!r} has dtype {value.dtype}, "
-                                "only float32 and int32 are allowed")
-            encoded = name.encode("utf-8")
-            f.write(np.array([len(encoded)], "<i4").tobytes() + encoded)
-            f.write(np.array([DTYPE_CODES[value.dtype], value.ndim, *value.shape], "<i4").tobytes())
-            f.write(np.ascontiguousarray(value, DTYPES[DTYPE_CODES[value.dtype]]).tobytes())
-
-
-def read_arrays(path):
-    """An array file -> {name: array}; PortError naming the file and the field when malformed."""
-    data = Path(path).read_bytes()
-    pos = 0
-
-    def ints(count, field):
-        nonlocal pos
-        if pos + 4 * count > len(data):
-            raise PortError(f"{path}: truncated in {field} (byte {pos} of {len(data)})")
-        values = np.frombuffer(data, "<i4", count, pos)
-        pos += 4 * count
-        return [int(v) for v in values]
-
-    magic, version, count = ints(3, "header")
-    if magic != ARRAYS_MAGIC:
-        raise PortError(f"{path}: header magic is {magic}, expected {ARRAYS_MAGIC} (an array file)")
-    if version != ARRAYS_VERSION:
-        raise PortError(f"{path}: header version is {version}, expected {ARRAYS_VERSION}")
-    arrays = {}
-    for i in range(count):
-        (name_len,) = ints(1, f"array {i} name length")
-        if not 0 < name_len <= 256 or pos + name_len > len(data):
-            raise PortError(f"{path}: array {i} name length {name_len} is invalid")
-        name = data[pos:pos + name_len].decode("utf-8", errors="replace")
-        pos += name_len
-        code, ndim = ints(2, f"array {name!r} dtype and ndim")
-        if code not in DTYPES:
-            raise PortError(f"{path}: array {name!r} dtype code {code}, expected 1 (float32) or 2 (int32)")
-        if not 0 <= ndim <= 8:
-            raise PortError(f"{path}: array {name!r} ndim {ndim} is invalid")
-        shape = tuple(ints(ndim, f"array {name!r} dims"))
-        if any(d < 0 for d in shape):
-            raise PortError(f"{path}: array {name!r} has a negative dimension {shape}")
-        nbytes = math.prod(shape) * 4
-        if pos + nbytes > len(data):
-            raise PortError(f"{path}: array {name!r} {shape} is truncated")
-        arrays[name] = np.frombuffer(data, DTYPES[code], math.prod(shape), pos).reshape(shape).astype(
-            DTYPES[code].newbyteorder("="))
-        pos += nbytes
-    if pos != len(data):
-        raise PortError(f"{path}: {len(data) - pos} trailing bytes after {count} arrays")
-    return arrays
-
-
-def expect_array(arrays, path, name, shape, dtype=np.float32):
-    """arrays[name], checked for presence, dtype and shape (a scalar may be () or (1,))."""
-    if name not in arrays:
-        raise PortError(f"{path}: no array {name!r} (has {sorted(arrays)})")
-    value = arrays[name]
-    if value.dtype != dtype:
-        raise PortError(f"{path}: array {name!r} is {value.dtype}, expected {np.dtype(dtype)}")
-    if shape == ():
-        if value.size != 1:
-            raise PortError(f"{path}: array {name!r} has shape {value.shape}, expected a scalar")
-        return value.reshape(())
-    if value.shape != tuple(shape):
-        raise PortError(f"{path}: array {name!r} has shape {value.shape}, expected {tuple(shape)}")
-    return value
 
 
 # ----------------------------------------------------------------------------- registry entry
@@ -161,7 +76,7 @@ def lib_backend(name, path):
     """A shared library with libllmc's ABI, through native/binding.py's loader for arbitrary paths."""
     if not Path(path).is_file():
         raise BackendUnavailable(f"{path}: no such shared library")
-    return LibBackend(load_library(path), name, port_precision())
+    return LibBackend(open_library(path), name, port_precision())
 
 
 class LibBackend(NativeBackend):
@@ -273,7 +188,7 @@ def _run(argv):
 def is_unsupported(error):
     """Whether an exception says "this backend does not do that" (a skip, not a failure): a port's
     PortUnsupported or libllmc's LLMC_ERR_UNSUPPORTED."""
-    return isinstance(error, PortUnsupported) or (isinstance(error, LlmcError) and error.code == LLMC_ERR_UNSUPPORTED)
+    return isinstance(error, PortUnsupported) or (isinstance(error, LlmcError) and error.code == ERROR_CODES["LLMC_ERR_UNSUPPORTED"])
 
 
 def _tail(text, lines=5):

@@ -9,12 +9,13 @@ import math
 import numpy as np
 import pytest
 
-from conformance.backends import KERNEL_NAMES, ReferenceBackend
+from backends.reference import ReferenceBackend
 from conformance.checks import compare
 from conformance.fixture import FIXTURES_DIR, load_fixture
 from conformance.kernel_checks import KERNEL_OUTPUTS, KernelShape, kernel_quantity, run_kernel_check
 from conformance.model_checks import GRAD_NAMES, TRAIN_STEPS, run_model_checks
 from conformance.tolerances import tolerance
+from reference.layers import KERNEL_NAMES
 from reference.model import PARAM_NAMES, split_params
 
 FIXTURE = "tiny-bytes"

@@ -2,7 +2,7 @@
 
 - Our cpu backend judged through lib:PATH and through cmd:COMMAND (tools/port_example.py) gives the
   same bits as judged directly.
-- The llm.c adapter (native/llmc_adapter.c) builds against the stand-in llm.c (conformance/standin_llmc,
+- The llm.c adapter (native/llmc_adapter.c) builds against the stand-in llm.c (tests/standin_llmc,
   NOT llm.c: our kernels behind llm.c's ABI) and passes the model and kernel checks; bad input comes back
   as error codes where llm.c itself would exit().
 - Deliberately wrong ports each FAIL, and the checks that caught them are named (and written to a report):
@@ -20,14 +20,17 @@ import sys
 import numpy as np
 import pytest
 
-from conformance.backends import KERNEL_NAMES, BackendUnavailable, get_backend
+from backends.base import BackendUnavailable
+from backends.ports import TRAIN_LOOKAHEAD, is_unsupported, port_backend
+from backends.protocol import PortError, read_arrays, write_arrays
+from backends.registry import get_backend
+from conformance import port_lists
 from conformance.fixture import COMMITTED_FIXTURES, FIXTURES_DIR, load_fixture
 from conformance.kernel_checks import KernelShape, run_kernel_check
 from conformance.model_checks import GRAD_NAMES, TRAIN_STEPS, ModelChecksStopped, run_model_checks
-from conformance import port_lists
-from conformance.ports import TRAIN_LOOKAHEAD, PortError, is_unsupported, port_backend, read_arrays, write_arrays
 from conformance.report import suite_meta, write_json, write_markdown
 from reference.adamw import AdamWSettings
+from reference.layers import KERNEL_NAMES
 from reference.model import PARAM_NAMES, split_params
 from tools import conform
 from tools.port_example import BUGS
@@ -231,7 +234,7 @@ def test_adapter_turns_llmc_exits_into_errors(standin_libs, tmp_path):
     bad.write_bytes(np.array([12345, 3] + [0] * 254, "<i4").tobytes())
     code = f"""
 import numpy as np
-from conformance.ports import port_backend
+from backends.ports import port_backend
 from conformance.fixture import load_fixture
 from native.binding import LlmcError
 from reference.adamw import AdamWSettings
@@ -348,7 +351,7 @@ def test_unsupported_training_is_skipped_in_conform(tmp_path, tiny, capsys):
     """Exit 3 on `train`: step 0's checks are judged, the training losses are 'skipped', the run passes."""
     md = tmp_path / "unsupported.md"
     assert conform.main(["--backend", "reference", "--backend", _port_without_train(tmp_path, 3), "--fixture",
-                         str(tiny.path), "--json", str(tmp_path / "u.json"), "--markdown", str(md)]) == 0
+                         str(tiny.path), "--report-json", str(tmp_path / "u.json"), "--report-md", str(md)]) == 0
     assert "skipped  (unsupported: port_example: train unsupported: this port does not train" in capsys.readouterr().out
     assert _matrix_cell(md, f"{tiny.name}/loss").startswith("pass")
     assert _matrix_cell(md, f"{tiny.name}/train_loss/0") == "skipped"
@@ -358,7 +361,7 @@ def test_crash_in_training_is_an_error_in_conform(tmp_path, tiny, capsys):
     """Exit 1 on `train`: step 0's checks are kept, the run fails, and the matrix says ERROR, not skipped."""
     md = tmp_path / "error.md"
     assert conform.main(["--backend", "reference", "--backend", _port_without_train(tmp_path, 1), "--fixture",
-                         str(tiny.path), "--json", str(tmp_path / "e.json"), "--markdown", str(md)]) == 1
+                         str(tiny.path), "--report-json", str(tmp_path / "e.json"), "--report-md", str(md)]) == 1
     assert "ERROR  (PortError:" in capsys.readouterr().out
     report = json.loads((tmp_path / "e.json").read_text())
     assert report["passed"] is False

@@ -76,7 +76,7 @@ def test_bench_tools_run(tmp_path):
     out = tmp_path / "bench.json"
     assert bench.main(["--backend", "reference", "--model", "L1-NH2-C32-V256-T16", "-B", "2", "-T", "8",
                        "--steps", "1", "--warmup", "0", "--kernel-repeats", "1", "--layers", "reference",
-                       "--json", str(out)]) == 0
+                       "--report-json", str(out)]) == 0
     report = json.loads(out.read_text())
     (result,) = report["results"]
     assert result["backend"] == "reference" and result["step_ms"] > 0 and result["layers"]

@@ -6,39 +6,41 @@ a message naming the file / field / position); NULL pointers and wrong arrays ar
 binding before C sees them. Also: a fixed thread count repeats a training step bit for bit.
 """
 import os
+from pathlib import Path
 import re
 import shutil
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conformance.backends import KERNEL_NAMES, BackendUnavailable
-from conformance.badfiles import append, patch_header, truncate
+from backends.base import BackendUnavailable
+from backends.native import BUILTIN as NATIVE_BUILTIN
+from backends.native import NativeBackend, native_backend
 from conformance.checks import compare
 from native import binding
-from native.binding import LlmcArgumentError, LlmcError, load_library, native_backend
+from native.binding import ERROR_CODES, LlmcArgumentError, LlmcError, load_library
 from reference.adamw import TEST_GPT2_SETTINGS, AdamWSettings
 from reference.formats import FormatError, bf16_bits_to_fp32, fp32_to_bf16_bits, read_checkpoint, write_checkpoint
+from reference.layers import KERNEL_NAMES
 from reference.model import GPT2, PARAM_NAMES, GPT2Config, init_params, split_params
+from tests.badfiles import append, patch_header, truncate
 
 ROOT = Path(__file__).resolve().parent.parent
-NATIVE = ("cpu", "cuda", "cuda-tf32")
+NATIVE = tuple(NATIVE_BUILTIN)
 CONFIG = GPT2Config.from_descriptor("L2-NH4-C64-V256-T64")
 TINY_DESCRIPTOR = "L1-NH2-C8-V10-T8"
 TINY = GPT2Config.from_descriptor(TINY_DESCRIPTOR)   # Vp 128: a 5 KB checkpoint
-# llmc.h's error codes
-LLMC_ERR_ARGUMENT, LLMC_ERR_FILE, LLMC_ERR_FORMAT, LLMC_ERR_TOKEN, LLMC_ERR_STATE, LLMC_ERR_UNSUPPORTED = 1, 2, 3, 5, 6, 8
+LLMC_ERR_ARGUMENT, LLMC_ERR_FILE, LLMC_ERR_FORMAT, LLMC_ERR_TOKEN, LLMC_ERR_STATE, LLMC_ERR_UNSUPPORTED = (
+    ERROR_CODES[f"LLMC_ERR_{name}"] for name in ("ARGUMENT", "FILE", "FORMAT", "TOKEN", "STATE", "UNSUPPORTED"))
 
 
 def pytest_generate_tests(metafunc):
-    """Every native backend, or those of them named with --backend."""
+    """Every native backend (each skips, saying why, where it cannot run)."""
     if "native" in metafunc.fixturenames:
-        chosen = metafunc.config.getoption("backend") or NATIVE
-        metafunc.parametrize("native", [n for n in NATIVE if n in chosen], indirect=True, scope="module")
+        metafunc.parametrize("native", NATIVE, indirect=True, scope="module")
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +125,8 @@ def test_malformed_checkpoint_in_subprocess(native, tmp_path):
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(ROOT)!r})
-        from native.binding import native_backend, LlmcError
+        from backends.native import native_backend
+        from native.binding import LlmcError
         backend = native_backend({native.name!r})
         try:
             backend.model_from_checkpoint({str(path)!r}, 1, 8)
@@ -222,7 +225,7 @@ def test_binding_rejects_bad_model_arguments(model):
     with pytest.raises(ValueError, match="m"):
         model.set_optimizer_state(np.zeros(3, np.float32), np.zeros(3, np.float32))
     with pytest.raises(ValueError, match="params"):
-        model._backend.model(CONFIG, np.zeros(10, np.float32), 1, 8)
+        model._library.model_from_params(CONFIG, np.zeros(10, np.float32), 1, 8)
     model.close()
     with pytest.raises(ValueError, match="closed"):
         model.forward(x)
@@ -381,7 +384,7 @@ def test_partial_library_loads(tmp_path):
                       "    for (int i = 0; i < n; i++) out[i] = a[i] + b[i];\n}\n")
     lib = tmp_path / "libpartial.so"
     subprocess.run([os.environ.get("CC", "cc"), "-shared", "-fPIC", "-o", str(lib), str(source)], check=True)
-    partial = binding.NativeBackend(load_library(lib), "lib:partial")
+    partial = NativeBackend(load_library(lib), "lib:partial")
     assert partial.has_kernel("residual_forward") and not partial.has_kernel("gelu_forward")
     a, b = np.arange(5, dtype=np.float32), np.ones(5, np.float32)
     out = np.zeros(5, np.float32)
@@ -391,7 +394,7 @@ def test_partial_library_loads(tmp_path):
 
 # ----------------------------------------------------------------------------- the host C core, in every library
 # native/core is compiled into the CPU library, the CUDA library and the llm.c adapter; these tests hold
-# each of the three to it. The adapter is built against the stand-in llm.c (conformance/standin_llmc).
+# each of the three to it. The adapter is built against the stand-in llm.c (tests/standin_llmc).
 CORE_LIBRARIES = ("cpu", "cuda", "adapter")
 ADAPTER_SETTINGS = dict(decay_all=True, grad_clip=0.0)   # what llm.c's gpt2_update can do
 
@@ -412,7 +415,7 @@ def core_library(request):
             return native_backend(request.param)
         except BackendUnavailable as e:
             pytest.skip(str(e))
-    return binding.NativeBackend(load_library(request.getfixturevalue("adapter_path")), "lib:adapter")
+    return NativeBackend(load_library(request.getfixturevalue("adapter_path")), "lib:adapter")
 
 
 @pytest.fixture(scope="module", params=CORE_LIBRARIES)
@@ -441,8 +444,9 @@ def run_child(script, timeout=120):
 def open_library_in_child(library):
     """Child-process code that binds `backend` to the same library as `library`."""
     return f"""
-        from native import binding
-        backend = binding.NativeBackend(binding.load_library({library.library.path!r}), {library.name!r})
+        from backends.native import NativeBackend
+        from native.binding import load_library
+        backend = NativeBackend(load_library({library.library.path!r}), {library.name!r})
     """
 
 

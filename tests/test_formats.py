@@ -4,23 +4,45 @@ Round trips are exact (bit-for-bit); sizes are llm.c's published byte counts; ev
 a damaged file with a FormatError naming the file and the field.
 """
 import json
+from pathlib import Path
 import re
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conformance.badfiles import append, patch_header, truncate
-from conformance.fixture import (CHECKPOINT, CHECKPOINT_BF16, DEBUG_STATE, GPT2_124M_FIXTURE, LOSSES_FROM_MANIFEST,
-                                 LOSSES_FROM_ORACLE, MANIFEST, default_fixture_dirs, load_fixture)
+from conformance.fixture import (
+    CHECKPOINT,
+    CHECKPOINT_BF16,
+    DEBUG_STATE,
+    GPT2_124M_FIXTURE,
+    LOSSES_FROM_MANIFEST,
+    LOSSES_FROM_ORACLE,
+    MANIFEST,
+    default_fixture_dirs,
+    load_fixture,
+)
 from reference import formats, tokenizer
-from reference.formats import (FormatError, atomic_write, bf16_bits_to_fp32, check_tokens, checkpoint_size,
-                               debug_state_size, fp32_to_bf16_bits, read_checkpoint, read_debug_state,
-                               read_tokenizer, read_tokens, write_checkpoint, write_debug_state, write_tokenizer,
-                               write_tokens)
+from reference.formats import (
+    FormatError,
+    atomic_write,
+    bf16_bits_to_fp32,
+    check_tokens,
+    checkpoint_size,
+    debug_state_size,
+    fp32_to_bf16_bits,
+    read_checkpoint,
+    read_debug_state,
+    read_tokenizer,
+    read_tokens,
+    write_checkpoint,
+    write_debug_state,
+    write_tokenizer,
+    write_tokens,
+)
 from reference.model import GPT2Config, init_params
 from reference.oracle import expected_outputs
+from tests.badfiles import append, patch_header, truncate
 from tools.export_tokenizer import GPT2_TOKENIZER_BYTES, export_tokenizer
 from tools.prepare_data import TRAIN_TOKENS, VAL_TOKENS, prepare_tinyshakespeare
 

@@ -7,9 +7,9 @@ import re
 import numpy as np
 import pytest
 
-from conformance.badfiles import patch_header, truncate
 from reference.formats import FormatError, write_tokens
 from reference.model import GPT2Config
+from tests.badfiles import patch_header, truncate
 from tools import train as trainer
 
 V = 256

@@ -10,7 +10,8 @@ Every comparison goes through conformance.checks.compare and is recorded like an
 """
 import math
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import numpy as np
 import pytest
 
@@ -18,7 +19,7 @@ from conformance.checks import compare
 from conformance.fixture import COMMITTED_FIXTURES, FIXTURES_DIR, load_fixture
 from conformance.model_checks import GRAD_NAMES
 from reference import layers
-from reference.model import GPT2, GPT2Config, PARAM_NAMES, init_params, split_params
+from reference.model import GPT2, PARAM_NAMES, GPT2Config, init_params, split_params
 from reference.oracle import expected_outputs
 
 ORACLE = "oracle"        # the backend name of checks on reference/ itself, in float64

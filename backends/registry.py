@@ -1,0 +1,24 @@
+"""Backends by name: the one place that maps a --backend value to an implementation."""
+from __future__ import annotations
+
+from backends.base import Backend
+from backends.native import BUILTIN as NATIVE_BUILTIN
+from backends.native import native_backend
+from backends.ports import port_backend
+from backends.reference import ReferenceBackend
+
+BUILTIN_BACKENDS = ("reference", *NATIVE_BUILTIN)
+BACKEND_OPTION_HELP = (f"backend (repeatable): {', '.join(BUILTIN_BACKENDS)}, lib:PATH or cmd:COMMAND; "
+                       "default: every builtin backend")
+
+
+def get_backend(name: str) -> Backend:
+    """A backend by name; raises BackendUnavailable (with the reason) when it cannot run here, ValueError
+    for a name that is no backend."""
+    if name == "reference":
+        return ReferenceBackend()
+    if name in NATIVE_BUILTIN:
+        return native_backend(name)
+    if name.startswith(("lib:", "cmd:")):
+        return port_backend(name)
+    raise ValueError(f"unknown backend {name!r}: use one of {', '.join(BUILTIN_BACKENDS)}, lib:PATH or cmd:COMMAND")
