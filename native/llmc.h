@@ -84,6 +84,24 @@ int llmc_get_logits(const llmc_model* model, float* dst);
 int llmc_get_optimizer_state(const llmc_model* model, float* m, float* v);   /* zeros before the first update */
 int llmc_set_optimizer_state(llmc_model* model, const float* m, const float* v);
 
+/* Data parallelism (the CUDA library built with NCCL; elsewhere absent or LLMC_ERR_UNSUPPORTED). One
+ * process per GPU: llmc_set_device(local rank) before anything else touches the GPU, then the model; rank 0
+ * makes an id, the launcher shares it (backends/distributed.py: TCP, a shared file or MPI), and every rank
+ * joins its model with it. From then on llmc_update averages the gradients over the ranks before AdamW
+ * (zero_stage 1: reduce-scatter, AdamW on this rank's shard of the parameters and of m and v, all-gather),
+ * so every rank holds the same parameters after each step, and grad_norm is the global norm. The calls
+ * marked (collective) must be made by every rank, in the same order. */
+#define LLMC_DIST_ID_BYTES 128
+int llmc_device_count(int* count);
+int llmc_set_device(int device);               /* before llmc_init and the first model */
+int llmc_dist_unique_id(unsigned char* id);    /* LLMC_DIST_ID_BYTES bytes; rank 0 only */
+int llmc_dist_join(llmc_model* model, const unsigned char* id, int rank, int world_size,
+                   int zero_stage);            /* (collective) zero_stage 0 or 1 */
+int llmc_dist_sync_grads(llmc_model* model);   /* (collective) average the gradients now (llmc_update does it
+                                                  when not yet done); zero_stage 1: on this rank's shard only */
+int llmc_dist_shard(const llmc_model* model, size_t* offset, size_t* count);   /* the parameters this rank updates */
+int llmc_dist_mean(llmc_model* model, float* values, int n);   /* (collective) host floats averaged over the ranks */
+
 /* Layer kernels: llm.c's CPU signatures. Shapes: B batch, T time, C channels, OC output channels,
  * NH heads, V vocab, Vp padded vocab, N element count. */
 void encoder_forward(float* out, int* inp, float* wte, float* wpe, int B, int T, int C);
