@@ -118,6 +118,10 @@ static int check_llmc_config(const llmc_config* c, const char* where) {
         return adapter_fail(LLMC_ERR_UNSUPPORTED, "%s: llm.c's train_gpt2.cu needs channels (%d) and padded_vocab_size "
                             "(%d) to be multiples of %d (its kernels load 16-byte vectors of bf16)", where, c->channels,
                             c->padded_vocab_size, X128_ELEMS);
+    const double largest = std::max((double)c->padded_vocab_size, 4.0 * c->channels) * c->channels;
+    if (largest > INT_MAX)
+        return adapter_fail(LLMC_ERR_UNSUPPORTED, "%s: a parameter tensor of %.0f elements; llm.c's AdamW kernel "
+                            "indexes one (one layer's) tensor with int", where, largest);
     if (c->vocab_size > MAX_TOKEN_ID)
         return adapter_fail(LLMC_ERR_UNSUPPORTED, "%s: vocab_size %d is beyond llm.c's encoder_backward, which packs "
                             "token ids into 20 bits", where, c->vocab_size);

@@ -106,6 +106,14 @@ static int check_llmc_config(const llmc_config* c, const char* where) {
         return adapter_fail(LLMC_ERR_UNSUPPORTED, "%s: llm.c's train_gpt2_fp32.cu needs channels (%d) and "
                             "padded_vocab_size (%d) to be multiples of %d (matmul_forward_kernel4's unchecked tiles)",
                             where, c->channels, c->padded_vocab_size, MATMUL_TILE);
+    const double C = c->channels;
+    const double sizes[3] = {(double)c->padded_vocab_size * C, 4.0 * c->num_layers * C * C,
+                             (double)num_parameters_of(c)};
+    for (double size : sizes) {
+        if (size > INT_MAX)
+            return adapter_fail(LLMC_ERR_UNSUPPORTED, "%s: %.0f parameters in one tensor or in all; llm.c's "
+                                "fill_in_parameter_sizes and AdamW kernel count them in int", where, size);
+    }
     return LLMC_OK;
 }
 
