@@ -144,7 +144,8 @@ def cuda_build_command(llmc_dir, out, variant, nvcc, cublas, defines=()):
             "-gencode", "arch=compute_90,code=sm_90", "-gencode", "arch=compute_90,code=compute_90",
             *(f"-D{d}" for d in (*llmc_defines, *defines)), f'-DLLMC_SOURCE_ID="{source_id}"',
             *includes, str(adapter), "-o", str(out), "-L", lib,
-            "-Xlinker", f"-l:{_library(lib, 'libcublas')},-l:{_library(lib, 'libcublasLt')},-rpath,{lib},--no-undefined",
+            "-Xlinker", f"-l:{_library(lib, 'libcublas')},-l:{_library(lib, 'libcublasLt')},-rpath,{lib}",
+            "-Xlinker", "--no-undefined",   # a symbol nothing provides fails here, not at dlopen on the GPU machine
             *_nvml_link(nvcc, includes)]
 
 
