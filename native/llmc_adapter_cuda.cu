@@ -31,7 +31,8 @@
  * What llm.c cannot do is LLMC_ERR_UNSUPPORTED, with the reason: precision modes other than bf16;
  * weight decay on every tensor (decay_all = 1 with weight_decay != 0); a second backward that
  * accumulates into gradients not zeroed since the last (llm.c accumulates only over the micro-steps of
- * one batch, scaling the loss by 1 / grad_accum_steps); shapes llm.c's kernels do not handle (below).
+ * one batch, scaling the loss by 1 / grad_accum_steps); shapes llm.c's kernels do not handle (below), and
+ * small-vocabulary models on which llm.c's reductions would overrun its scratch buffer (check_llmc_scratch).
  */
 #define LLMC_TRAIN_SOURCE "train_gpt2.cu"
 #include "llmc_adapter_cuda.cuh"
@@ -57,6 +58,7 @@ static char build_info[512] = "llm.c train_gpt2.cu (-DTESTING -DENABLE_BF16: bf1
                               LLMC_STRINGIFY(__CUDACC_VER_MAJOR__) "." LLMC_STRINGIFY(__CUDACC_VER_MINOR__)
                               ", llm.c source " LLMC_SOURCE_ID;
 static bool initialized = false;
+static cudaDeviceProp device;      // llm.c sizes its reductions' grids by the device (deviceProp)
 
 /* ----------------------------------------------------------------------------- library */
 LLMC_API const char* llmc_backend_name(void) { return "llm.c-cuda-bf16"; }
@@ -70,11 +72,10 @@ LLMC_API int llmc_init(void) {
         char none[] = "";    // server, file system and init method: unused without MULTI_GPU
         multi_gpu_config = multi_gpu_config_init(1, 0, 1, none, none, none);
         common_start(true, false);   // device 0, main_stream, cuBLASLt handle and workspace
-        cudaDeviceProp prop;
-        adapter_cuda(cudaGetDeviceProperties(&prop, 0));
+        adapter_cuda(cudaGetDeviceProperties(&device, 0));
         size_t used = strlen(build_info);
         snprintf(build_info + used, sizeof(build_info) - used, ", cuBLASLt %zu, %s (sm_%d%d)", cublasLtGetVersion(),
-                 prop.name, prop.major, prop.minor);
+                 device.name, device.major, device.minor);
         initialized = true;
         return adapter_ok();
     });
@@ -128,6 +129,41 @@ static int check_llmc_config(const llmc_config* c, const char* where) {
     return LLMC_OK;
 }
 
+/* llm.c's backward and update keep partial sums in acts.output, its (B, T, max(3C, NH*T, Vp)) bf16 scratch
+ * buffer, in amounts set by the GPU's size, not by B and T: layernorm_backward (32 + 2C floats per block,
+ * 2 blocks per SM), matmul_backward's bias (grid_y * OC floats, where grid_y fills the GPU), the global
+ * norm (one float per block). Where B*T*Vp is small (a small vocabulary) they overrun the buffer into
+ * the activation gradients the same kernels read and write, or past the allocation; llm.c's GPT-2 runs
+ * (Vp 50304) are far from it. Such a model is refused, saying by how much, instead of computed wrong. */
+static int check_llmc_scratch(const llmc_config* c, int max_B, int max_T, const char* where) {
+    const size_t SMs = device.multiProcessorCount, threads = (size_t)device.maxThreadsPerMultiProcessor * SMs;
+    const size_t C = c->channels;
+    size_t needed = 32 + 2 * C * 2 * SMs;   // layernorm_backward
+    const char* by = "layernorm_backward's per-block partial sums";
+    const size_t bias_block = device.maxThreadsPerMultiProcessor == 1536 ? 768 : 1024;
+    for (size_t OC : {C, 3 * C, 4 * C}) {   // matmul_backward_bias_kernel9: 64 output channels per warp row
+        size_t grid_x = (OC + 63) / 64, grid_y = std::max<size_t>(1, threads / (bias_block * grid_x));
+        if (grid_y > 1 && grid_y * OC > needed) {
+            needed = grid_y * OC;
+            by = "matmul_backward's bias partial sums";
+        }
+    }
+    const size_t norm_grid = threads / 512, L = c->num_layers;   // get_max_num_block_sums: slices 1 and L
+    const size_t norm_blocks = std::max(norm_grid, (norm_grid + L - 1) / L * L);
+    if (norm_blocks > needed) {
+        needed = norm_blocks;
+        by = "the gradient norm's block sums";
+    }
+    const size_t width = std::max({3 * C, (size_t)c->num_heads * max_T, (size_t)c->padded_vocab_size});
+    const size_t available = (size_t)max_B * max_T * width * sizeof(floatX) / sizeof(float);
+    if (needed > available)
+        return adapter_fail(LLMC_ERR_UNSUPPORTED, "%s: llm.c would write %zu floats (%s, on this GPU's %zu SMs) into "
+                            "its scratch buffer acts.output, which holds %zu at max_B = %d, max_T = %d, padded_vocab_size "
+                            "= %d: past its end, into the activation gradients", where, needed, by, SMs, available,
+                            max_B, max_T, c->padded_vocab_size);
+    return LLMC_OK;
+}
+
 /* Bytes the model needs on the device up front: bf16 weights and gradients, llm.c's activations for
  * max_B x max_T, the adapter's logits copy. The fp32 master weights and AdamW state are left out: llm.c
  * places them in managed memory when the device is full (cudaMallocConditionallyManaged). */
@@ -173,6 +209,7 @@ static int create_model(const llmc_config* c, const float* params, const char* p
     int rc = check_sizes(c, max_B, max_T, 1, what);
     if (rc == LLMC_OK) rc = check_llmc_config(c, what);
     if (rc == LLMC_OK) rc = llmc_init();
+    if (rc == LLMC_OK) rc = check_llmc_scratch(c, max_B, max_T, what);
     if (rc) return rc;
     llmc_model* model = new (std::nothrow) llmc_model();
     if (model == NULL) return adapter_fail(LLMC_ERR_ALLOC, "%s: out of host memory", what);
