@@ -307,9 +307,12 @@ LLMC_API int llmc_forward(llmc_model* model, const int* inputs, const int* targe
     if ((size_t)B * T * 4 * c->channels % GELU_ELEMS)
         return adapter_fail(LLMC_ERR_UNSUPPORTED, "forward: B*T*4C = %zu; llm.c's gelu_forward needs a multiple of %d",
                             (size_t)B * T * 4 * c->channels, GELU_ELEMS);
+    const bool new_layout = T != model->T;
+    model->T = 0;   // until this forward succeeds: no logits, and the next forward zeroes the attention buffer
+    model->forward_has_targets = false;
     return guarded("forward", [&] {
         select_model(model);
-        if (T != model->T) {   // the attention buffer's upper triangles must be zero for this T's layout
+        if (new_layout) {   // the attention buffer's upper triangles must be zero for this T's layout
             size_t att = (size_t)c->num_layers * model->max_B * c->num_heads * model->max_T * model->max_T;
             adapter_cuda(cudaMemset(gpt->acts.att, 0, att * sizeof(floatX)));
         }
@@ -351,11 +354,11 @@ LLMC_API int llmc_backward(llmc_model* model) {
         return adapter_fail(LLMC_ERR_UNSUPPORTED, "backward: llm.c's gpt2_backward_and_reduce starts from zero "
                             "gradients (it accumulates only over the micro-steps of one batch, whose loss it scales "
                             "by 1/grad_accum_steps): zero_grad first");
+    model->forward_has_targets = false;   // consumed, whether or not the backward succeeds
+    model->grads_zero = false;
     return guarded("backward", [&] {
         select_model(model);
         gpt2_backward_and_reduce(&model->gpt, model->inputs.data(), model->targets.data(), 1, 0);
-        model->forward_has_targets = false;
-        model->grads_zero = false;
         model->backward_done = true;
         return adapter_ok();
     });

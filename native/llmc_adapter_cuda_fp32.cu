@@ -310,11 +310,11 @@ LLMC_API int llmc_backward(llmc_model* model) {
         return adapter_fail(LLMC_ERR_STATE, "backward: needs a forward with targets first (llm.c's backward uses up "
                             "its forward's activations: one backward per forward)");
     GPT2* gpt = &model->gpt;
+    model->forward_has_targets = false;   // consumed, whether or not the backward succeeds
     return guarded("backward", [&] {
         if (gpt->grads_acts_memory != NULL)
             adapter_cuda(cudaMemset(gpt->grads_acts_memory, 0, gpt->num_grad_acts * sizeof(float)));
         gpt2_backward(gpt);
-        model->forward_has_targets = false;
         model->backward_done = true;
         return adapter_ok();
     });
