@@ -74,8 +74,8 @@ LLMC_API int llmc_init(void) {
         common_start(true, false);   // device 0, main_stream, cuBLASLt handle and workspace
         adapter_cuda(cudaGetDeviceProperties(&device, 0));
         size_t used = strlen(build_info);
-        snprintf(build_info + used, sizeof(build_info) - used, ", cuBLASLt %zu, %s (sm_%d%d)", cublasLtGetVersion(),
-                 device.name, device.major, device.minor);
+        snprintf(build_info + used, sizeof(build_info) - used, ", cuBLASLt %zu, %s (sm_%d%d, %d SMs)",
+                 cublasLtGetVersion(), device.name, device.major, device.minor, device.multiProcessorCount);
         initialized = true;
         return adapter_ok();
     });

@@ -76,8 +76,8 @@ LLMC_API int llmc_init(void) {
         int version = 0;
         cublasCheck(cublasGetVersion(cublas_handle, &version));
         size_t used = strlen(build_info);
-        snprintf(build_info + used, sizeof(build_info) - used, ", cuBLAS %d, %s (sm_%d%d)", version, device.name,
-                 device.major, device.minor);
+        snprintf(build_info + used, sizeof(build_info) - used, ", cuBLAS %d, %s (sm_%d%d, %d SMs)", version,
+                 device.name, device.major, device.minor, device.multiProcessorCount);
         initialized = true;
         return adapter_ok();
     });

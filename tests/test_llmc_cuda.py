@@ -148,6 +148,7 @@ def test_arguments_are_checked_before_the_device(standin_libs, variant, tmp_path
 # ----------------------------------------------------------------------------- llm.c itself, on a GPU
 LLMC_BF16 = """
 import json
+import re
 import numpy as np
 from backends.ports import port_backend
 from conformance.fixture import load_fixture
@@ -161,8 +162,13 @@ def code(fn):
     except LlmcError as e:
         return e.code
     return 0
-f = load_fixture({fixture!r})   # vocabulary 256: llm.c's partial sums would overrun its scratch buffer
-got = {{"tiny_bytes": code(lambda: b.model(f.config, f.params, f.B, f.T))}}
+f = load_fixture({fixture!r})   # Vp 256: llm.c's partial sums can overrun its scratch buffer (B*T*Vp bf16)
+try:
+    b.model(f.config, f.params, f.B, f.T)
+    got = {{"tiny_bytes": [0, ""]}}
+except LlmcError as e:
+    got = {{"tiny_bytes": [e.code, str(e)]}}
+got["SMs"] = int(re.search(r"(\\d+) SMs", b.description)[1])
 config = GPT2Config.from_descriptor("L1-NH2-C64-V1000-T64")   # Vp 1024: room for them at B*T = 128
 V, Vp = config.vocab_size, config.padded_vocab_size
 rng = np.random.default_rng(0)
@@ -194,7 +200,14 @@ print("RESULT " + json.dumps(got))
 
 def test_llmc_bf16_keeps_llmc_h_semantics(llmc_libs):
     got = run_script(LLMC_BF16.format(path=llmc_libs["bf16"], fixture=str(TINY_BYTES)), {"LLMC_PORT_PRECISION": "bf16"})
-    assert got == {"tiny_bytes": CODE["unsupported"], "backward_first": CODE["state"], "token": CODE["token"],
+    # tiny-bytes (C 64, B*T 128): layernorm_backward's 32 + 4*C floats per SM overrun the 16384 floats of
+    # llm.c's scratch buffer from 64 SMs on (H100, H200: 132)
+    tiny_bytes, SMs = got.pop("tiny_bytes"), got.pop("SMs")
+    if 32 + 4 * 64 * SMs > 4 * 32 * 256 // 2:
+        assert tiny_bytes[0] == CODE["unsupported"] and "scratch buffer acts.output" in tiny_bytes[1], tiny_bytes
+    else:
+        assert tiny_bytes[0] == CODE["ok"], tiny_bytes
+    assert got == {"backward_first": CODE["state"], "token": CODE["token"],
                    "too_long": CODE["argument"], "t_not_4": CODE["unsupported"], "logits_kept": True,
                    "second_backward": CODE["state"], "accumulate": CODE["unsupported"],
                    "decay_all": CODE["unsupported"], "norm": True, "params_moved": True, "reshape": True}
