@@ -139,11 +139,38 @@ def _check_keys(path, field, entry, required=(), allowed=None):
         raise FormatError(path, field, f"{field} has unknown entry {unknown[0]!r} (known: {', '.join(allowed)})")
 
 
+FILE_ROLES = {
+    CHECKPOINT: "model checkpoint (llm.c's gpt2_124M.bin format, fp32)",
+    CHECKPOINT_BF16: "bf16 model checkpoint",
+    DEBUG_STATE: "debug state (llm.c's gpt2_124M_debug_state.bin: the batch, step-0 logits, loss and gradients)",
+    MANIFEST: "manifest",
+}
+
+
+def _how_to_make(dirpath):
+    """How the fixture directory dirpath is made, in words."""
+    dirpath = Path(dirpath).resolve()
+    if dirpath == GPT2_124M_FIXTURE.resolve():
+        return "run `make fixtures` to generate this fixture"
+    if dirpath in [(FIXTURES_DIR / n).resolve() for n in COMMITTED_FIXTURES]:
+        return (f"it is committed: `git checkout -- fixtures/{dirpath.name}`, or regenerate the committed "
+                "fixtures with `python -m tools.make_fixtures --committed`")
+    return (f"make a fixture there with `python -m tools.make_fixtures --model DESCRIPTOR {dirpath}`, or use the "
+            "output directory of llm.c's train_gpt2.py")
+
+
+def _missing_file(dirpath, name, listed_in=None):
+    """FileNotFoundError saying which file of the fixture dirpath is missing, what it holds, and how to make it."""
+    listed = f" (listed in {listed_in})" if listed_in else ""
+    return FileNotFoundError(f"{Path(dirpath) / name}: the fixture's {FILE_ROLES.get(name, 'file')} is "
+                             f"missing{listed}; {_how_to_make(dirpath)}")
+
+
 def _verify_files(dirpath, manifest_path, manifest):
     for name, entry in manifest["files"].items():
         path = dirpath / name
         if not path.exists():
-            raise FormatError(path, "missing", f"is listed in {manifest_path} but does not exist")
+            raise _missing_file(dirpath, name, listed_in=manifest_path)
         size = path.stat().st_size
         if size != entry["size"]:
             raise FormatError(path, "size", f"is {size} bytes, {manifest_path} says {entry['size']}")
@@ -156,11 +183,14 @@ def load_fixture(dirpath, verify=True):
     """-> Fixture. verify: check every file listed in manifest.json against its size and sha256."""
     dirpath = Path(dirpath)
     if not dirpath.is_dir():
-        raise FileNotFoundError(f"{dirpath}: no such fixture directory")
+        raise FileNotFoundError(f"{dirpath}: no such fixture directory; {_how_to_make(dirpath)}")
     manifest_path = dirpath / MANIFEST
     manifest = _load_manifest(manifest_path) if manifest_path.exists() else None
     if manifest and verify:
         _verify_files(dirpath, manifest_path, manifest)
+    for name in (CHECKPOINT, DEBUG_STATE):
+        if not (dirpath / name).is_file():
+            raise _missing_file(dirpath, name)
     config, params = read_checkpoint(dirpath / CHECKPOINT)
     if manifest and GPT2Config(**manifest["config"]) != config:
         raise FormatError(dirpath / CHECKPOINT, "config", f"header config {config} differs from {manifest_path}'s "

@@ -34,6 +34,7 @@ if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER = Path(__file__).resolve().with_name("llmc.h")
+CORE_HEADER = Path(__file__).resolve().with_name("core") / "core.h"
 
 LIBRARY_ENV = {"cpu": "LLMC_CPU_LIB", "cuda": "LLMC_CUDA_LIB"}
 
@@ -59,6 +60,26 @@ def _error_codes():
 ERROR_CODES = _error_codes()
 ERROR_NAMES = {code: name for name, code in ERROR_CODES.items()}
 LLMC_OK = ERROR_CODES["LLMC_OK"]
+
+
+def _define(header, name):
+    """The integer value of `#define name VALUE` in a C header."""
+    match = re.search(rf"^#define {name} (\d+)", Path(header).read_text(), flags=re.M)
+    if match is None:
+        raise ValueError(f"{header}: no #define {name}")
+    return int(match.group(1))
+
+
+# The most threads a thread count may ask for: what llmc_set_num_threads clamps to on the largest machine.
+# Larger is taken for a mistake (LLMC_THREADS=100000 once crashed libgomp) and refused here.
+MAX_THREADS = _define(CORE_HEADER, "LLMC_MAX_THREADS")
+
+
+def check_threads(n, name="n"):
+    """n as an int, if it is a thread count in [1, MAX_THREADS]; ValueError naming `name` otherwise."""
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"{name} = {n!r}: a thread count must be an integer in [1, {MAX_THREADS}]")
+    return int(n)
 
 
 class LibraryUnavailable(Exception):
@@ -127,7 +148,7 @@ class Library:
                 self.check(code)
 
     def set_num_threads(self, n):
-        self.check(self.lib.llmc_set_num_threads(int(n)))
+        self.check(self.lib.llmc_set_num_threads(check_threads(n)))
 
     def build_info(self):
         return self.ffi.string(self.lib.llmc_build_info()).decode() if self.has("llmc_build_info") else "no build info"
@@ -453,7 +474,15 @@ def _token_array(name, a):
 
 # ----------------------------------------------------------------------------- our own libraries
 def default_threads():
-    return int(os.environ.get("LLMC_THREADS") or os.cpu_count() or 1)
+    """LLMC_THREADS when set (ValueError naming it when it is not a thread count), else the CPU count."""
+    value = os.environ.get("LLMC_THREADS")
+    if not value:
+        return min(os.cpu_count() or 1, MAX_THREADS)
+    try:
+        n = int(value)
+    except ValueError:
+        n = value
+    return check_threads(n, "LLMC_THREADS")
 
 
 def library_path(kind):

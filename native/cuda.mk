@@ -6,9 +6,13 @@
 # build prints the choice. RPATH points at that lib dir. cudart is linked statically.
 # Code: sm_90 machine code (H100/H200) plus compute_90 PTX, which newer GPUs JIT-compile. No --use_fast_math:
 # expf/tanhf/sqrtf must stay accurate for the fp32 conformance tolerances.
+# The host C core (CORE_SRCS, cpu.mk) is compiled by the C compiler, without OpenMP, and linked in beside the
+# .cu objects: the CUDA library carries its own copy, as the CPU library does.
 CUDA_SRCS := $(wildcard native/cuda/*.cu)
-CUDA_HDRS := native/llmc.h native/cuda/common.cuh
-CUDA_OBJS := $(patsubst native/cuda/%.cu,$(BUILD)/cuda/%.o,$(CUDA_SRCS))
+CUDA_HDRS := $(CORE_HDRS) native/cuda/common.cuh
+CUDA_OBJS := $(patsubst native/cuda/%.cu,$(BUILD)/cuda/%.o,$(CUDA_SRCS)) \
+	$(patsubst native/core/%.c,$(BUILD)/cuda/core/%.o,$(CORE_SRCS))
+CUDA_CORE_CFLAGS := -std=gnu11 -O2 -fPIC -Wall -Wextra -Wno-unused-parameter
 NVCC_FLAGS := -O3 -std=c++17 -Xcompiler -fPIC,-Wall -cudart static \
 	-gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
 # the Python that can see the nvidia-cublas wheel: the venv's when it exists (not on a bare GPU machine)
@@ -22,6 +26,10 @@ $(BUILD)/cuda/cublas.txt: native/cuda/find_cublas.py native/cuda.mk | $(BUILD)
 
 $(BUILD)/cuda/%.o: native/cuda/%.cu $(CUDA_HDRS) $(BUILD)/cuda/cublas.txt
 	$(NVCC) $(NVCC_FLAGS) -I$$(cut -d' ' -f1 $(BUILD)/cuda/cublas.txt) -c $< -o $@
+
+$(BUILD)/cuda/core/%.o: native/core/%.c $(CORE_HDRS) native/cuda.mk | $(BUILD)
+	@mkdir -p $(@D)
+	$(CC) $(CUDA_CORE_CFLAGS) -c $< -o $@
 
 $(BUILD)/libllmc_cuda.so: $(CUDA_OBJS) $(BUILD)/cuda/cublas.txt
 	@set -e; lib=$$(cut -d' ' -f2 $(BUILD)/cuda/cublas.txt); \

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import hashlib
 import math
 import os
+import re
 import uuid
 
 import numpy as np
@@ -62,12 +63,17 @@ class FormatError(ValueError):
 def atomic_write(path, mode="wb"):
     """Open a temporary file next to `path` for writing; on success fsync it and os.replace it onto
     `path`, so readers see the old file or the whole new one. On an exception nothing is left behind.
-    mode: "wb" or "w" (UTF-8 text)."""
+    mode: "wb" or "w" (UTF-8 text).
+
+    The temporary file is `.NAME.PID.RANDOM.tmp`, PID the writer's process id. A writer killed before
+    it could clean up (kill -9) leaves it behind; the next atomic_write of the same `path` removes those
+    whose writer no longer runs (a writer still running keeps its own)."""
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write: mode must be 'wb' or 'w', got {mode!r}")
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
+    _remove_stale_temporaries(directory, os.path.basename(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
     # os.open with 0o666 lets the umask decide the permissions, as a plain open() would
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
@@ -85,6 +91,35 @@ def atomic_write(path, mode="wb"):
         os.fsync(dir_fd)   # makes the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def _remove_stale_temporaries(directory, name):
+    """Removes atomic_write's `.name.PID.RANDOM.tmp` files in directory whose process PID is gone."""
+    prefix = f".{name}."
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return   # the os.open of the new temporary file reports what is wrong with the directory
+    for entry in entries:
+        if not (entry.startswith(prefix) and entry.endswith(".tmp")):
+            continue
+        match = re.fullmatch(r"(\d+)\.[0-9a-f]{12}", entry[len(prefix):-len(".tmp")])
+        if match is None or _process_running(int(match.group(1))):
+            continue
+        try:
+            os.unlink(os.path.join(directory, entry))
+        except FileNotFoundError:
+            pass   # another writer of the same path removed it first
+
+
+def _process_running(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True   # it runs, under another user
+    return True
 
 
 def _header(magic, version, *fields):

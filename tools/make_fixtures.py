@@ -67,8 +67,8 @@ def batch_tokens(config, B, T):
         source = f"tiny_shakespeare_val.bin (tools/prepare_data.py): its first {n} GPT-2 tokens"
     else:
         path = TINYSHAKESPEARE_TEXT
-        text = np.frombuffer(path.read_bytes()[:n], np.uint8)
-        tokens = (text % config.vocab_size).astype(np.int32)
+        text = np.frombuffer(path.read_bytes()[:n], np.uint8).astype(np.int32)   # V may exceed uint8's range
+        tokens = text % config.vocab_size
         source = (f"reference/data/tinyshakespeare.txt: its first {n} UTF-8 bytes, "
                   f"byte b as token id b % {config.vocab_size}")
     check_tokens(tokens, config.vocab_size, path, B, T)

@@ -4,10 +4,10 @@
                                   [--fixture DIR ...] [--port-skips FILE] [--port-xfails FILE] [--lib OUT.so]
 
 The build (native/llmc_adapter.c #includes the checkout's train_gpt2.c with TESTING defined, so llm.c's
-layer kernels and the adapter's llmc_* model API end up in one library):
+layer kernels and the adapter's llmc_* model API end up in one library, with libllmc's host C core beside them):
 
-    cc -O2 -fPIC -shared -fopenmp -DOMP -I native -I PATH native/llmc_adapter.c -o build/libllmc_llmc.so \
-        -lm -Wl,-z,nodelete
+    cc -O2 -fPIC -shared -fopenmp -DOMP -I native -I PATH native/llmc_adapter.c native/core/*.c \
+        -o build/libllmc_llmc.so -lm -Wl,-z,nodelete
 
 then `pytest conformance/test_model.py conformance/test_kernels.py --backend lib:build/libllmc_llmc.so`
 with the reports asked for. The exit status is pytest's (0: every check passed).
@@ -43,6 +43,7 @@ from tools.options import Parser, UsageError, add_fixture_option, add_report_opt
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ADAPTER = REPO_ROOT / "native" / "llmc_adapter.c"
+CORE_SOURCES = sorted((REPO_ROOT / "native" / "core").glob("*.c"))   # errors, checks, the checkpoint reader
 DEFAULT_LIB = REPO_ROOT / "build" / "libllmc_llmc.so"
 STANDIN = REPO_ROOT / "tests" / "standin_llmc"
 # --cuda: variant -> (adapter, the llm.c file it includes, llm.c's defines for it, the precision class it is judged by)
@@ -63,7 +64,8 @@ def build_command(llmc_dir, out, defines=(), cc=None):
     # -z nodelete: the library is never unloaded (cffi dlcloses it at interpreter exit), so OpenMP's idle
     # worker threads never find their code gone; without it the exit is a segfault, now and then
     return [cc, "-O2", "-fPIC", "-shared", "-fopenmp", "-DOMP", *(f"-D{d}" for d in defines),
-            "-I", str(REPO_ROOT / "native"), "-I", str(llmc_dir), str(ADAPTER), "-o", str(out), "-lm",
+            "-I", str(REPO_ROOT / "native"), "-I", str(llmc_dir), str(ADAPTER), *map(str, CORE_SOURCES),
+            "-o", str(out), "-lm",
             "-Wl,-z,nodelete"]
 
 

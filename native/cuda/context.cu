@@ -1,5 +1,6 @@
-// The library's process-wide state: the last error (per thread), the device and cuBLAS handle made once,
-// the precision mode, and the growable scratch buffer. Also the identity / settings entry points of llmc.h.
+// The library's process-wide state: the device and cuBLAS handle made once, the precision mode, and the
+// growable scratch buffer. Also the identity / settings entry points of llmc.h. The error state and
+// llmc_set_num_threads are the host C core's (native/core), shared with the other libraries.
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
@@ -7,23 +8,19 @@
 #include <string>
 
 #include "common.cuh"
+#include "../core/core.h"
 
-static thread_local int g_error_code = LLMC_OK;
-static thread_local char g_error_message[1024] = "";
-
+// The CUDA sources' names for the core's error state. Every entry point starts with clear_error(), which
+// sets the code to LLMC_OK and keeps the message of the last failed call (llmc.h's promise).
 int set_error(int code, const char* fmt, ...) {
     va_list args;
     va_start(args, fmt);
-    vsnprintf(g_error_message, sizeof(g_error_message), fmt, args);
+    llmc_vfail(code, fmt, args);
     va_end(args);
-    g_error_code = code;
     return code;
 }
 
-void clear_error() {
-    g_error_code = LLMC_OK;
-    g_error_message[0] = '\0';
-}
+void clear_error() { llmc_ok(); }
 
 // ----------------------------------------------------------------------------- device and cuBLAS
 static std::once_flag g_init_once;
@@ -119,12 +116,6 @@ const char* llmc_build_info(void) {
     return info;
 }
 
-int llmc_set_num_threads(int n) {
-    clear_error();
-    if (n < 1) return set_error(LLMC_ERR_ARGUMENT, "llmc_set_num_threads: n must be >= 1, got %d", n);
-    return LLMC_OK;
-}
-
 int llmc_set_precision(int mode) {
     clear_error();
     if (mode != 0 && mode != 1)
@@ -132,9 +123,6 @@ int llmc_set_precision(int mode) {
     g_precision = mode;
     return LLMC_OK;
 }
-
-const char* llmc_last_error(void) { return g_error_message; }
-int llmc_last_error_code(void) { return g_error_code; }
 
 int llmc_init(void) {
     clear_error();

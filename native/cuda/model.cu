@@ -1,34 +1,25 @@
 // The llmc_model API of llmc.h on the GPU: GPT-2 in llm.c's layout (16 parameter tensors in one flat
 // buffer), activations sized once for (max_B, max_T), forward / backward / AdamW on the device.
 // Every entry point returns an error code and never ends the process.
-#include <sys/stat.h>
-
+// The config and argument checks, the parameter sizes and the checkpoint reader are the host C core's
+// (native/core), the same code as the CPU library's.
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
 #include <cstdio>
-#include <cstdint>
 #include <cstring>
-#include <memory>
 #include <new>
 #include <vector>
 
 #include "common.cuh"
+#include "../core/core.h"
 
-constexpr int NUM_PARAM_TENSORS = 16;
-constexpr int CHECKPOINT_MAGIC = 20240326;
-constexpr int VERSION_FP32 = 3;   // padded vocab, every tensor fp32
-constexpr int VERSION_BF16 = 5;   // padded vocab, every tensor bf16 (widened to fp32 on load)
-constexpr int HEADER_INTS = 256;
 constexpr size_t DLOGITS_ROWS = 8192;   // positions per chunk of the lm head's backward (1.6 GB at Vp = 50304)
 
 // llm.c's order: wte wpe ln1w ln1b qkvw qkvb attprojw attprojb ln2w ln2b fcw fcb fcprojw fcprojb lnfw lnfb
 enum { WTE, WPE, LN1W, LN1B, QKVW, QKVB, ATTPROJW, ATTPROJB, LN2W, LN2B, FCW, FCB, FCPROJW, FCPROJB, LNFW, LNFB };
-// the 2-D tensors, decayed even when decay_all is 0 (PyTorch's dim >= 2 rule; stacks of layers count as 2-D)
-static const bool IS_MATRIX[NUM_PARAM_TENSORS] = {1, 1, 0, 0, 1, 0, 1, 0, 0, 0, 1, 0, 1, 0, 0, 0};
 
 struct Params {   // views into one flat device buffer
-    float* t[NUM_PARAM_TENSORS];
+    float* t[LLMC_NUM_PARAM_TENSORS];
 };
 
 // Activations kept from forward to backward; per-layer tensors stack all L layers.
@@ -65,7 +56,7 @@ struct Activations {
 struct llmc_model {
     llmc_config config;
     int max_B, max_T;
-    size_t param_sizes[NUM_PARAM_TENSORS];
+    size_t param_sizes[LLMC_NUM_PARAM_TENSORS];
     size_t num_parameters;
     float* params_memory;
     float* grads_memory;
@@ -81,53 +72,16 @@ struct llmc_model {
     bool forward_done, has_targets;
 };
 
-static void fill_param_sizes(size_t* sizes, const llmc_config& c) {
-    size_t L = c.num_layers, C = c.channels;
-    size_t s[NUM_PARAM_TENSORS] = {(size_t)c.padded_vocab_size * C, (size_t)c.max_seq_len * C, L * C, L * C,
-                                   L * 3 * C * C, L * 3 * C, L * C * C, L * C, L * C, L * C,
-                                   L * 4 * C * C, L * 4 * C, L * C * 4 * C, L * C, C, C};
-    memcpy(sizes, s, sizeof(s));
-}
-
 static void point_params(Params* p, float* memory, const size_t* sizes) {
-    for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+    for (int i = 0; i < LLMC_NUM_PARAM_TENSORS; i++) {
         p->t[i] = memory;
         memory += sizes[i];
     }
 }
 
-// Every field in range (the limits keep every size product far from overflow), C divisible by NH,
-// Vp >= V. A checkpoint's fields are named by header index, a config's by name; the code differs too.
-static int validate_config(const llmc_config* c, const char* path) {
-    int code = path ? LLMC_ERR_FORMAT : LLMC_ERR_ARGUMENT;
-    char where[600];
-    snprintf(where, sizeof(where), path ? "checkpoint '%s': header" : "llmc_model_from_params: config", path);
-    struct { const char* name; int header_index, value, max; } fields[] = {
-        {"max_seq_len", 2, c->max_seq_len, 1 << 16}, {"vocab_size", 3, c->vocab_size, 1 << 24},
-        {"num_layers", 4, c->num_layers, 1 << 12},   {"num_heads", 5, c->num_heads, 1 << 12},
-        {"channels", 6, c->channels, 1 << 16},       {"padded_vocab_size", 7, c->padded_vocab_size, 1 << 24}};
-    for (auto& f : fields) {
-        if (f.value <= 0 || f.value > f.max) {
-            if (path)
-                return set_error(code, "%s[%d] %s = %d: must lie in [1, %d]", where, f.header_index, f.name, f.value,
-                                 f.max);
-            return set_error(code, "%s.%s = %d: must lie in [1, %d]", where, f.name, f.value, f.max);
-        }
-    }
-    if (c->channels % c->num_heads)
-        return set_error(code, "%s: channels = %d is not divisible by num_heads = %d", where, c->channels,
-                         c->num_heads);
-    if (c->padded_vocab_size < c->vocab_size)
-        return set_error(code, "%s: padded_vocab_size = %d is smaller than vocab_size = %d", where,
-                         c->padded_vocab_size, c->vocab_size);
-    return LLMC_OK;
-}
-
 // Allocates everything for (max_B, max_T); on failure frees what it made.
 static int model_create(const llmc_config* config, int max_B, int max_T, llmc_model** out) {
-    if (max_B < 1 || max_T < 1 || max_T > config->max_seq_len)
-        return set_error(LLMC_ERR_ARGUMENT, "max_B=%d, max_T=%d: need max_B >= 1 and 1 <= max_T <= max_seq_len (%d)",
-                         max_B, max_T, config->max_seq_len);
+    TRY(llmc_check_model_size(config, max_B, max_T));
     if (config->channels / config->num_heads > ATTENTION_MAX_HEAD_SIZE)
         return set_error(LLMC_ERR_ARGUMENT, "config: head size channels / num_heads = %d / %d exceeds the CUDA "
                          "attention's limit of %d", config->channels, config->num_heads, ATTENTION_MAX_HEAD_SIZE);
@@ -136,8 +90,8 @@ static int model_create(const llmc_config* config, int max_B, int max_T, llmc_mo
     model->config = *config;
     model->max_B = max_B;
     model->max_T = max_T;
-    fill_param_sizes(model->param_sizes, *config);
-    for (size_t s : model->param_sizes) model->num_parameters += s;
+    llmc_param_sizes(config, model->param_sizes);
+    model->num_parameters = llmc_num_parameters(config);
 
     size_t B = max_B, T = max_T, C = config->channels, L = config->num_layers, NH = config->num_heads;
     size_t Vp = config->padded_vocab_size, BT = B * T;
@@ -233,15 +187,6 @@ static int forward_pass(llmc_model* model) {
     return LLMC_OK;
 }
 
-static int check_tokens(const int* tokens, int B, int T, int V, const char* what) {
-    for (size_t i = 0; i < (size_t)B * T; i++) {
-        if (tokens[i] < 0 || tokens[i] >= V)
-            return set_error(LLMC_ERR_TOKEN, "llmc_forward: %s[%zu][%zu] = %d is outside [0, %d)", what, i / T, i % T,
-                             tokens[i], V);
-    }
-    return LLMC_OK;
-}
-
 static int backward_pass(llmc_model* model) {
     const llmc_config& cfg = model->config;
     int B = model->B, T = model->T, C = cfg.channels, NH = cfg.num_heads, L = cfg.num_layers;
@@ -324,7 +269,7 @@ int llmc_model_from_params(const llmc_config* config, const float* params, int m
     CHECK_PTR(params, "llmc_model_from_params");
     CHECK_PTR(out, "llmc_model_from_params");
     *out = nullptr;
-    TRY(validate_config(config, nullptr));
+    TRY(llmc_check_config(config, nullptr));
     TRY(ensure_device());
     llmc_model* model;
     TRY(model_create(config, max_B, max_T, &model));
@@ -342,54 +287,24 @@ int llmc_model_from_checkpoint(const char* path, int max_B, int max_T, llmc_mode
     CHECK_PTR(path, "llmc_model_from_checkpoint");
     CHECK_PTR(out, "llmc_model_from_checkpoint");
     *out = nullptr;
-    FILE* f = fopen(path, "rb");
-    if (!f) return set_error(LLMC_ERR_FILE, "checkpoint '%s': cannot open: %s", path, strerror(errno));
-    std::unique_ptr<FILE, int (*)(FILE*)> closer(f, fclose);
-    struct stat st;
-    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode))
-        return set_error(LLMC_ERR_FILE, "checkpoint '%s': not a regular file", path);
-    long long file_size = st.st_size;
-    int header[HEADER_INTS];
-    if (fread(header, sizeof(header), 1, f) != 1)
-        return set_error(LLMC_ERR_FORMAT, "checkpoint '%s': %lld bytes, shorter than the %zu-byte header", path,
-                         file_size, sizeof(header));
-    if (header[0] != CHECKPOINT_MAGIC)
-        return set_error(LLMC_ERR_FORMAT, "checkpoint '%s': header[0] magic = %d, expected %d (an llm.c GPT-2 model "
-                         "file)", path, header[0], CHECKPOINT_MAGIC);
-    int version = header[1];
-    if (version != VERSION_FP32 && version != VERSION_BF16)
-        return set_error(LLMC_ERR_FORMAT, "checkpoint '%s': header[1] version = %d, expected %d (fp32) or %d (bf16)",
-                         path, version, VERSION_FP32, VERSION_BF16);
-    llmc_config config = {header[2], header[3], header[7], header[4], header[5], header[6]};
-    TRY(validate_config(&config, path));
-    size_t sizes[NUM_PARAM_TENSORS], n = 0;
-    fill_param_sizes(sizes, config);
-    for (size_t size : sizes) n += size;
-    size_t elem = version == VERSION_FP32 ? 4 : 2;
-    long long expected = (long long)(sizeof(header) + n * elem);
-    if (file_size != expected)
-        return set_error(LLMC_ERR_FORMAT, "checkpoint '%s': file size %lld bytes (%s), expected %lld = %zu-byte header "
-                         "+ %zu parameters x %zu bytes for the header's config (L=%d, NH=%d, C=%d, V=%d, Vp=%d, "
-                         "maxT=%d, version %d)", path, file_size, file_size < expected ? "truncated" : "oversized",
-                         expected, sizeof(header), n, elem, config.num_layers, config.num_heads, config.channels,
-                         config.vocab_size, config.padded_vocab_size, config.max_seq_len, version);
-    if (max_T > config.max_seq_len)
-        return set_error(LLMC_ERR_ARGUMENT, "checkpoint '%s': max_T=%d exceeds its max_seq_len %d", path, max_T,
-                         config.max_seq_len);
-    std::vector<float> params(n);
-    size_t got;
-    if (version == VERSION_FP32) {
-        got = fread(params.data(), sizeof(float), n, f);
-    } else {   // bf16 is the upper half of an fp32: widen in place, from the back so nothing is overwritten early
-        uint16_t* halves = (uint16_t*)params.data();
-        got = fread(halves, sizeof(uint16_t), n, f);
-        for (size_t i = n; i-- > 0;) {
-            uint32_t bits = (uint32_t)halves[i] << 16;
-            memcpy(&params[i], &bits, sizeof(bits));
+    llmc_checkpoint ck;
+    TRY(llmc_checkpoint_open(path, &ck));
+    int rc = llmc_check_model_size(&ck.config, max_B, max_T);   // before reading the whole file
+    std::vector<float> params;
+    if (rc == LLMC_OK) {
+        try {
+            params.resize(ck.num_parameters);
+        } catch (const std::bad_alloc&) {
+            rc = set_error(LLMC_ERR_ALLOC, "checkpoint '%s': out of host memory for its %zu parameters", path,
+                           ck.num_parameters);
         }
     }
-    if (got != n) return set_error(LLMC_ERR_FILE, "checkpoint '%s': short read of the parameters", path);
-    return llmc_model_from_params(&config, params.data(), max_B, max_T, out);
+    if (rc != LLMC_OK) {
+        llmc_checkpoint_close(&ck);
+        return rc;
+    }
+    TRY(llmc_checkpoint_read(&ck, params.data()));
+    return llmc_model_from_params(&ck.config, params.data(), max_B, max_T, out);
 }
 
 void llmc_model_free(llmc_model* model) {
@@ -418,14 +333,9 @@ size_t llmc_model_num_parameters(const llmc_model* model) { return model ? model
 int llmc_forward(llmc_model* model, const int* inputs, const int* targets, int B, int T, float* mean_loss) {
     clear_error();
     CHECK_MODEL(model, "llmc_forward");
-    CHECK_PTR(inputs, "llmc_forward");
-    if (B < 1 || T < 1 || B > model->max_B || T > model->max_T)
-        return set_error(LLMC_ERR_ARGUMENT, "llmc_forward: B=%d, T=%d outside the model's 1..max_B=%d, 1..max_T=%d",
-                         B, T, model->max_B, model->max_T);
-    size_t BT = (size_t)B * T;
     int V = model->config.vocab_size;
-    TRY(check_tokens(inputs, B, T, V, "inputs"));
-    if (targets) TRY(check_tokens(targets, B, T, V, "targets"));
+    TRY(llmc_check_forward(inputs, targets, B, T, model->max_B, model->max_T, V));
+    size_t BT = (size_t)B * T;
     CUDA_TRY(cudaMemcpy(model->inputs, inputs, BT * sizeof(int), cudaMemcpyHostToDevice));
     if (targets) {
         CUDA_TRY(cudaMemcpy(model->targets, targets, BT * sizeof(int), cudaMemcpyHostToDevice));
@@ -469,8 +379,7 @@ int llmc_backward(llmc_model* model) {
 int llmc_update(llmc_model* model, const llmc_adamw* opt, int t, float* grad_norm) {
     clear_error();
     CHECK_MODEL(model, "llmc_update");
-    CHECK_PTR(opt, "llmc_update");
-    if (t < 1) return set_error(LLMC_ERR_ARGUMENT, "llmc_update: t = %d: the step count starts at 1", t);
+    TRY(llmc_check_update(opt, t));
     TRY(alloc_optimizer_state(model, "llmc_update"));
     double norm_squared;
     TRY(sum_gpu(&norm_squared, model->grads_memory, model->num_parameters, true));
@@ -479,8 +388,8 @@ int llmc_update(llmc_model* model, const llmc_adamw* opt, int t, float* grad_nor
     float bias_correction1 = (float)(1.0 - pow((double)opt->beta1, t));
     float bias_correction2 = (float)(1.0 - pow((double)opt->beta2, t));
     size_t offset = 0;
-    for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
-        float wd = (opt->decay_all || IS_MATRIX[i]) ? opt->weight_decay : 0.0f;
+    for (int i = 0; i < LLMC_NUM_PARAM_TENSORS; i++) {
+        float wd = llmc_weight_decay(opt, i);
         TRY(adamw_gpu(model->params_memory + offset, model->grads_memory + offset, model->m_memory + offset,
                       model->v_memory + offset, model->param_sizes[i], opt->learning_rate, opt->beta1, opt->beta2,
                       opt->eps, wd, bias_correction1, bias_correction2, grad_scale));
