@@ -1,10 +1,13 @@
 /* libllmc's model API (llmc.h) on top of llm.c's own train_gpt2.cu, bf16 mixed precision (llm.c's default
  * build), so the suite can judge llm.c's main CUDA program. Its fp32 sibling is llmc_adapter_cuda_fp32.cu;
- * what the two share (llm.c's exit() turned into error codes, the argument checks) is llmc_adapter_cuda.cuh.
+ * what the two share (llm.c's exit() turned into error codes, llm.c's limits) is llmc_adapter_cuda.cuh; the
+ * error state, the argument checks and the checkpoint reader are libllmc's host C core (native/core).
  *
  * Built by tools/validate_llmc.py --cuda against an llm.c checkout (or the CUDA stand-in in tests/standin_llmc):
+ *     cc -std=gnu11 -O2 -fPIC -c native/core/{checkpoint,checks,errors}.c
  *     nvcc -O3 --use_fast_math -std=c++17 -DENABLE_BF16 -shared -Xcompiler -fPIC,-fvisibility=hidden \
- *          -I native -I LLMC_DIR native/llmc_adapter_cuda.cu -o libllmc_llmc_cuda.so -lcublas -lcublasLt
+ *          -I native -I LLMC_DIR native/llmc_adapter_cuda.cu checkpoint.o checks.o errors.o \
+ *          -o libllmc_llmc_cuda_bf16.so -lcublas -lcublasLt
  * and driven as the backend "lib:PATH", judged under the bf16 precision class. It exports the llmc_* API
  * only: llm.c's CUDA kernels take device pointers, so none is one of llmc.h's host kernels.
  *
@@ -18,9 +21,10 @@
  * What the adapter supplies, without touching llm.c's math:
  *   - a model from fp32 parameters: its bf16 weights are rounded to nearest even (what llm.c's
  *     train_gpt2.py does writing gpt2_124M_bf16.bin) and its fp32 master weights are the parameters
- *     themselves (what llm.c's load_state restores); from a v5 checkpoint llm.c reads the weights and the
- *     master weights are their exact widening (what gpt2_update's first call would make of them);
- *     a v3 (fp32) checkpoint, which llm.c's bf16 build refuses with exit(), is read as parameters;
+ *     themselves (what llm.c's load_state restores); a checkpoint is read by the core's reader, so a v5
+ *     one gives the weights llm.c reads and master weights that are their exact widening (what
+ *     gpt2_update's first call would make of them), and a v3 (fp32) one, which llm.c's bf16 build
+ *     refuses with exit(), is rounded as above;
  *   - B, T below the sizes the activations were allocated for, in forward and backward alike: llm.c's
  *     passes are sized by model->batch_size / seq_len, so these are set to the forward's B and T, and the
  *     attention buffer is zeroed when T changes (llm.c zeroes it where T differs from seq_len: its
@@ -65,7 +69,7 @@ LLMC_API const char* llmc_backend_name(void) { return "llm.c-cuda-bf16"; }
 LLMC_API const char* llmc_build_info(void) { return build_info; }
 
 LLMC_API int llmc_init(void) {
-    if (initialized) return adapter_ok();
+    if (initialized) return llmc_ok();
     int rc = require_device("init");
     if (rc) return rc;
     return guarded("init", [] {
@@ -77,16 +81,16 @@ LLMC_API int llmc_init(void) {
         snprintf(build_info + used, sizeof(build_info) - used, ", cuBLASLt %zu, %s (sm_%d%d, %d SMs)",
                  cublasLtGetVersion(), device.name, device.major, device.minor, device.multiProcessorCount);
         initialized = true;
-        return adapter_ok();
+        return llmc_ok();
     });
 }
 
 LLMC_API int llmc_set_precision(int mode) {
-    if (mode == 2) return adapter_ok();
+    if (mode == 2) return llmc_ok();
     if (mode == 0 || mode == 1)
-        return adapter_fail(LLMC_ERR_UNSUPPORTED, "set_precision: llm.c's train_gpt2.cu is built for bf16 (mode 2); "
-                            "its fp32 / TF32 program is train_gpt2_fp32.cu (llmc_adapter_cuda_fp32.cu)");
-    return adapter_fail(LLMC_ERR_ARGUMENT, "set_precision: mode %d, expected 2 (bf16)", mode);
+        return llmc_fail(LLMC_ERR_UNSUPPORTED, "set_precision: llm.c's train_gpt2.cu is built for bf16 (mode 2); "
+                         "its fp32 / TF32 program is train_gpt2_fp32.cu (llmc_adapter_cuda_fp32.cu)");
+    return llmc_fail(LLMC_ERR_ARGUMENT, "set_precision: mode %d, expected 2 (bf16)", mode);
 }
 
 /* ----------------------------------------------------------------------------- host <-> device */
@@ -116,16 +120,16 @@ static void write_params(GPT2* gpt, const float* params) {
 /* What llm.c's kernels need of a config; anything else is refused before llm.c sees it. */
 static int check_llmc_config(const llmc_config* c, const char* where) {
     if (c->channels % X128_ELEMS || c->padded_vocab_size % X128_ELEMS)
-        return adapter_fail(LLMC_ERR_UNSUPPORTED, "%s: llm.c's train_gpt2.cu needs channels (%d) and padded_vocab_size "
-                            "(%d) to be multiples of %d (its kernels load 16-byte vectors of bf16)", where, c->channels,
-                            c->padded_vocab_size, X128_ELEMS);
+        return llmc_fail(LLMC_ERR_UNSUPPORTED, "%s: llm.c's train_gpt2.cu needs channels (%d) and padded_vocab_size "
+                         "(%d) to be multiples of %d (its kernels load 16-byte vectors of bf16)", where, c->channels,
+                         c->padded_vocab_size, X128_ELEMS);
     const double largest = std::max((double)c->padded_vocab_size, 4.0 * c->channels) * c->channels;
     if (largest > INT_MAX)
-        return adapter_fail(LLMC_ERR_UNSUPPORTED, "%s: a parameter tensor of %.0f elements; llm.c's AdamW kernel "
-                            "indexes one (one layer's) tensor with int", where, largest);
+        return llmc_fail(LLMC_ERR_UNSUPPORTED, "%s: a parameter tensor of %.0f elements; llm.c's AdamW kernel "
+                         "indexes one (one layer's) tensor with int", where, largest);
     if (c->vocab_size > MAX_TOKEN_ID)
-        return adapter_fail(LLMC_ERR_UNSUPPORTED, "%s: vocab_size %d is beyond llm.c's encoder_backward, which packs "
-                            "token ids into 20 bits", where, c->vocab_size);
+        return llmc_fail(LLMC_ERR_UNSUPPORTED, "%s: vocab_size %d is beyond llm.c's encoder_backward, which packs "
+                         "token ids into 20 bits", where, c->vocab_size);
     return LLMC_OK;
 }
 
@@ -157,10 +161,10 @@ static int check_llmc_scratch(const llmc_config* c, int max_B, int max_T, const 
     const size_t width = std::max({3 * C, (size_t)c->num_heads * max_T, (size_t)c->padded_vocab_size});
     const size_t available = (size_t)max_B * max_T * width * sizeof(floatX) / sizeof(float);
     if (needed > available)
-        return adapter_fail(LLMC_ERR_UNSUPPORTED, "%s: llm.c would write %zu floats (%s, on this GPU's %zu SMs) into "
-                            "its scratch buffer acts.output, which holds %zu at max_B = %d, max_T = %d, padded_vocab_size "
-                            "= %d: past its end, into the activation gradients", where, needed, by, SMs, available,
-                            max_B, max_T, c->padded_vocab_size);
+        return llmc_fail(LLMC_ERR_UNSUPPORTED, "%s: llm.c would write %zu floats (%s, on this GPU's %zu SMs) into "
+                         "its scratch buffer acts.output, which holds %zu at max_B = %d, max_T = %d, padded_vocab_size "
+                         "= %d: past its end, into the activation gradients", where, needed, by, SMs, available,
+                         max_B, max_T, c->padded_vocab_size);
     return LLMC_OK;
 }
 
@@ -171,7 +175,7 @@ static size_t device_bytes(const llmc_config* c, GPT2Config config, int recomput
     ActivationTensors shapes;
     TensorSpec specs[NUM_ACTIVATION_TENSORS];
     fill_in_activation_sizes(&shapes, specs, max_B, max_T, config, recompute);
-    size_t bytes = 2 * num_parameters_of(c) * sizeof(floatX);
+    size_t bytes = 2 * llmc_num_parameters(c) * sizeof(floatX);
     for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) bytes += specs[i].size * sizeof_dtype(specs[i].type);
     return bytes + (size_t)max_B * max_T * (c->padded_vocab_size * sizeof(floatX) + 2 * sizeof(int));
 }
@@ -203,16 +207,17 @@ static void release(llmc_model* model) {
     delete model;
 }
 
-/* From params (fp32, llm.c's order) or, with params NULL, from the v5 checkpoint at path (read by llm.c). */
-static int create_model(const llmc_config* c, const float* params, const char* path, int max_B, int max_T,
-                        llmc_model** out, const char* what) {
-    int rc = check_sizes(c, max_B, max_T, 1, what);
+/* A model of config c from params (fp32, llm.c's order): llm.c's allocators, the adapter's weights. */
+static int create_model(const llmc_config* c, const float* params, int max_B, int max_T, llmc_model** out,
+                        const char* what) {
+    int rc = llmc_check_model_size(c, max_B, max_T);
+    if (rc == LLMC_OK) rc = check_llmc_sizes(c, max_B, max_T, 1, what);
     if (rc == LLMC_OK) rc = check_llmc_config(c, what);
     if (rc == LLMC_OK) rc = llmc_init();
     if (rc == LLMC_OK) rc = check_llmc_scratch(c, max_B, max_T, what);
     if (rc) return rc;
     llmc_model* model = new (std::nothrow) llmc_model();
-    if (model == NULL) return adapter_fail(LLMC_ERR_ALLOC, "%s: out of host memory", what);
+    if (model == NULL) return llmc_fail(LLMC_ERR_ALLOC, "%s: out of host memory", what);
     GPT2* gpt = &model->gpt;
     rc = guarded(what, [&] {
         gpt2_init_common(gpt);
@@ -224,18 +229,10 @@ static int create_model(const llmc_config* c, const float* params, const char* p
         gpt->config.channels = c->channels;
         int fits = check_device_memory(device_bytes(c, gpt->config, gpt->recompute, max_B, max_T), max_B, max_T, what);
         if (fits != LLMC_OK) return fits;
-        if (params != NULL) gpt2_allocate_weights(gpt);
-        else gpt2_build_from_checkpoint(gpt, path);
+        gpt2_allocate_weights(gpt);
         allocate_state(model, max_B, max_T);
-        if (params != NULL) {
-            write_params(gpt, params);
-        } else {
-            std::vector<float> widened(gpt->num_parameters);
-            copy_widened(widened.data(), (const floatX*)gpt->params_memory, gpt->num_parameters);
-            adapter_cuda(cudaMemcpy(gpt->master_weights, widened.data(), widened.size() * sizeof(float),
-                                    cudaMemcpyHostToDevice));
-        }
-        return adapter_ok();
+        write_params(gpt, params);
+        return llmc_ok();
     });
     if (rc) {
         release(model);
@@ -248,35 +245,32 @@ static int create_model(const llmc_config* c, const float* params, const char* p
 LLMC_API int llmc_model_from_params(const llmc_config* config, const float* params, int max_B, int max_T,
                                     llmc_model** out) {
     if (config == NULL || params == NULL || out == NULL)
-        return adapter_fail(LLMC_ERR_ARGUMENT, "model_from_params: NULL argument");
+        return llmc_fail(LLMC_ERR_ARGUMENT, "model_from_params: NULL argument");
     *out = NULL;
-    int rc = check_config(config, LLMC_ERR_ARGUMENT, "model_from_params: config");
+    int rc = llmc_check_config(config, NULL);
     if (rc) return rc;
-    return create_model(config, params, NULL, max_B, max_T, out, "model_from_params");
+    return create_model(config, params, max_B, max_T, out, "model_from_params");
 }
 
+/* Read by the core's reader, v5 (bf16, widened exactly) and v3 (fp32) alike: from v5 this gives the weights
+ * llm.c's gpt2_build_from_checkpoint loads (rounding a widened bf16 gives it back) and the master weights
+ * gpt2_update's first call would make of them; v3, which llm.c's bf16 build refuses with exit(), is rounded
+ * as llm.c's train_gpt2.py rounds it writing the bf16 file. */
 LLMC_API int llmc_model_from_checkpoint(const char* path, int max_B, int max_T, llmc_model** out) {
-    if (path == NULL || out == NULL) return adapter_fail(LLMC_ERR_ARGUMENT, "model_from_checkpoint: NULL argument");
+    if (path == NULL || out == NULL) return llmc_fail(LLMC_ERR_ARGUMENT, "model_from_checkpoint: NULL argument");
     *out = NULL;
-    const int versions[2] = {3, 5};
-    int version;
-    llmc_config config;
-    int rc = read_checkpoint_header(path, versions, 2, &version, &config);
+    llmc_checkpoint ck;
+    int rc = llmc_checkpoint_open(path, &ck);
     if (rc) return rc;
-    if (version == 5) return create_model(&config, NULL, path, max_B, max_T, out, "model_from_checkpoint");
-    // v3 (fp32): llm.c's bf16 build exits on it; the adapter reads the parameters and rounds them itself
     std::vector<float> params;
     try {
-        params.resize(num_parameters_of(&config));
+        params.resize(ck.num_parameters);
     } catch (const std::bad_alloc&) {
-        return adapter_fail(LLMC_ERR_ALLOC, "checkpoint '%s': out of host memory for its parameters", path);
+        llmc_checkpoint_close(&ck);
+        return llmc_fail(LLMC_ERR_ALLOC, "checkpoint '%s': out of host memory for its parameters", path);
     }
-    FILE* f = fopen(path, "rb");
-    bool read = f != NULL && fseek(f, 1024, SEEK_SET) == 0 && fread(params.data(), sizeof(float), params.size(), f) ==
-                                                                  params.size();
-    if (f != NULL) fclose(f);
-    if (!read) return adapter_fail(LLMC_ERR_FILE, "checkpoint '%s': cannot read its parameters", path);
-    return create_model(&config, params.data(), NULL, max_B, max_T, out, "model_from_checkpoint");
+    if ((rc = llmc_checkpoint_read(&ck, params.data()))) return rc;
+    return create_model(&ck.config, params.data(), max_B, max_T, out, "model_from_checkpoint");
 }
 
 LLMC_API void llmc_model_free(llmc_model* model) {
@@ -284,10 +278,10 @@ LLMC_API void llmc_model_free(llmc_model* model) {
 }
 
 LLMC_API int llmc_model_config(const llmc_model* model, llmc_config* out) {
-    if (model == NULL || out == NULL) return adapter_fail(LLMC_ERR_ARGUMENT, "model_config: NULL argument");
+    if (model == NULL || out == NULL) return llmc_fail(LLMC_ERR_ARGUMENT, "model_config: NULL argument");
     const GPT2Config* c = &model->gpt.config;
     *out = {c->max_seq_len, c->vocab_size, c->padded_vocab_size, c->num_layers, c->num_heads, c->channels};
-    return adapter_ok();
+    return llmc_ok();
 }
 
 LLMC_API size_t llmc_model_num_parameters(const llmc_model* model) {
@@ -296,17 +290,17 @@ LLMC_API size_t llmc_model_num_parameters(const llmc_model* model) {
 
 /* ----------------------------------------------------------------------------- training */
 LLMC_API int llmc_forward(llmc_model* model, const int* inputs, const int* targets, int B, int T, float* mean_loss) {
-    if (model == NULL) return adapter_fail(LLMC_ERR_ARGUMENT, "forward: NULL model");
+    if (model == NULL) return llmc_fail(LLMC_ERR_ARGUMENT, "forward: NULL model");
     GPT2* gpt = &model->gpt;
     const GPT2Config* c = &gpt->config;
-    int rc = check_forward(inputs, targets, B, T, model->max_B, model->max_T, c->vocab_size);
+    int rc = llmc_check_forward(inputs, targets, B, T, model->max_B, model->max_T, c->vocab_size);
     if (rc) return rc;
     if (T % 4)
-        return adapter_fail(LLMC_ERR_UNSUPPORTED, "forward: T = %d; llm.c's attention softmax (softmax_forward_kernel5) "
-                            "needs T %% 4 == 0", T);
+        return llmc_fail(LLMC_ERR_UNSUPPORTED, "forward: T = %d; llm.c's attention softmax (softmax_forward_kernel5) "
+                         "needs T %% 4 == 0", T);
     if ((size_t)B * T * 4 * c->channels % GELU_ELEMS)
-        return adapter_fail(LLMC_ERR_UNSUPPORTED, "forward: B*T*4C = %zu; llm.c's gelu_forward needs a multiple of %d",
-                            (size_t)B * T * 4 * c->channels, GELU_ELEMS);
+        return llmc_fail(LLMC_ERR_UNSUPPORTED, "forward: B*T*4C = %zu; llm.c's gelu_forward needs a multiple of %d",
+                         (size_t)B * T * 4 * c->channels, GELU_ELEMS);
     const bool new_layout = T != model->T;
     model->T = 0;   // until this forward succeeds: no logits, and the next forward zeroes the attention buffer
     model->forward_has_targets = false;
@@ -332,46 +326,46 @@ LLMC_API int llmc_forward(llmc_model* model, const int* inputs, const int* targe
         model->T = T;
         model->forward_has_targets = targets != NULL;
         if (mean_loss != NULL) *mean_loss = loss;
-        return adapter_ok();
+        return llmc_ok();
     });
 }
 
 LLMC_API int llmc_zero_grad(llmc_model* model) {
-    if (model == NULL) return adapter_fail(LLMC_ERR_ARGUMENT, "zero_grad: NULL model");
+    if (model == NULL) return llmc_fail(LLMC_ERR_ARGUMENT, "zero_grad: NULL model");
     return guarded("zero_grad", [&] {
         adapter_cuda(cudaMemset(model->gpt.grads_memory, 0, model->gpt.num_parameters_bytes));
         model->grads_zero = true;
-        return adapter_ok();
+        return llmc_ok();
     });
 }
 
 LLMC_API int llmc_backward(llmc_model* model) {
-    if (model == NULL) return adapter_fail(LLMC_ERR_ARGUMENT, "backward: NULL model");
+    if (model == NULL) return llmc_fail(LLMC_ERR_ARGUMENT, "backward: NULL model");
     if (!model->forward_has_targets)
-        return adapter_fail(LLMC_ERR_STATE, "backward: needs a forward with targets first (llm.c's backward uses up "
-                            "its forward's activations: one backward per forward)");
+        return llmc_fail(LLMC_ERR_STATE, "backward: needs a forward with targets first (llm.c's backward uses up "
+                         "its forward's activations: one backward per forward)");
     if (!model->grads_zero)
-        return adapter_fail(LLMC_ERR_UNSUPPORTED, "backward: llm.c's gpt2_backward_and_reduce starts from zero "
-                            "gradients (it accumulates only over the micro-steps of one batch, whose loss it scales "
-                            "by 1/grad_accum_steps): zero_grad first");
+        return llmc_fail(LLMC_ERR_UNSUPPORTED, "backward: llm.c's gpt2_backward_and_reduce starts from zero "
+                         "gradients (it accumulates only over the micro-steps of one batch, whose loss it scales "
+                         "by 1/grad_accum_steps): zero_grad first");
     model->forward_has_targets = false;   // consumed, whether or not the backward succeeds
     model->grads_zero = false;
     return guarded("backward", [&] {
         select_model(model);
         gpt2_backward_and_reduce(&model->gpt, model->inputs.data(), model->targets.data(), 1, 0);
         model->backward_done = true;
-        return adapter_ok();
+        return llmc_ok();
     });
 }
 
 LLMC_API int llmc_update(llmc_model* model, const llmc_adamw* opt, int t, float* grad_norm) {
-    if (model == NULL) return adapter_fail(LLMC_ERR_ARGUMENT, "update: NULL model");
-    int rc = check_update(opt, t);
+    if (model == NULL) return llmc_fail(LLMC_ERR_ARGUMENT, "update: NULL model");
+    int rc = llmc_check_update(opt, t);
     if (rc) return rc;
     if (opt->decay_all && opt->weight_decay != 0.0f)
-        return adapter_fail(LLMC_ERR_UNSUPPORTED, "update: llm.c's gpt2_update decays only the 2-D tensors (wte, wpe "
-                            "and the matmul weights), not every parameter (decay_all = 1)");
-    if (!model->backward_done) return adapter_fail(LLMC_ERR_STATE, "update: needs a backward first");
+        return llmc_fail(LLMC_ERR_UNSUPPORTED, "update: llm.c's gpt2_update decays only the 2-D tensors (wte, wpe "
+                         "and the matmul weights), not every parameter (decay_all = 1)");
+    if (!model->backward_done) return llmc_fail(LLMC_ERR_STATE, "update: needs a backward first");
     return guarded("update", [&] {
         select_model(model);
         float norm = gpt2_calculate_grad_norm(&model->gpt, &multi_gpu_config);
@@ -379,63 +373,63 @@ LLMC_API int llmc_update(llmc_model* model, const llmc_adamw* opt, int t, float*
         gpt2_update(&model->gpt, opt->learning_rate, opt->beta1, opt->beta2, opt->eps, opt->weight_decay, grad_scale,
                     t, &multi_gpu_config);
         if (grad_norm != NULL) *grad_norm = norm;
-        return adapter_ok();
+        return llmc_ok();
     });
 }
 
 /* ----------------------------------------------------------------------------- copies */
 LLMC_API int llmc_get_params(const llmc_model* model, float* dst) {
-    if (model == NULL || dst == NULL) return adapter_fail(LLMC_ERR_ARGUMENT, "get_params: NULL argument");
+    if (model == NULL || dst == NULL) return llmc_fail(LLMC_ERR_ARGUMENT, "get_params: NULL argument");
     return guarded("get_params", [&] {
         adapter_cuda(cudaMemcpy(dst, model->gpt.master_weights, model->gpt.num_parameters * sizeof(float),
                                 cudaMemcpyDeviceToHost));
-        return adapter_ok();
+        return llmc_ok();
     });
 }
 
 LLMC_API int llmc_set_params(llmc_model* model, const float* src) {
-    if (model == NULL || src == NULL) return adapter_fail(LLMC_ERR_ARGUMENT, "set_params: NULL argument");
+    if (model == NULL || src == NULL) return llmc_fail(LLMC_ERR_ARGUMENT, "set_params: NULL argument");
     return guarded("set_params", [&] {
         write_params(&model->gpt, src);
-        return adapter_ok();
+        return llmc_ok();
     });
 }
 
 LLMC_API int llmc_get_grads(const llmc_model* model, float* dst) {
-    if (model == NULL || dst == NULL) return adapter_fail(LLMC_ERR_ARGUMENT, "get_grads: NULL argument");
+    if (model == NULL || dst == NULL) return llmc_fail(LLMC_ERR_ARGUMENT, "get_grads: NULL argument");
     return guarded("get_grads", [&] {
         copy_widened(dst, (const floatX*)model->gpt.grads_memory, model->gpt.num_parameters);
-        return adapter_ok();
+        return llmc_ok();
     });
 }
 
 LLMC_API int llmc_get_logits(const llmc_model* model, float* dst) {
-    if (model == NULL || dst == NULL) return adapter_fail(LLMC_ERR_ARGUMENT, "get_logits: NULL argument");
-    if (model->T == 0) return adapter_fail(LLMC_ERR_STATE, "get_logits: no forward yet");
+    if (model == NULL || dst == NULL) return llmc_fail(LLMC_ERR_ARGUMENT, "get_logits: NULL argument");
+    if (model->T == 0) return llmc_fail(LLMC_ERR_STATE, "get_logits: no forward yet");
     return guarded("get_logits", [&] {
         copy_widened(dst, model->logits, (size_t)model->B * model->T * model->gpt.config.padded_vocab_size);
-        return adapter_ok();
+        return llmc_ok();
     });
 }
 
 LLMC_API int llmc_get_optimizer_state(const llmc_model* model, float* m, float* v) {
     if (model == NULL || m == NULL || v == NULL)
-        return adapter_fail(LLMC_ERR_ARGUMENT, "get_optimizer_state: NULL argument");
+        return llmc_fail(LLMC_ERR_ARGUMENT, "get_optimizer_state: NULL argument");
     const size_t bytes = model->gpt.num_parameters * sizeof(float);
     return guarded("get_optimizer_state", [&] {
         adapter_cuda(cudaMemcpy(m, model->gpt.m_memory, bytes, cudaMemcpyDeviceToHost));
         adapter_cuda(cudaMemcpy(v, model->gpt.v_memory, bytes, cudaMemcpyDeviceToHost));
-        return adapter_ok();
+        return llmc_ok();
     });
 }
 
 LLMC_API int llmc_set_optimizer_state(llmc_model* model, const float* m, const float* v) {
     if (model == NULL || m == NULL || v == NULL)
-        return adapter_fail(LLMC_ERR_ARGUMENT, "set_optimizer_state: NULL argument");
+        return llmc_fail(LLMC_ERR_ARGUMENT, "set_optimizer_state: NULL argument");
     const size_t bytes = model->gpt.num_parameters * sizeof(float);
     return guarded("set_optimizer_state", [&] {
         adapter_cuda(cudaMemcpy(model->gpt.m_memory, m, bytes, cudaMemcpyHostToDevice));
         adapter_cuda(cudaMemcpy(model->gpt.v_memory, v, bytes, cudaMemcpyHostToDevice));
-        return adapter_ok();
+        return llmc_ok();
     });
 }

@@ -20,9 +20,10 @@ With --cuda it judges llm.c's CUDA programs instead, on the GPU: native/llmc_ada
 train_gpt2.cu (bf16 mixed precision, llm.c's default build) and native/llmc_adapter_cuda_fp32.cu
 train_gpt2_fp32.cu, each with TESTING defined, into two libraries (LIB with _bf16 / _fp32 before .so):
 
+    cc -std=gnu11 -O2 -fPIC -c native/core/*.c         (libllmc's host C core, as native/cuda.mk builds it)
     nvcc -O3 --use_fast_math -std=c++17 [-DENABLE_BF16] -shared -cudart static -Xcompiler -fPIC,-fvisibility=hidden \
         -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90 -I native -I PATH \
-        -I CUBLAS_INCLUDE native/llmc_adapter_cuda[_fp32].cu -o LIB -L CUBLAS_LIB -lcublas -lcublasLt
+        -I CUBLAS_INCLUDE native/llmc_adapter_cuda[_fp32].cu core/*.o -o LIB -L CUBLAS_LIB -lcublas -lcublasLt
 
 (llm.c's Makefile flags, cuBLAS found as native/cuda.mk finds it), then the suite on each: the bf16
 library judged under the bf16 precision class, the fp32 one under tf32 (train_gpt2_fp32.cu's main() turns
@@ -134,9 +135,25 @@ def _nvml_link(nvcc, includes):
                      "lib64/stubs/libnvidia-ml.so to link")
 
 
-def cuda_build_command(llmc_dir, out, variant, nvcc, cublas, defines=()):
+def core_objects(outdir, cc=None):
+    """libllmc's host C core compiled into outdir as native/cuda.mk compiles it for the CUDA library (C, no
+    OpenMP); the object paths."""
+    cc = cc or os.environ.get("CC", "cc")
+    objects = []
+    for source in CORE_SOURCES:
+        obj = Path(outdir) / f"{source.stem}.o"
+        command = [cc, "-std=gnu11", "-O2", "-fPIC", "-c", str(source), "-o", str(obj)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise BuildError(f"building libllmc's core failed:\n$ {shlex.join(command)}\n{done.stderr.strip()}")
+        objects.append(obj)
+    return objects
+
+
+def cuda_build_command(llmc_dir, out, variant, nvcc, cublas, objects, defines=()):
     """nvcc with llm.c's Makefile flags (-O3 --use_fast_math, -DENABLE_BF16 for train_gpt2.cu), sm_90 code
-    plus compute_90 PTX as native/cuda.mk builds ours, only the llmc_* API exported, cuBLAS's RPATH."""
+    plus compute_90 PTX as native/cuda.mk builds ours, the core's objects linked in, only the llmc_* API
+    exported, cuBLAS's RPATH."""
     adapter, source, llmc_defines, _precision = CUDA_VARIANTS[variant]
     include, lib = cublas
     includes = ["-I", str(REPO_ROOT / "native"), "-I", str(llmc_dir), "-I", include]
@@ -145,7 +162,7 @@ def cuda_build_command(llmc_dir, out, variant, nvcc, cublas, defines=()):
             "-Xcompiler", "-fPIC,-fvisibility=hidden",
             "-gencode", "arch=compute_90,code=sm_90", "-gencode", "arch=compute_90,code=compute_90",
             *(f"-D{d}" for d in (*llmc_defines, *defines)), f'-DLLMC_SOURCE_ID="{source_id}"',
-            *includes, str(adapter), "-o", str(out), "-L", lib,
+            *includes, str(adapter), *map(str, objects), "-o", str(out), "-L", lib,
             "-Xlinker", f"-l:{_library(lib, 'libcublas')},-l:{_library(lib, 'libcublasLt')},-rpath,{lib}",
             "-Xlinker", "--no-undefined",   # a symbol nothing provides fails here, not at dlopen on the GPU machine
             *_nvml_link(nvcc, includes)]
@@ -168,7 +185,9 @@ def build_cuda_adapter(llmc_dir, variant, out, defines=(), nvcc=None):
         raise BuildError(f"{llmc_dir}: no {source} here; give the root of an llm.c checkout")
     nvcc = nvcc or find_nvcc()
     cublas = find_cublas(nvcc)
-    return _compile(lambda tmp: cuda_build_command(llmc_dir, tmp, variant, nvcc, cublas, defines), out)
+    with tempfile.TemporaryDirectory() as objdir:
+        objects = core_objects(objdir)
+        return _compile(lambda tmp: cuda_build_command(llmc_dir, tmp, variant, nvcc, cublas, objects, defines), out)
 
 
 def main(argv=None):

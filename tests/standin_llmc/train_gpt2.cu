@@ -4,9 +4,10 @@ GPU nor llm.c: native/llmc_adapter_cuda.cu must compile and link against it as i
 It has the part of llm.c's ABI the adapter uses, with llm.c's names, types and signatures: floatX (bf16),
 the GPT2Config, ActivationTensors, TensorSpec, MultiGpuConfig and GPT2 structs (the fields the adapter
 touches), fill_in_activation_sizes, sizeof_dtype, multi_gpu_config_init, common_start, gpt2_init_common,
-gpt2_allocate_weights, gpt2_build_from_checkpoint, gpt2_allocate_state, gpt2_forward, gpt2_validate,
-gpt2_backward_and_reduce, gpt2_calculate_grad_norm, gpt2_update and gpt2_free, with llm.c's conventions
-(device memory laid out as llm.c lays it out, exit() on bad input, main() behind #ifndef TESTING).
+gpt2_allocate_weights, gpt2_allocate_state, gpt2_forward, gpt2_validate, gpt2_backward_and_reduce,
+gpt2_calculate_grad_norm, gpt2_update and gpt2_free, with llm.c's conventions (device memory laid out as
+llm.c lays it out, exit() on bad input, main() behind #ifndef TESTING). Checkpoints are read by libllmc's
+core, not by llm.c.
 
 Its model is NOT GPT-2, nor llm.c: it is the zero model (every logit 0, so the loss is ln V, every
 gradient 0; the update is AdamW on zero gradients, i.e. weight decay on the 2-D tensors). It proves that
@@ -138,20 +139,6 @@ void gpt2_allocate_weights(GPT2* model) {
     }
     model->num_parameters_bytes = model->num_parameters * sizeof(floatX);
     cudaCheck(cudaMalloc(&model->params_memory, model->num_parameters_bytes));
-}
-
-void gpt2_build_from_checkpoint(GPT2* model, const char* checkpoint_path, bool weight_init = true) {
-    FILE* model_file = fopenCheck(checkpoint_path, "rb");
-    int header[256];
-    freadCheck(header, sizeof(int), 256, model_file);
-    if (header[0] != 20240326 || header[1] != 5) { printf("Bad magic or version in model file\n"); exit(EXIT_FAILURE); }
-    model->config = GPT2Config{header[2], header[3], header[7], header[4], header[5], header[6]};
-    gpt2_allocate_weights(model);
-    void* host = mallocCheck(model->num_parameters_bytes);
-    freadCheck(host, 1, model->num_parameters_bytes, model_file);
-    cudaCheck(cudaMemcpy(model->params_memory, host, model->num_parameters_bytes, cudaMemcpyHostToDevice));
-    free(host);
-    fcloseCheck(model_file);
 }
 
 void gpt2_allocate_state(GPT2* model, int B, int T) {

@@ -5,9 +5,9 @@ It has the part of llm.c's ABI the adapter uses, with llm.c's names, types and s
 and cublas_compute_type, the GPT2Config, ParameterTensors, ActivationTensors, GradActTensors and GPT2
 structs (the fields the adapter touches), fill_in_parameter_sizes, malloc_and_point_parameters,
 fill_in_activation_sizes, malloc_and_point_activations, fill_in_grad_act_sizes, malloc_and_point_backward,
-gpt2_build_from_checkpoint, gpt2_forward, gpt2_zero_grad, gpt2_backward, gpt2_update and gpt2_free, with
-llm.c's conventions (exit() on bad input, B and T fixed by the first forward, lazily allocated gradients and
-AdamW state, AdamW decaying every parameter, main() behind #ifndef TESTING).
+gpt2_forward, gpt2_zero_grad, gpt2_backward, gpt2_update and gpt2_free, with llm.c's conventions (exit() on
+bad input, B and T fixed by the first forward, lazily allocated gradients and AdamW state, AdamW decaying
+every parameter, main() behind #ifndef TESTING). Checkpoints are read by libllmc's core, not by llm.c.
 
 Its model is NOT GPT-2, nor llm.c: it is the zero model (every logit 0, so the loss is ln V, every
 gradient 0; the update is AdamW on zero gradients, i.e. weight decay). It proves that the adapter compiles,
@@ -157,24 +157,6 @@ typedef struct {
     float mean_loss;
     float* cpu_losses;
 } GPT2;
-
-void gpt2_build_from_checkpoint(GPT2* model, const char* checkpoint_path) {
-    FILE* model_file = fopenCheck(checkpoint_path, "rb");
-    int header[256];
-    freadCheck(header, sizeof(int), 256, model_file);
-    if (header[0] != 20240326 || header[1] != 3) { fprintf(stderr, "Bad magic or version\n"); exit(EXIT_FAILURE); }
-    memset(model, 0, sizeof(GPT2));
-    model->config = GPT2Config{header[2], header[3], header[7], header[4], header[5], header[6]};
-    fill_in_parameter_sizes(model->param_sizes, model->config);
-    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) model->num_parameters += model->param_sizes[i];
-    model->params_memory = malloc_and_point_parameters(&model->params, model->param_sizes, 1);
-    float* host = (float*)mallocCheck(model->num_parameters * sizeof(float));
-    freadCheck(host, sizeof(float), model->num_parameters, model_file);
-    cudaCheck(cudaMemcpy(model->params_memory, host, model->num_parameters * sizeof(float), cudaMemcpyHostToDevice));
-    free(host);
-    fcloseCheck(model_file);
-    model->mean_loss = -1.0f;
-}
 
 // ----------------------------------------------------------------------------
 // the zero model
