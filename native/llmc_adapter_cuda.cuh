@@ -8,16 +8,17 @@
  *      validate every argument first, as native/llmc_adapter.c does); the exception is the net for what
  *      no validation can foresee: out of device memory, a failed kernel launch. assert() is not caught,
  *      hence the validation;
- *   3. declares llmc.h's API inside namespace llmc_abi. train_gpt2_fp32.cu defines host launchers that
+ *   3. declares llmc.h's API and libllmc's host C core (native/core/core.h: the error state, the config /
+ *      size / forward / AdamW checks, the checkpoint reader, linked into both libraries and used as the CPU
+ *      adapter uses them) inside namespace llmc_abi. train_gpt2_fp32.cu defines host launchers that
  *      take device pointers with exactly the signatures of llmc.h's CPU kernels (residual_forward,
  *      matmul_forward, layernorm_forward, attention_forward); with llmc.h's extern "C" declarations in
  *      the same scope they would take C linkage and be exported under the kernel names, where the
  *      harness would call them with host pointers. In a namespace they stay distinct C++ functions,
  *      and the library (built with -fvisibility=hidden) exports exactly the llmc_* functions marked
  *      LLMC_API: no kernel, since none of llm.c's CUDA kernels has llmc.h's host-pointer signature;
- *   4./5. what is common to the adapters beyond libllmc's host C core (native/core: the error state, the
- *      config / size / forward / AdamW checks, the checkpoint reader), which both link and call as the
- *      CPU adapter does: exits and exceptions to error codes, and llm.c's own limits.
+ *   4. llm.c's exits and C++ exceptions turned into error codes;
+ *   5. what llm.c counts in int beyond the core's checks, and the device memory check.
  */
 #ifndef LLMC_ADAPTER_CUDA_CUH
 #define LLMC_ADAPTER_CUDA_CUH
