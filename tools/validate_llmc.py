@@ -242,6 +242,12 @@ def suite_command(lib, args, fixtures, variant=None):
 
 def validate_cuda(args):
     """Both CUDA adapters built, then the suite on each under its precision class; 0 when both passed."""
+    from conformance.fixture import CHECKPOINT, GPT2_124M_FIXTURE
+    standin = Path(args.llmc_dir).resolve() == STANDIN
+    if not (standin or args.fixture or (GPT2_124M_FIXTURE / CHECKPOINT).exists()):
+        raise UsageError(f"{GPT2_124M_FIXTURE} is missing, and llm.c's CUDA programs refuse both committed tiny "
+                         "fixtures (PORTING.md says why): nothing would be judged. Make it with `python -m "
+                         "tools.make_fixtures --model d12 -B 4 -T 64 fixtures/gpt2_124M`, or give --fixture")
     libs = {}
     try:
         for variant in CUDA_VARIANTS:
@@ -250,7 +256,7 @@ def validate_cuda(args):
             print(f"built {out} from {Path(args.llmc_dir) / CUDA_VARIANTS[variant][1]}", flush=True)
     except BuildError as e:
         raise UsageError(str(e)) from e
-    if Path(args.llmc_dir).resolve() == STANDIN:
+    if standin:
         print("the CUDA stand-in's model is the zero model, not GPT-2: both adapters compile and link; "
               "the suite is not run on it")
         return 0
