@@ -3,7 +3,8 @@
 - lib:PATH   a shared library with libllmc's C ABI (native/llmc.h): the llmc_* model API and/or llm.c's
              layer kernels. Driven by the same cffi binding as our own libraries; kernels the library
              does not export are absent, and their tests skip saying so. Its precision class (the
-             tolerance column it is judged by) comes from LLMC_PORT_PRECISION (default fp32).
+             tolerance column it is judged by) comes from LLMC_PORT_PRECISION (default fp32), and the
+             library is set to the matching mode (llmc_set_precision 0, 1, 2) where it exports that.
 - cmd:COMMAND a program in any language speaking the command-line protocol below; model level only.
 
 The command-line protocol (version 1), in brief (PORTING.md has the full text):
@@ -47,6 +48,7 @@ from reference.formats import read_checkpoint, write_checkpoint
 from reference.layers import KERNEL_NAMES
 
 PRECISIONS = ("fp32", "tf32", "bf16")
+PRECISION_MODES = {"fp32": 0, "tf32": 1, "bf16": 2}   # llmc_set_precision's mode for each class
 DEFAULT_TIMEOUT_S = 600         # LLMC_PORT_TIMEOUT's default: gpt2_124M's train call on a slow port
 TRAIN_LOOKAHEAD = 10             # steps a train call runs ahead of the handle: test_gpt2.c's loop length
 
@@ -84,7 +86,7 @@ class LibBackend(NativeBackend):
     are absent (their checks skip, saying so); without the llmc_* model API the model level is skipped."""
 
     def __init__(self, library, name, precision):
-        super().__init__(library, name, precision, 0)
+        super().__init__(library, name, precision, PRECISION_MODES[precision])
         lib, ffi = library.lib, library.ffi
         self.port_name = ffi.string(lib.llmc_backend_name()).decode() if library.has("llmc_backend_name") else "?"
         missing = [k for k in KERNEL_NAMES if not library.has(k)]
