@@ -16,7 +16,8 @@ A backend offers two levels (the design sketch: one backend interface, two level
   order, sizes read off the arrays, outputs written in place, gradients accumulated with +=
   (the list: KERNEL_NAMES). A backend without some kernel leaves it out; its tests skip, saying so.
 
-Names: reference (numpy fp32), cpu, cuda (strict fp32), cuda-tf32, and the port plug-ins
+Names: reference (numpy fp32), cpu, cuda (strict fp32), cuda-tf32, cuda-bf16 (bf16 mixed precision), and the
+port plug-ins
 ``lib:PATH`` (a shared library with libllmc's or llm.c's ABI) and ``cmd:COMMAND`` (the command-line
 protocol of PORTING.md).
 """
@@ -33,7 +34,7 @@ KERNEL_NAMES = (
     "softmax_forward", "crossentropy_forward", "crossentropy_softmax_backward",
 )
 
-BUILTIN_BACKENDS = ("reference", "cpu", "cuda", "cuda-tf32")
+BUILTIN_BACKENDS = ("reference", "cpu", "cuda", "cuda-tf32", "cuda-bf16")
 # the --backend / --fixture options of pytest (conftest.py) and of tools.conform
 BACKEND_OPTION_HELP = (f"backend to judge (repeatable): {', '.join(BUILTIN_BACKENDS)}, lib:PATH or cmd:COMMAND; "
                        "default: every builtin backend")
@@ -216,7 +217,7 @@ def get_backend(name):
     """A backend by name; raises BackendUnavailable (with the reason) when it cannot run here."""
     if name == "reference":
         return ReferenceBackend()
-    if name in ("cpu", "cuda", "cuda-tf32"):
+    if name in ("cpu", "cuda", "cuda-tf32", "cuda-bf16"):
         from native.binding import native_backend
         return native_backend(name)
     if name.startswith("lib:") or name.startswith("cmd:"):

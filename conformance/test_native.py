@@ -25,7 +25,7 @@ from reference.formats import bf16_bits_to_fp32, fp32_to_bf16_bits, write_checkp
 from reference.model import GPT2, PARAM_NAMES, GPT2Config, init_params, split_params
 
 ROOT = Path(__file__).resolve().parent.parent
-NATIVE = ("cpu", "cuda", "cuda-tf32")
+NATIVE = ("cpu", "cuda", "cuda-tf32", "cuda-bf16")
 CONFIG = GPT2Config.from_descriptor("L2-NH4-C64-V256-T64")
 TINY = GPT2Config.from_descriptor("L1-NH2-C8-V10-T8")   # Vp 128: a 5 KB checkpoint
 # llmc.h's error codes
@@ -314,12 +314,13 @@ def test_thread_count_settable(native):
         native.set_num_threads(0)
 
 
-def test_cpu_refuses_tf32():
+def test_cpu_refuses_tf32_and_bf16():
     try:
         cpu = native_backend("cpu")
     except BackendUnavailable as e:
         pytest.skip(str(e))
     assert cpu.library.lib.llmc_set_precision(1) == LLMC_ERR_UNSUPPORTED
+    assert cpu.library.lib.llmc_set_precision(2) == LLMC_ERR_UNSUPPORTED
     assert cpu.library.lib.llmc_set_precision(0) == 0
 
 

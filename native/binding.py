@@ -4,7 +4,7 @@
                                               so a library that lacks some kernel still loads
     NativeBackend(library, name, precision, mode)
                                               the conformance.backends.Backend interface over it
-    native_backend("cpu" | "cuda" | "cuda-tf32")
+    native_backend("cpu" | "cuda" | "cuda-tf32" | "cuda-bf16")
                                               our own libraries, build/libllmc_{cpu,cuda}.so (or the
                                               paths in LLMC_CPU_LIB / LLMC_CUDA_LIB)
 
@@ -40,7 +40,8 @@ ERROR_NAMES = {0: "LLMC_OK", 1: "LLMC_ERR_ARGUMENT", 2: "LLMC_ERR_FILE", 3: "LLM
 LLMC_OK, LLMC_ERR_ARGUMENT, LLMC_ERR_TOKEN = 0, 1, 5
 
 # name -> (library kind, tolerance class, precision mode)
-BUILTIN = {"cpu": ("cpu", "fp32", 0), "cuda": ("cuda", "fp32", 0), "cuda-tf32": ("cuda", "tf32", 1)}
+BUILTIN = {"cpu": ("cpu", "fp32", 0), "cuda": ("cuda", "fp32", 0), "cuda-tf32": ("cuda", "tf32", 1),
+           "cuda-bf16": ("cuda", "bf16", 2)}
 LIBRARY_ENV = {"cpu": "LLMC_CPU_LIB", "cuda": "LLMC_CUDA_LIB"}
 
 
@@ -416,7 +417,7 @@ class NativeBackend(Backend):
         self.description = f"{library.path}: {info}"
 
     def activate(self):
-        """Sets this backend's precision mode: cuda and cuda-tf32 share one loaded library."""
+        """Sets this backend's precision mode: cuda, cuda-tf32 and cuda-bf16 share one loaded library."""
         if self.library.has("llmc_set_precision"):
             lib = self.library.lib
             if lib.llmc_set_precision(self.mode) != LLMC_OK:

@@ -86,7 +86,8 @@ int llmc_set_num_threads(int n) {
 int llmc_set_precision(int mode) {
     if (mode == 0) return adapter_ok();
     if (mode == 1) return adapter_fail(LLMC_ERR_UNSUPPORTED, "set_precision: llm.c's CPU code has no TF32 mode");
-    return adapter_fail(LLMC_ERR_ARGUMENT, "set_precision: mode %d, expected 0 (fp32) or 1 (tf32)", mode);
+    if (mode == 2) return adapter_fail(LLMC_ERR_UNSUPPORTED, "set_precision: llm.c's CPU code has no bf16 mode");
+    return adapter_fail(LLMC_ERR_ARGUMENT, "set_precision: mode %d, expected 0 (fp32), 1 (tf32) or 2 (bf16)", mode);
 }
 
 /* ----------------------------------------------------------------------------- model */

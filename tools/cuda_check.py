@@ -1,6 +1,6 @@
 """GPU checks of libllmc CUDA that the pytest suite does not make, judged by the suite's tolerance table.
 
-    python3 -m tools.cuda_check [--out DIR] [--backends cuda,cuda-tf32] [--no-torch] [--quick]
+    python3 -m tools.cuda_check [--out DIR] [--backends cuda,cuda-tf32,cuda-bf16] [--no-torch] [--quick]
 
 The suite (conformance/test_kernels.py, test_model.py) runs on the GPU too, but at small shapes and in
 test_gpt2.c's AdamW convention only. This adds:
@@ -9,6 +9,8 @@ test_gpt2.c's AdamW convention only. This adds:
   - 10 training steps of a small model in the other AdamW convention (PyTorch's / llm.c CUDA's: decay
     on 2-D tensors only, global-norm clipping) against reference.model.GPT2 and reference.adamw in float64;
   - bitwise determinism run to run (small model; d12 at B=4, T=1024 unless --quick);
+  - out of device memory: a model too large for the card is refused with LLMC_ERR_ALLOC, and a model made
+    before trains on, bit for bit as if nothing had happened;
   - d12 at B=16, T=1024 (past llm.c's int32 activation offsets) against PyTorch float64 on the same device
     (unless --quick or --no-torch).
 Every number becomes a verdict through conformance.checks.compare under conformance/tolerances.py
@@ -26,12 +28,14 @@ from conformance.backends import KERNEL_NAMES, BackendUnavailable, get_backend
 from conformance.checks import compare
 from conformance.kernel_checks import KernelShape, run_kernel_check
 from conformance.report import format_table, suite_meta, write_json
+from native.binding import LlmcError
 from reference.adamw import AdamW, AdamWSettings
 from reference.model import GPT2, GPT2Config, PARAM_NAMES, init_params, split_params
 
 GPU_KERNEL_SHAPES = (KernelShape(B=2, T=512, C=256, NH=4, OC=384, V=1000, Vp=1024),
                      KernelShape(B=1, T=1024, C=768, NH=12, OC=768, V=1000, Vp=1024))
 SMALL = "L2-NH4-C64-V256-T64"
+LLMC_ERR_ALLOC = 4   # llmc.h
 # PyTorch's convention (llm.c's CUDA trainer): the suite's fixtures train with test_gpt2.c's instead
 DECAY_2D_CLIP = AdamWSettings(learning_rate=1e-3, beta1=0.9, beta2=0.95, weight_decay=0.1, decay_all=False,
                               grad_clip=1.0)
@@ -118,6 +122,39 @@ def check_determinism(backend, descriptor, B, T, steps=3):
                     ("rerun", backend.precision)) for key in run1]
 
 
+def check_out_of_memory(backend, descriptor=SMALL, B=4, T=64):
+    """A d12 model for 4096 x 1024 tokens (terabytes of activations) fails with LLMC_ERR_ALLOC; a small model
+    made before it trains on and reproduces an undisturbed run exactly."""
+    config = GPT2Config.from_descriptor(descriptor)
+    undisturbed = train_fingerprint(backend, config, B, T, steps=2)
+    rng = np.random.default_rng(7)
+    inputs = rng.integers(0, config.vocab_size, (B, T)).astype(np.int32)
+    targets = rng.integers(0, config.vocab_size, (B, T)).astype(np.int32)
+    model = backend.model(config, init_params(config, seed=7), B, T)
+    tag = f"out-of-memory/{backend.name}"
+    try:
+        d12 = GPT2Config.from_descriptor("d12")
+        try:
+            backend.model(d12, init_params(d12, seed=1), 4096, 1024).close()
+            code = None
+        except LlmcError as e:
+            code = e.code
+        losses = []
+        for step in range(2):
+            losses.append(model.forward(inputs, targets))
+            model.zero_grad()
+            model.backward()
+            model.update(DECAY_2D_CLIP, step + 1)
+        after = dict(losses=np.array(losses, np.float32), params=model.params(), grads=model.grads())
+    finally:
+        model.close()
+    alloc = compare(f"{tag}/huge_model_refused_with_LLMC_ERR_ALLOC", backend.name,
+                    1.0 if code == LLMC_ERR_ALLOC else 0.0, 1.0, ("rerun", backend.precision))
+    alloc = dataclasses.replace(alloc, detail=f"the huge model's error code: {code} (LLMC_ERR_ALLOC is {LLMC_ERR_ALLOC})")
+    return [alloc] + [compare(f"{tag}/model_made_before_still_trains/{key}", backend.name, after[key],
+                              undisturbed[key], ("rerun", backend.precision)) for key in undisturbed]
+
+
 def check_against_torch(backend, descriptor="d12", B=16, T=1024):
     """Loss and gradients of one step against PyTorch float64 on the same device; d12 at B=16, T=1024
     puts B*T*4C and L*B*T*C past 2^31 (llm.c's fp32 trainer overflows its int offsets there)."""
@@ -157,7 +194,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="out", help="directory for cuda_check.json")
     parser.add_argument("--no-torch", action="store_true", help="skip the d12 cross-check against PyTorch")
-    parser.add_argument("--backends", default="cuda,cuda-tf32", help="comma-separated (cpu: to test this script)")
+    parser.add_argument("--backends", default="cuda,cuda-tf32,cuda-bf16",
+                        help="comma-separated (cpu: to test this script)")
     parser.add_argument("--quick", action="store_true", help="no d12 (neither its determinism nor PyTorch)")
     args = parser.parse_args(argv)
     results, described = [], {}
@@ -173,6 +211,8 @@ def main(argv=None):
         results += check_kernels(backend)
         results += check_model_adamw(backend)
         results += check_determinism(backend, SMALL, 4, 64)
+        if name != "cpu":   # the CPU library would try to allocate the terabytes in host memory
+            results += check_out_of_memory(backend)
         if not args.quick:
             results += check_determinism(backend, "d12", 4, 1024)
         if not (args.quick or args.no_torch):

@@ -1,7 +1,7 @@
 // Deterministic column reductions: out[c] += sum over rows r of f(r, c), for bias gradients, layernorm
-// parameter gradients and the position-embedding gradient. No float atomics: a first kernel writes
-// partial sums of fixed row chunks (the chunking depends on the shape only), a second adds the chunks
-// in order. The same input gives the same bits on every run.
+// parameter gradients and the position-embedding gradient (of fp32 or bf16 tensors, summed in fp32).
+// No float atomics: a first kernel writes partial sums of fixed row chunks (the chunking depends on the
+// shape only), a second adds the chunks in order. The same input gives the same bits on every run.
 #include "common.cuh"
 
 constexpr int TILE = 32;        // columns per block: one warp reads 128 contiguous bytes of a row
@@ -61,29 +61,42 @@ static int column_reduce(float* out0, float* out1, size_t R, size_t cols, F f) {
     return LLMC_OK;
 }
 
+template <typename T>
 struct ReadElement {
-    const float* in;
+    const T* in;
     size_t cols;
-    __device__ void operator()(size_t r, size_t c, float (&acc)[1]) const { acc[0] += in[r * cols + c]; }
+    __device__ void operator()(size_t r, size_t c, float (&acc)[1]) const { acc[0] += to_f32(in[r * cols + c]); }
 };
 
-int column_sum_gpu(float* out, const float* in, size_t R, size_t cols) {
-    return column_reduce<1>(out, nullptr, R, cols, ReadElement{in, cols});
+template <typename T>
+int column_sum_gpu(float* out, const T* in, size_t R, size_t cols) {
+    return column_reduce<1>(out, nullptr, R, cols, ReadElement<T>{in, cols});
 }
 
 // dweight[c] += sum dout * norm, dbias[c] += sum dout, with norm = (inp - mean) * rstd recomputed
+template <typename T>
 struct LayernormParamGrads {
-    const float *dout, *inp, *mean, *rstd;
+    const T* dout;
+    const float *inp, *mean, *rstd;
     int C;
     __device__ void operator()(size_t r, size_t c, float (&acc)[2]) const {
         size_t i = r * C + c;
         float norm = (inp[i] - mean[r]) * rstd[r];
-        acc[0] += dout[i] * norm;
-        acc[1] += dout[i];
+        float dy = to_f32(dout[i]);
+        acc[0] += dy * norm;
+        acc[1] += dy;
     }
 };
 
-int layernorm_param_grads_gpu(float* dweight, float* dbias, const float* dout, const float* inp,
-                              const float* mean, const float* rstd, size_t N, int C) {
-    return column_reduce<2>(dweight, dbias, N, (size_t)C, LayernormParamGrads{dout, inp, mean, rstd, C});
+template <typename T>
+int layernorm_param_grads_gpu(float* dweight, float* dbias, const T* dout, const float* inp, const float* mean,
+                              const float* rstd, size_t N, int C) {
+    return column_reduce<2>(dweight, dbias, N, (size_t)C, LayernormParamGrads<T>{dout, inp, mean, rstd, C});
 }
+
+template int column_sum_gpu<float>(float*, const float*, size_t, size_t);
+template int column_sum_gpu<bf16>(float*, const bf16*, size_t, size_t);
+template int layernorm_param_grads_gpu<float>(float*, float*, const float*, const float*, const float*, const float*,
+                                              size_t, int);
+template int layernorm_param_grads_gpu<bf16>(float*, float*, const bf16*, const float*, const float*, const float*,
+                                             size_t, int);
