@@ -14,7 +14,8 @@ test_gpt2.c's AdamW convention only. This adds:
   - d12 at B=16, T=1024 (past llm.c's int32 activation offsets) against PyTorch float64 on the same device
     (unless --quick or --no-torch).
 Every number becomes a verdict through conformance.checks.compare under conformance/tolerances.py
-at the backend's precision. Prints the table, writes DIR/cuda_check.json, exits 1 if any check fails.
+at the backend's precision. The backend "torch-bf16" (PyTorch autocast bf16, tools/measure_errors.py) gets the
+model check in the other AdamW convention only: the second bf16 measurement of the gradient norm. Prints the table, writes DIR/cuda_check.json, exits 1 if any check fails.
 """
 import argparse
 import dataclasses
@@ -201,13 +202,20 @@ def main(argv=None):
     results, described = [], {}
     for name in args.backends.split(","):
         try:
-            backend = get_backend(name)
+            if name == "torch-bf16":
+                from tools.measure_errors import TorchAutocastBackend
+                backend = TorchAutocastBackend()
+            else:
+                backend = get_backend(name)
         except BackendUnavailable as e:
             print(f"{name}: unavailable: {e}")
             return 1
         described[name] = backend.description or name
         print(f"{name}: {backend.description}", flush=True)
         t0 = time.time()
+        if name == "torch-bf16":
+            results += check_model_adamw(backend)
+            continue
         results += check_kernels(backend)
         results += check_model_adamw(backend)
         results += check_determinism(backend, SMALL, 4, 64)

@@ -90,6 +90,13 @@ __device__ inline bf16 bf16_stochastic(float x, size_t index, uint32_t seed) {
 }
 constexpr uint32_t STOCHASTIC_ROUNDING_SEED = 0x6c6c6d63u;   // "llmc"
 
+// 16 bytes of a tensor, for vector loads and stores: 4 floats or 8 bf16
+template <typename T>
+struct alignas(16) Pack16 {
+    static constexpr int N = 16 / sizeof(T);
+    T x[N];
+};
+
 // ----------------------------------------------------------------------------- context (context.cu)
 // ensure_device(): once per process, find a GPU and make the cuBLAS handle. Every entry point calls it.
 int ensure_device();
@@ -127,6 +134,8 @@ int column_sum_gpu(float* out, const E* in, size_t R, size_t cols);
 template <typename E>
 int layernorm_param_grads_gpu(float* dweight, float* dbias, const E* dout, const float* inp, const float* mean,
                               const float* rstd, size_t N, int C);
+// out0[c] += sum over chunks g of partial[0][g][c], out1 (or NULL) likewise of partial[1]: partial (2?, chunks, cols)
+int sum_chunks_gpu(float* out0, float* out1, const float* partial, size_t cols, int chunks);
 // global_norm.cu: sum of x (or of x^2: the squared global norm) in float64, deterministic; result on the host.
 int sum_gpu(double* host_out, const float* x, size_t n, bool squares);
 

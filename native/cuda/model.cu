@@ -447,10 +447,7 @@ int llmc_forward(llmc_model* model, const int* inputs, const int* targets, int B
     TRY(check_tokens(inputs, B, T, V, "inputs"));
     if (targets) TRY(check_tokens(targets, B, T, V, "targets"));
     CUDA_TRY(cudaMemcpy(model->inputs, inputs, BT * sizeof(int), cudaMemcpyHostToDevice));
-    if (targets) {
-        CUDA_TRY(cudaMemcpy(model->targets, targets, BT * sizeof(int), cudaMemcpyHostToDevice));
-        TRY(token_buckets_build(&model->buckets, inputs, (int)BT, V));
-    }
+    if (targets) CUDA_TRY(cudaMemcpy(model->targets, targets, BT * sizeof(int), cudaMemcpyHostToDevice));
     model->B = B;
     model->T = T;
     model->has_targets = targets != nullptr;
@@ -459,6 +456,8 @@ int llmc_forward(llmc_model* model, const int* inputs, const int* targets, int B
         TRY(mixed_forward(model->mixed, model->params_memory, model->inputs, targets ? model->targets : nullptr, B, T));
     else
         TRY(forward_pass(model));
+    // the backward's token buckets, sorted on the host while the GPU runs the forward
+    if (targets) TRY(token_buckets_build(&model->buckets, inputs, (int)BT, V));
     model->forward_done = true;
     float loss = -1.0f;   // llm.c's "no targets"
     if (targets) {
