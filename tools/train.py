@@ -72,7 +72,7 @@ class _Parser(argparse.ArgumentParser):
 def parse_args(argv):
     p = _Parser(prog="python -m tools.train", description=__doc__.splitlines()[0],
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--backend", default="cpu", help="reference, cpu, cuda, cuda-tf32, lib:PATH or cmd:COMMAND")
+    p.add_argument("--backend", default="cpu", help="reference, cpu, cuda, cuda-tf32, cuda-bf16, lib:PATH or cmd:COMMAND")
     p.add_argument("--model", default="d6",
                    help="an llm.c checkpoint .bin, or a random init: d6, d12, ... or L4-NH4-C128[-V..][-T..]")
     p.add_argument("--seed", type=int, default=42, help="random-init seed (descriptor models)")
