@@ -21,7 +21,8 @@ from native.binding import (
 from reference.model import GPT2Config, init_params
 
 # name -> (library kind, tolerance class, precision mode of llmc_set_precision)
-BUILTIN = {"cpu": ("cpu", "fp32", 0), "cuda": ("cuda", "fp32", 0), "cuda-tf32": ("cuda", "tf32", 1)}
+BUILTIN = {"cpu": ("cpu", "fp32", 0), "cuda": ("cuda", "fp32", 0), "cuda-tf32": ("cuda", "tf32", 1),
+           "cuda-bf16": ("cuda", "bf16", 2)}
 
 
 class NativeBackend(Backend):

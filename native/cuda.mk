@@ -4,8 +4,11 @@
 # cuBLAS: the CUDA toolkit's (next to nvcc) if it has one, else the nvidia-cublas wheel in PY's environment
 # (pyproject extra [cuda], installed by `make venv` when nvcc exists); native/cuda/find_cublas.py decides and the
 # build prints the choice. RPATH points at that lib dir. cudart is linked statically.
-# Code: sm_90 machine code (H100/H200) plus compute_90 PTX, which newer GPUs JIT-compile. No --use_fast_math:
-# expf/tanhf/sqrtf must stay accurate for the fp32 conformance tolerances.
+# Code: machine code for the GPUs llm.c's users train on, sm_80 (A100), sm_86 (RTX 30xx, A10/A40), sm_89
+# (RTX 40xx, L4/L40) and sm_90 (H100/H200), plus compute_90 PTX, which newer GPUs JIT-compile. Every kernel
+# is sm_80 code (mma.sync, cp.async, ldmatrix): there is no Hopper-only path to choose at run time. No
+# --use_fast_math: expf/tanhf/sqrtf must stay accurate for the fp32 conformance tolerances.
+# CUDA_ARCHS overrides the list (e.g. `make CUDA_ARCHS=90` for a quick build).
 # The host C core (CORE_SRCS, cpu.mk) is compiled by the C compiler, without OpenMP, and linked in beside the
 # .cu objects: the CUDA library carries its own copy, as the CPU library does.
 CUDA_SRCS := $(wildcard native/cuda/*.cu)
@@ -13,8 +16,11 @@ CUDA_HDRS := $(CORE_HDRS) native/cuda/common.cuh
 CUDA_OBJS := $(patsubst native/cuda/%.cu,$(BUILD)/cuda/%.o,$(CUDA_SRCS)) \
 	$(patsubst native/core/%.c,$(BUILD)/cuda/core/%.o,$(CORE_SRCS))
 CUDA_CORE_CFLAGS := -std=gnu11 -O2 -fPIC -Wall -Wextra -Wno-unused-parameter
+CUDA_ARCHS ?= 80 86 89 90
 NVCC_FLAGS := -O3 -std=c++17 -Xcompiler -fPIC,-Wall -cudart static \
-	-gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
+	$(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
+	-gencode arch=compute_$(lastword $(CUDA_ARCHS)),code=compute_$(lastword $(CUDA_ARCHS)) \
+	-DLLMC_CUDA_ARCHS='"$(CUDA_ARCHS)"'
 # the Python that can see the nvidia-cublas wheel: the venv's when it exists (not on a bare GPU machine)
 CUBLAS_PY = $(if $(wildcard $(PY)),$(PY),python3)
 

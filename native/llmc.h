@@ -58,7 +58,9 @@ const char* llmc_backend_name(void);           /* "cpu" or "cuda" */
 const char* llmc_build_info(void);             /* compiler, BLAS / cuBLAS it linked, OpenMP, arch */
 int llmc_set_num_threads(int n);               /* n >= 1. CPU: the OpenMP threads, clamped to 4 per processor
                                                   and 1024 at most; CUDA: checked and ignored */
-int llmc_set_precision(int mode);              /* 0 strict fp32 (TF32 off), 1 TF32 matmuls (CUDA only) */
+int llmc_set_precision(int mode);              /* 0 strict fp32 (TF32 off), 1 TF32 matmuls (CUDA only),
+                                                  2 bf16 mixed precision (CUDA only): models made in this mode
+                                                  compute in bf16 on fp32 master weights; their API is unchanged */
 const char* llmc_last_error(void);             /* message of the last failed call in this thread */
 int llmc_last_error_code(void);                /* code of the last failed call, LLMC_OK after success */
 int llmc_init(void);                           /* CPU: LLMC_OK; CUDA: LLMC_ERR_DEVICE (with the reason) when no usable GPU */

@@ -54,7 +54,8 @@ int llmc_init(void) { return llmc_ok(); }
 int llmc_set_precision(int mode) {
     if (mode == 0) return llmc_ok();
     if (mode == 1) return llmc_fail(LLMC_ERR_UNSUPPORTED, "set_precision: llm.c's CPU code has no TF32 mode");
-    return llmc_fail(LLMC_ERR_ARGUMENT, "set_precision: mode %d, expected 0 (fp32) or 1 (tf32)", mode);
+    if (mode == 2) return llmc_fail(LLMC_ERR_UNSUPPORTED, "set_precision: llm.c's CPU code has no bf16 mode");
+    return llmc_fail(LLMC_ERR_ARGUMENT, "set_precision: mode %d, expected 0 (fp32), 1 (tf32) or 2 (bf16)", mode);
 }
 
 /* ----------------------------------------------------------------------------- model */

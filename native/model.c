@@ -28,9 +28,10 @@ int llmc_init(void) { return llmc_ok(); }
 
 int llmc_set_precision(int mode) {
     if (mode == 0) return llmc_ok();
-    if (mode == 1) return llmc_fail(LLMC_ERR_UNSUPPORTED, "llmc_set_precision: TF32 (mode 1) needs the CUDA library; "
-                                                          "the CPU library is strict fp32 only");
-    return llmc_fail(LLMC_ERR_ARGUMENT, "llmc_set_precision: mode = %d, must be 0 (fp32) or 1 (TF32)", mode);
+    if (mode == 1 || mode == 2)
+        return llmc_fail(LLMC_ERR_UNSUPPORTED, "llmc_set_precision: %s (mode %d) needs the CUDA library; the CPU "
+                         "library is strict fp32 only", mode == 1 ? "TF32" : "bf16", mode);
+    return llmc_fail(LLMC_ERR_ARGUMENT, "llmc_set_precision: mode = %d, must be 0 (fp32), 1 (TF32) or 2 (bf16)", mode);
 }
 
 /* ----------------------------------------------------------------------------- parameters */

@@ -157,6 +157,11 @@ def flat_grads(model):
     return _flatten(model, lambda t: t.grad)
 
 
+def flat_params(model):
+    """The parameters as one numpy array in llm.c's order."""
+    return _flatten(model, lambda t: t)
+
+
 class AdamW:
     """reference.adamw.AdamW on a torch GPT2: torch.optim.AdamW with llm.c's two weight-decay conventions
     (decay_all: every parameter; else the 2-D tensors only) and the reference's global-norm clipping

@@ -319,12 +319,13 @@ def test_thread_count_settable(native):
         native.set_num_threads(0)
 
 
-def test_cpu_refuses_tf32():
+def test_cpu_refuses_tf32_and_bf16():
     try:
         cpu = native_backend("cpu")
     except BackendUnavailable as e:
         pytest.skip(str(e))
     assert cpu.library.lib.llmc_set_precision(1) == LLMC_ERR_UNSUPPORTED
+    assert cpu.library.lib.llmc_set_precision(2) == LLMC_ERR_UNSUPPORTED
     assert cpu.library.lib.llmc_set_precision(0) == 0
 
 

@@ -54,6 +54,15 @@ EXAMPLE_BUGS = {                                     # example-port bug flags (c
     "adamw-no-bias-correction": LATER_LOSSES,
     "softmax-padding": FORWARD_WRONG - {"logits"},
 }
+# the same example ports judged under the bf16 class (their `info` says bf16: --precision bf16), whose
+# measured tolerances are 3x a bf16 implementation's errors: looser, and still catching every bug
+EXAMPLE_BUGS_BF16 = {
+    "gelu-constant": {"grad/dqkvw", "grad/dln2w", "grad/dfcw", "grad/dfcb", "grad/dfcprojw", "grad/dlnfw"},
+    "no-causal-mask": {"logits"} | GRADS - {"grad/dln1b", "grad/dlnfb"},
+    "layernorm-eps": {"logits"} | GRADS - {"grad/dlnfb"},
+    "adamw-no-bias-correction": LOSSES - {"train_loss/0", "train_loss/1", "train_loss/2"},
+    "softmax-padding": FORWARD_WRONG - {"logits"},
+}
 STANDIN_BUGS = {                                     # compile-time bugs of the stand-in (lib:), kernels included
     "STANDIN_BUG_ENCODER_OVERWRITE": {"grad/dwte", "kernel/encoder_backward/dwte", "kernel/encoder_backward/dwpe"}
                                      | LATER_LOSSES,
@@ -285,13 +294,23 @@ def test_wrong_ports_fail_and_are_named(standin_libs, tiny, tmp_path):
     for bug, want in {**EXAMPLE_BUGS, **STANDIN_BUGS}.items():
         assert set(caught[bug]) == want, f"{bug}: caught by {caught[bug]}, expected {sorted(want)}"
 
-    write_json(results, tmp_path / "wrong_ports.json", suite_meta(backends, source="conformance/test_ports.py"))
+    write_json(results, tmp_path / "wrong_ports.json", suite_meta(backends, source="tests/test_ports.py"))
     write_markdown(results, tmp_path / "wrong_ports.md", suite_meta(backends))
     report = json.loads((tmp_path / "wrong_ports.json").read_text())
     assert report["passed"] is False
     for bug in caught:
         print(f"{bug}: caught by {', '.join(caught[bug])}")
     assert "**FAIL**" in (tmp_path / "wrong_ports.md").read_text()
+
+
+def test_wrong_ports_fail_under_bf16(tiny):
+    """The bf16 class is tight enough: each deliberately wrong port still fails, on these checks."""
+    assert set(EXAMPLE_BUGS_BF16) == set(BUGS)
+    for bug, want in EXAMPLE_BUGS_BF16.items():
+        port = get_backend(f"cmd:{EXAMPLE} --backend reference --bug {bug} --precision bf16")
+        assert port.precision == "bf16"
+        caught = failed_checks(run_model_checks(port, tiny), tiny.name)
+        assert set(caught) == want, f"{bug} under bf16: caught by {caught}, expected {sorted(want)}"
 
 
 # ----------------------------------------------------------------------------- array files

@@ -1,7 +1,7 @@
 """Benchmark JSON -> markdown tables and PNG charts: python -m tools.bench_report FILE.json [...] [--out DIR]
 
 Reads tools.bench's JSON (ms per step by phase, peak RSS, matmul GFLOP/s, per-kernel times) and
-pytest-benchmark's (`make bench`: conformance/test_bench.py, whose extra_info carries the model, B, T
+pytest-benchmark's (`make bench`: tests/test_bench.py, whose extra_info carries the model, B, T
 and FLOPs per step). Writes DIR/report.md (every run's table: ms per step, the ratio to the baseline
 — torch where the run has it, else reference —, tok/s, GFLOP/s, its share of the measured matmul peak;
 then the per-kernel times) and, with matplotlib, DIR/step_time.png and DIR/kernels.png.

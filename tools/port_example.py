@@ -14,8 +14,9 @@ The protocol calls (the suite appends them to the command):
              --learning-rate LR --beta1 B1 --beta2 B2 --eps EPS --weight-decay WD --decay-all 0|1 --grad-clip G
 
 --bug NAME (with --backend reference) makes it a deliberately wrong port, so the suite's self-test
-(conformance/test_ports.py) can prove each mistake is caught. The bugs patch reference/'s math in this
-process only.
+(tests/test_ports.py) can prove each mistake is caught. The bugs patch reference/'s math in this
+process only. --precision CLASS makes `info` report another tolerance class than the backend's (fp32, tf32,
+bf16): a wrong port judged under a looser class shows whether that class still catches the mistake.
 """
 import argparse
 import functools
@@ -26,6 +27,7 @@ import sys
 import numpy as np
 
 from backends.base import BackendUnavailable
+from backends.ports import PRECISIONS
 from backends.protocol import EXIT_UNSUPPORTED, PROTOCOL_VERSION, expect_array, read_arrays, write_arrays
 from backends.registry import get_backend
 from reference import adamw, layers
@@ -146,6 +148,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m tools.port_example", description=__doc__.split("\n")[0])
     p.add_argument("--backend", default="cpu", help="the suite backend doing the work (default: cpu)")
     p.add_argument("--bug", choices=sorted(BUGS), help="make a deliberately wrong port (needs --backend reference)")
+    p.add_argument("--precision", choices=PRECISIONS, help="the tolerance class info reports (default: the backend's)")
     ops = p.add_subparsers(dest="op", required=True)
     ops.add_parser("info")
     for name in ("forward", "backward", "train"):
@@ -184,7 +187,8 @@ def main(argv=None):
         if args.bug:
             what += f"; deliberate bug {args.bug}: {BUGS[args.bug][0]}"
         print(json.dumps({"protocol": PROTOCOL_VERSION, "name": "port_example" + (f"[{args.bug}]" if args.bug else ""),
-                          "version": VERSION, "precision": backend.precision, "description": what}))
+                          "version": VERSION, "precision": args.precision or backend.precision,
+                          "description": what}))
         return 0
     try:
         if args.op == "train":

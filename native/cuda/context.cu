@@ -30,7 +30,7 @@ static cublasHandle_t g_cublas = nullptr;
 static cublasLtHandle_t g_cublaslt = nullptr;
 static void* g_lt_workspace = nullptr;
 constexpr size_t LT_WORKSPACE_BYTES = 32u << 20;   // cuBLASLt's recommendation for Hopper
-static int g_precision = 0;   // 0 strict fp32, 1 TF32 matmuls
+static int g_precision = PRECISION_FP32;   // llmc_set_precision's mode
 static void* g_scratch = nullptr;
 static size_t g_scratch_bytes = 0;
 
@@ -86,8 +86,10 @@ void* cublaslt_workspace(size_t* bytes) {
 }
 
 cublasComputeType_t cublas_compute_type() {
-    return g_precision == 1 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    return g_precision == PRECISION_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
 }
+
+int precision_mode() { return g_precision; }
 
 int scratch_get(size_t bytes, void** out) {
     if (bytes > g_scratch_bytes) {
@@ -110,16 +112,17 @@ const char* llmc_build_info(void) {
     static char info[256];
     int cublas_version = 0;
     if (g_cublas) cublasGetVersion(g_cublas, &cublas_version);
-    snprintf(info, sizeof(info), "nvcc %d.%d, cudart %d (static), cuBLAS %s, arch sm_90 + compute_90 PTX",
+    snprintf(info, sizeof(info), "nvcc %d.%d, cudart %d (static), cuBLAS %s, machine code sm_{%s} + PTX",
              __CUDACC_VER_MAJOR__, __CUDACC_VER_MINOR__, CUDART_VERSION,
-             cublas_version ? std::to_string(cublas_version).c_str() : "(not yet initialized)");
+             cublas_version ? std::to_string(cublas_version).c_str() : "(not yet initialized)", LLMC_CUDA_ARCHS);
     return info;
 }
 
 int llmc_set_precision(int mode) {
     clear_error();
-    if (mode != 0 && mode != 1)
-        return set_error(LLMC_ERR_ARGUMENT, "llmc_set_precision: mode must be 0 (fp32) or 1 (tf32), got %d", mode);
+    if (mode != PRECISION_FP32 && mode != PRECISION_TF32 && mode != PRECISION_BF16)
+        return set_error(LLMC_ERR_ARGUMENT, "llmc_set_precision: mode must be 0 (fp32), 1 (tf32) or 2 (bf16), got %d",
+                         mode);
     g_precision = mode;
     return LLMC_OK;
 }

@@ -3,6 +3,8 @@
 // Every entry point returns an error code and never ends the process.
 // The config and argument checks, the parameter sizes and the checkpoint reader are the host C core's
 // (native/core), the same code as the CPU library's.
+// A model made in bf16 mode (llmc_set_precision(2)) keeps its fp32 parameters, gradients and AdamW state
+// here, as master weights, and hands the bf16 activations and computation to mixed.cu.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -63,8 +65,9 @@ struct llmc_model {
     float* m_memory;     // AdamW state, allocated at the first update or set_optimizer_state
     float* v_memory;
     Params params, grads;
-    Activations acts;
+    Activations acts;    // fp32 / TF32 models
     void* acts_memory;
+    MixedModel* mixed;   // bf16 mixed-precision models instead of acts
     int* inputs;         // (max_B*max_T) device
     int* targets;
     TokenBuckets buckets;
@@ -93,6 +96,7 @@ static int model_create(const llmc_config* config, int max_B, int max_T, llmc_mo
     llmc_param_sizes(config, model->param_sizes);
     model->num_parameters = llmc_num_parameters(config);
 
+    bool mixed = precision_mode() == PRECISION_BF16;
     size_t B = max_B, T = max_T, C = config->channels, L = config->num_layers, NH = config->num_heads;
     size_t Vp = config->padded_vocab_size, BT = B * T;
     Activations& a = model->acts;
@@ -108,13 +112,14 @@ static int model_create(const llmc_config* config, int max_B, int max_T, llmc_mo
     // every tensor starts 256-byte aligned (16-byte vector accesses, cuBLASLt's preferred alignment)
     auto padded = [](size_t n) { return ceil_div(n, (size_t)64) * 64; };
     size_t total = 0;
-    for (auto& [ptr, n] : layout) total += padded(n);
+    if (!mixed)
+        for (auto& [ptr, n] : layout) total += padded(n);
 
     int rc = LLMC_OK;
     size_t param_bytes = model->num_parameters * sizeof(float);
     if (cudaMalloc(&model->params_memory, param_bytes) != cudaSuccess ||
         cudaMalloc(&model->grads_memory, param_bytes) != cudaSuccess ||
-        cudaMalloc(&model->acts_memory, total * sizeof(float)) != cudaSuccess ||
+        (!mixed && cudaMalloc(&model->acts_memory, total * sizeof(float)) != cudaSuccess) ||
         cudaMalloc(&model->inputs, BT * sizeof(int)) != cudaSuccess ||
         cudaMalloc(&model->targets, BT * sizeof(int)) != cudaSuccess) {
         cudaGetLastError();   // clear the sticky-free allocation error
@@ -126,6 +131,8 @@ static int model_create(const llmc_config* config, int max_B, int max_T, llmc_mo
     } else if (cudaMemset(model->grads_memory, 0, param_bytes) != cudaSuccess) {
         rc = set_error(LLMC_ERR_DEVICE, "cudaMemset of the gradients failed: %s",
                        cudaGetErrorString(cudaGetLastError()));
+    } else if (mixed) {
+        rc = mixed_create(*config, max_B, max_T, model->param_sizes, &model->mixed);
     }
     if (rc != LLMC_OK) {
         llmc_model_free(model);
@@ -133,6 +140,7 @@ static int model_create(const llmc_config* config, int max_B, int max_T, llmc_mo
     }
     float* p = (float*)model->acts_memory;
     for (auto& [ptr, n] : layout) {
+        if (!p) break;   // a mixed-precision model: its activations are mixed.cu's
         *ptr = p;
         p += padded(n);
     }
@@ -255,6 +263,12 @@ static int alloc_optimizer_state(llmc_model* model, const char* fn) {
     return LLMC_OK;
 }
 
+// A mixed-precision model's bf16 weights after its master weights were set from outside.
+static int sync_bf16_params(llmc_model* model) {
+    if (!model->mixed) return LLMC_OK;
+    return round_params_bf16_gpu(mixed_params_bf16(model->mixed), model->params_memory, model->num_parameters);
+}
+
 // ----------------------------------------------------------------------------- llmc.h: model API
 #define CHECK_MODEL(model, fn) \
     if (!(model)) return set_error(LLMC_ERR_ARGUMENT, fn ": model is NULL")
@@ -277,6 +291,11 @@ int llmc_model_from_params(const llmc_config* config, const float* params, int m
         cudaSuccess) {
         llmc_model_free(model);
         return set_error(LLMC_ERR_DEVICE, "llmc_model_from_params: copying the parameters to the device failed");
+    }
+    int rc = sync_bf16_params(model);
+    if (rc != LLMC_OK) {
+        llmc_model_free(model);
+        return rc;
     }
     *out = model;
     return LLMC_OK;
@@ -314,6 +333,7 @@ void llmc_model_free(llmc_model* model) {
     cudaFree(model->m_memory);
     cudaFree(model->v_memory);
     cudaFree(model->acts_memory);
+    mixed_free(model->mixed);
     cudaFree(model->inputs);
     cudaFree(model->targets);
     token_buckets_free(&model->buckets);
@@ -337,20 +357,22 @@ int llmc_forward(llmc_model* model, const int* inputs, const int* targets, int B
     TRY(llmc_check_forward(inputs, targets, B, T, model->max_B, model->max_T, V));
     size_t BT = (size_t)B * T;
     CUDA_TRY(cudaMemcpy(model->inputs, inputs, BT * sizeof(int), cudaMemcpyHostToDevice));
-    if (targets) {
-        CUDA_TRY(cudaMemcpy(model->targets, targets, BT * sizeof(int), cudaMemcpyHostToDevice));
-        TRY(token_buckets_build(&model->buckets, inputs, (int)BT, V));
-    }
+    if (targets) CUDA_TRY(cudaMemcpy(model->targets, targets, BT * sizeof(int), cudaMemcpyHostToDevice));
     model->B = B;
     model->T = T;
     model->has_targets = targets != nullptr;
     model->forward_done = false;
-    TRY(forward_pass(model));
+    if (model->mixed)
+        TRY(mixed_forward(model->mixed, model->params_memory, model->inputs, targets ? model->targets : nullptr, B, T));
+    else
+        TRY(forward_pass(model));
+    // the backward's token buckets, sorted on the host while the GPU runs the forward
+    if (targets) TRY(token_buckets_build(&model->buckets, inputs, (int)BT, V));
     model->forward_done = true;
     float loss = -1.0f;   // llm.c's "no targets"
     if (targets) {
         double sum;
-        TRY(sum_gpu(&sum, model->acts.losses, BT, false));
+        TRY(sum_gpu(&sum, model->mixed ? mixed_losses(model->mixed) : model->acts.losses, BT, false));
         loss = (float)(sum / BT);
     } else {
         CUDA_TRY(cudaDeviceSynchronize());   // report asynchronous failures of the forward here
@@ -371,7 +393,11 @@ int llmc_backward(llmc_model* model) {
     CHECK_MODEL(model, "llmc_backward");
     if (!model->forward_done || !model->has_targets)
         return set_error(LLMC_ERR_STATE, "llmc_backward: needs a forward with targets first");
-    TRY(backward_pass(model));
+    if (model->mixed)
+        TRY(mixed_backward(model->mixed, model->params_memory, model->grads_memory, model->targets, &model->buckets,
+                           model->B, model->T));
+    else
+        TRY(backward_pass(model));
     CUDA_TRY(cudaDeviceSynchronize());
     return LLMC_OK;
 }
@@ -390,9 +416,10 @@ int llmc_update(llmc_model* model, const llmc_adamw* opt, int t, float* grad_nor
     size_t offset = 0;
     for (int i = 0; i < LLMC_NUM_PARAM_TENSORS; i++) {
         float wd = llmc_weight_decay(opt, i);
-        TRY(adamw_gpu(model->params_memory + offset, model->grads_memory + offset, model->m_memory + offset,
-                      model->v_memory + offset, model->param_sizes[i], opt->learning_rate, opt->beta1, opt->beta2,
-                      opt->eps, wd, bias_correction1, bias_correction2, grad_scale));
+        bf16* params_bf16 = model->mixed ? mixed_params_bf16(model->mixed) + offset : nullptr;
+        TRY(adamw_gpu(model->params_memory + offset, params_bf16, offset, model->grads_memory + offset,
+                      model->m_memory + offset, model->v_memory + offset, model->param_sizes[i], opt->learning_rate,
+                      opt->beta1, opt->beta2, opt->eps, wd, bias_correction1, bias_correction2, grad_scale));
         offset += model->param_sizes[i];
     }
     CUDA_TRY(cudaDeviceSynchronize());
@@ -417,7 +444,7 @@ int llmc_set_params(llmc_model* model, const float* src) {
     CHECK_MODEL(model, "llmc_set_params");
     CHECK_PTR(src, "llmc_set_params");
     CUDA_TRY(cudaMemcpy(model->params_memory, src, model->num_parameters * sizeof(float), cudaMemcpyHostToDevice));
-    return LLMC_OK;
+    return sync_bf16_params(model);
 }
 
 int llmc_get_grads(const llmc_model* model, float* dst) {
@@ -431,6 +458,10 @@ int llmc_get_logits(const llmc_model* model, float* dst) {
     CHECK_MODEL(model, "llmc_get_logits");
     if (!model->forward_done) return set_error(LLMC_ERR_STATE, "llmc_get_logits: no forward has run");
     size_t n = (size_t)model->B * model->T * model->config.padded_vocab_size;
+    if (model->mixed) {
+        CHECK_PTR(dst, "llmc_get_logits");
+        return mixed_get_logits(model->mixed, dst, n);
+    }
     return copy_out(dst, model->acts.logits, n, "llmc_get_logits");
 }
 
