@@ -12,7 +12,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BUILD := build
 NVCC ?= $(shell command -v nvcc 2>/dev/null)
-EXTRAS := $(if $(NVCC),[cuda],)
+CUDA_EXTRAS := [cuda,nccl]
+EXTRAS := $(if $(NVCC),$(CUDA_EXTRAS),)
 
 .PHONY: all venv native fixtures test conform bench asan clean
 all: venv native

@@ -53,7 +53,7 @@ CUDA_VARIANTS = {
     "fp32": (REPO_ROOT / "native" / "llmc_adapter_cuda_fp32.cu", "train_gpt2_fp32.cu", (), "tf32"),
 }
 DEFAULT_CUDA_LIB = REPO_ROOT / "build" / "libllmc_llmc_cuda.so"
-FIND_CUBLAS = REPO_ROOT / "native" / "cuda" / "find_cublas.py"
+FIND_LIBS = REPO_ROOT / "native" / "cuda" / "find_libs.py"
 
 
 class BuildError(RuntimeError):
@@ -110,8 +110,8 @@ def find_nvcc():
 
 
 def find_cublas(nvcc):
-    """(include dir, lib dir) of cuBLAS, decided by native/cuda/find_cublas.py as native/cuda.mk decides it."""
-    done = subprocess.run([sys.executable, str(FIND_CUBLAS), nvcc], capture_output=True, text=True)
+    """(include dir, lib dir) of cuBLAS, decided by native/cuda/find_libs.py as native/cuda.mk decides it."""
+    done = subprocess.run([sys.executable, str(FIND_LIBS), "cublas", nvcc], capture_output=True, text=True)
     if done.returncode != 0:
         raise BuildError(done.stderr.strip())
     include, lib, _source = done.stdout.split()

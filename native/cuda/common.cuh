@@ -112,6 +112,18 @@ int precision_mode();
 // pointer arrays of batched GEMMs. Users are stream-ordered, so one buffer serves them all.
 int scratch_get(size_t bytes, void** out);
 
+// ----------------------------------------------------------------------------- data parallelism (distributed.cu)
+struct DistComm;   // one NCCL communicator; every function returns LLMC_ERR_UNSUPPORTED in a build without NCCL
+const char* dist_nccl_version();
+int dist_unique_id(unsigned char* id);
+int dist_create(const unsigned char* id, int rank, int world_size, DistComm** out);
+void dist_free(DistComm* d);
+int dist_allreduce_mean(DistComm* d, float* data, size_t n);
+int dist_reduce_scatter_mean(DistComm* d, float* data, size_t shard);
+int dist_allgather(DistComm* d, float* data, size_t shard);
+int dist_sum_doubles(DistComm* d, double* values, int n);
+int dist_mean_floats(DistComm* d, float* values, int n);
+
 // ----------------------------------------------------------------------------- launchers
 // encoder.cu. Token buckets: the positions of each distinct token, built on the host, so the backward
 // sums a token's rows in a fixed order (deterministic, no atomics).

@@ -33,6 +33,7 @@ constexpr size_t LT_WORKSPACE_BYTES = 32u << 20;   // cuBLASLt's recommendation 
 static int g_precision = PRECISION_FP32;   // llmc_set_precision's mode
 static void* g_scratch = nullptr;
 static size_t g_scratch_bytes = 0;
+static int g_device = 0;   // llmc_set_device's choice: a data-parallel rank's GPU
 
 static void init_device() {
     int count = 0;
@@ -43,11 +44,18 @@ static void init_device() {
                  err != cudaSuccess ? cudaGetErrorString(err) : "cudaGetDeviceCount found 0 devices");
         return;
     }
-    err = cudaSetDevice(0);
+    if (g_device >= count) {
+        g_init_code = LLMC_ERR_DEVICE;
+        snprintf(g_init_message, sizeof(g_init_message), "CUDA device %d asked for (llmc_set_device), %d visible",
+                 g_device, count);
+        return;
+    }
+    err = cudaSetDevice(g_device);
     if (err == cudaSuccess) err = cudaFree(nullptr);   // creates the context now, so failures surface here
     if (err != cudaSuccess) {
         g_init_code = LLMC_ERR_DEVICE;
-        snprintf(g_init_message, sizeof(g_init_message), "cannot use CUDA device 0: %s", cudaGetErrorString(err));
+        snprintf(g_init_message, sizeof(g_init_message), "cannot use CUDA device %d: %s", g_device,
+                 cudaGetErrorString(err));
         return;
     }
     cublasStatus_t st = cublasCreate(&g_cublas);
@@ -74,6 +82,7 @@ static void init_device() {
 int ensure_device() {
     std::call_once(g_init_once, init_device);
     if (g_init_code != LLMC_OK) return set_error(g_init_code, "%s", g_init_message);
+    if (g_device != 0) CUDA_TRY(cudaSetDevice(g_device));   // the current device is per host thread
     return LLMC_OK;
 }
 
@@ -109,12 +118,13 @@ extern "C" {
 const char* llmc_backend_name(void) { return "cuda"; }
 
 const char* llmc_build_info(void) {
-    static char info[256];
+    static char info[320];
     int cublas_version = 0;
     if (g_cublas) cublasGetVersion(g_cublas, &cublas_version);
-    snprintf(info, sizeof(info), "nvcc %d.%d, cudart %d (static), cuBLAS %s, machine code sm_{%s} + PTX",
+    snprintf(info, sizeof(info), "nvcc %d.%d, cudart %d (static), cuBLAS %s, %s, machine code sm_{%s} + PTX",
              __CUDACC_VER_MAJOR__, __CUDACC_VER_MINOR__, CUDART_VERSION,
-             cublas_version ? std::to_string(cublas_version).c_str() : "(not yet initialized)", LLMC_CUDA_ARCHS);
+             cublas_version ? std::to_string(cublas_version).c_str() : "(not yet initialized)", dist_nccl_version(),
+             LLMC_CUDA_ARCHS);
     return info;
 }
 
@@ -124,6 +134,28 @@ int llmc_set_precision(int mode) {
         return set_error(LLMC_ERR_ARGUMENT, "llmc_set_precision: mode must be 0 (fp32), 1 (tf32) or 2 (bf16), got %d",
                          mode);
     g_precision = mode;
+    return LLMC_OK;
+}
+
+int llmc_device_count(int* count) {
+    clear_error();
+    if (!count) return set_error(LLMC_ERR_ARGUMENT, "llmc_device_count: count is NULL");
+    *count = 0;
+    cudaError_t err = cudaGetDeviceCount(count);
+    if (err != cudaSuccess) {
+        *count = 0;
+        return set_error(LLMC_ERR_DEVICE, "llmc_device_count: %s", cudaGetErrorString(err));
+    }
+    return LLMC_OK;
+}
+
+int llmc_set_device(int device) {
+    clear_error();
+    if (device < 0) return set_error(LLMC_ERR_ARGUMENT, "llmc_set_device: device %d: must be >= 0", device);
+    if (g_cublas && device != g_device)
+        return set_error(LLMC_ERR_STATE, "llmc_set_device: the library already runs on device %d; choose the "
+                         "device before llmc_init and the first model", g_device);
+    g_device = device;
     return LLMC_OK;
 }
 

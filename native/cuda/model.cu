@@ -73,6 +73,12 @@ struct llmc_model {
     TokenBuckets buckets;
     int B, T;            // of the last forward
     bool forward_done, has_targets;
+    // data parallelism (llmc_dist_join); dist NULL: one GPU. ZeRO-1 pads the flat buffers to world_size equal
+    // shards (the padding stays zero) and keeps m and v for this rank's shard only.
+    DistComm* dist;
+    int zero_stage, dist_world;
+    size_t shard_offset, shard_count, shard_stride;   // this rank's parameters; stride: the padded shard size
+    bool grads_synced;   // the gradients are the average over the ranks (since the last backward / zero_grad)
 };
 
 static void point_params(Params* p, float* memory, const size_t* sizes) {
@@ -239,12 +245,17 @@ static int backward_pass(llmc_model* model) {
     return encoder_backward_gpu(g.t[WTE], g.t[WPE], a.dresidual, &model->buckets, B, T, C);
 }
 
+// AdamW's state covers every parameter, or under ZeRO-1 this rank's (padded) shard.
+static size_t optimizer_state_size(const llmc_model* model) {
+    return model->dist && model->zero_stage == 1 ? model->shard_stride : model->num_parameters;
+}
+
 // AdamW's m and v, zeroed, at the first update or set_optimizer_state: both or neither. A failed
 // cudaMalloc is cleared from cudaGetLastError, so the model stays usable (later launch checks would
 // otherwise report the stale error).
 static int alloc_optimizer_state(llmc_model* model, const char* fn) {
     if (model->m_memory) return LLMC_OK;
-    size_t bytes = model->num_parameters * sizeof(float);
+    size_t bytes = optimizer_state_size(model) * sizeof(float);
     float *m = nullptr, *v = nullptr;
     bool got_m = cudaMalloc(&m, bytes) == cudaSuccess;
     bool got_v = got_m && cudaMalloc(&v, bytes) == cudaSuccess;
@@ -332,6 +343,7 @@ void llmc_model_free(llmc_model* model) {
     cudaFree(model->grads_memory);
     cudaFree(model->m_memory);
     cudaFree(model->v_memory);
+    dist_free(model->dist);
     cudaFree(model->acts_memory);
     mixed_free(model->mixed);
     cudaFree(model->inputs);
@@ -385,6 +397,7 @@ int llmc_zero_grad(llmc_model* model) {
     clear_error();
     CHECK_MODEL(model, "llmc_zero_grad");
     CUDA_TRY(cudaMemset(model->grads_memory, 0, model->num_parameters * sizeof(float)));
+    model->grads_synced = false;
     return LLMC_OK;
 }
 
@@ -399,6 +412,18 @@ int llmc_backward(llmc_model* model) {
     else
         TRY(backward_pass(model));
     CUDA_TRY(cudaDeviceSynchronize());
+    model->grads_synced = false;
+    return LLMC_OK;
+}
+
+// The gradients averaged over the ranks: ZeRO-0 everywhere, ZeRO-1 on this rank's shard.
+static int sync_grads(llmc_model* model) {
+    if (!model->dist || model->grads_synced) return LLMC_OK;
+    if (model->zero_stage == 1)
+        TRY(dist_reduce_scatter_mean(model->dist, model->grads_memory, model->shard_stride));
+    else
+        TRY(dist_allreduce_mean(model->dist, model->grads_memory, model->num_parameters));
+    model->grads_synced = true;
     return LLMC_OK;
 }
 
@@ -407,20 +432,31 @@ int llmc_update(llmc_model* model, const llmc_adamw* opt, int t, float* grad_nor
     CHECK_MODEL(model, "llmc_update");
     TRY(llmc_check_update(opt, t));
     TRY(alloc_optimizer_state(model, "llmc_update"));
+    TRY(sync_grads(model));
+    // this rank's parameters: all of them, or its ZeRO-1 shard [begin, end) (m and v hold only that)
+    bool sharded = model->dist && model->zero_stage == 1;
+    size_t begin = sharded ? model->shard_offset : 0;
+    size_t end = begin + (sharded ? model->shard_count : model->num_parameters);
     double norm_squared;
-    TRY(sum_gpu(&norm_squared, model->grads_memory, model->num_parameters, true));
+    TRY(sum_gpu(&norm_squared, model->grads_memory + begin, end - begin, true));
+    if (sharded) TRY(dist_sum_doubles(model->dist, &norm_squared, 1));   // the global norm, the same on every rank
     double norm = sqrt(norm_squared);
     float grad_scale = (opt->grad_clip > 0.0f && norm > opt->grad_clip) ? (float)(opt->grad_clip / norm) : 1.0f;
     float bias_correction1 = (float)(1.0 - pow((double)opt->beta1, t));
     float bias_correction2 = (float)(1.0 - pow((double)opt->beta2, t));
     size_t offset = 0;
-    for (int i = 0; i < LLMC_NUM_PARAM_TENSORS; i++) {
+    for (int i = 0; i < LLMC_NUM_PARAM_TENSORS; offset += model->param_sizes[i], i++) {
+        size_t lo = std::max(offset, begin), hi = std::min(offset + model->param_sizes[i], end);
+        if (lo >= hi) continue;   // the tensor lies outside this rank's shard
         float wd = llmc_weight_decay(opt, i);
-        bf16* params_bf16 = model->mixed ? mixed_params_bf16(model->mixed) + offset : nullptr;
-        TRY(adamw_gpu(model->params_memory + offset, params_bf16, offset, model->grads_memory + offset,
-                      model->m_memory + offset, model->v_memory + offset, model->param_sizes[i], opt->learning_rate,
+        bf16* params_bf16 = model->mixed ? mixed_params_bf16(model->mixed) + lo : nullptr;
+        TRY(adamw_gpu(model->params_memory + lo, params_bf16, lo, model->grads_memory + lo,
+                      model->m_memory + (lo - begin), model->v_memory + (lo - begin), hi - lo, opt->learning_rate,
                       opt->beta1, opt->beta2, opt->eps, wd, bias_correction1, bias_correction2, grad_scale));
-        offset += model->param_sizes[i];
+    }
+    if (sharded) {   // every rank's updated shard to every rank; the bf16 copy rounds as adamw_gpu did
+        TRY(dist_allgather(model->dist, model->params_memory, model->shard_stride));
+        TRY(sync_bf16_params(model));
     }
     CUDA_TRY(cudaDeviceSynchronize());
     if (grad_norm) *grad_norm = (float)norm;
@@ -465,6 +501,18 @@ int llmc_get_logits(const llmc_model* model, float* dst) {
     return copy_out(dst, model->acts.logits, n, "llmc_get_logits");
 }
 
+// Under ZeRO-1 the full m or v exists on no rank: gathered from the shards into a scratch buffer.
+static int copy_out_state(const llmc_model* model, float* dst, const float* state, const char* fn) {
+    if (!(model->dist && model->zero_stage == 1)) return copy_out(dst, state, model->num_parameters, fn);
+    size_t stride = model->shard_stride;
+    void* scratch;
+    TRY(scratch_get(stride * model->dist_world * sizeof(float), &scratch));
+    float* full = (float*)scratch;
+    CUDA_TRY(cudaMemcpy(full + model->shard_offset, state, stride * sizeof(float), cudaMemcpyDeviceToDevice));
+    TRY(dist_allgather(model->dist, full, stride));
+    return copy_out(dst, full, model->num_parameters, fn);
+}
+
 int llmc_get_optimizer_state(const llmc_model* model, float* m, float* v) {
     clear_error();
     CHECK_MODEL(model, "llmc_get_optimizer_state");
@@ -475,8 +523,8 @@ int llmc_get_optimizer_state(const llmc_model* model, float* m, float* v) {
         memset(v, 0, model->num_parameters * sizeof(float));
         return LLMC_OK;
     }
-    TRY(copy_out(m, model->m_memory, model->num_parameters, "llmc_get_optimizer_state"));
-    return copy_out(v, model->v_memory, model->num_parameters, "llmc_get_optimizer_state");
+    TRY(copy_out_state(model, m, model->m_memory, "llmc_get_optimizer_state"));
+    return copy_out_state(model, v, model->v_memory, "llmc_get_optimizer_state");
 }
 
 int llmc_set_optimizer_state(llmc_model* model, const float* m, const float* v) {
@@ -484,11 +532,95 @@ int llmc_set_optimizer_state(llmc_model* model, const float* m, const float* v) 
     CHECK_MODEL(model, "llmc_set_optimizer_state");
     CHECK_PTR(m, "llmc_set_optimizer_state");
     CHECK_PTR(v, "llmc_set_optimizer_state");
-    size_t bytes = model->num_parameters * sizeof(float);
     TRY(alloc_optimizer_state(model, "llmc_set_optimizer_state"));
-    CUDA_TRY(cudaMemcpy(model->m_memory, m, bytes, cudaMemcpyHostToDevice));
-    CUDA_TRY(cudaMemcpy(model->v_memory, v, bytes, cudaMemcpyHostToDevice));
+    bool sharded = model->dist && model->zero_stage == 1;   // this rank keeps its shard of the full arrays
+    size_t first = sharded ? model->shard_offset : 0, count = sharded ? model->shard_count : model->num_parameters;
+    CUDA_TRY(cudaMemcpy(model->m_memory, m + first, count * sizeof(float), cudaMemcpyHostToDevice));
+    CUDA_TRY(cudaMemcpy(model->v_memory, v + first, count * sizeof(float), cudaMemcpyHostToDevice));
     return LLMC_OK;
+}
+
+// ----------------------------------------------------------------------------- llmc.h: data parallelism
+int llmc_dist_unique_id(unsigned char* id) {
+    clear_error();
+    CHECK_PTR(id, "llmc_dist_unique_id");
+    TRY(ensure_device());
+    return dist_unique_id(id);
+}
+
+// ZeRO-1's shards must be equal for NCCL: the flat parameter and gradient buffers grow to world_size shards,
+// the tail zero (it never changes: its gradient is zero and AdamW keeps a zero parameter at zero).
+static int pad_flat_buffer(float** buffer, size_t used, size_t padded) {
+    float* grown = nullptr;
+    CUDA_TRY(cudaMalloc(&grown, padded * sizeof(float)));
+    cudaError_t err = cudaMemcpy(grown, *buffer, used * sizeof(float), cudaMemcpyDeviceToDevice);
+    if (err == cudaSuccess) err = cudaMemset(grown + used, 0, (padded - used) * sizeof(float));
+    if (err != cudaSuccess) {
+        cudaFree(grown);
+        return set_error(LLMC_ERR_DEVICE, "padding the parameters for ZeRO-1 failed: %s", cudaGetErrorString(err));
+    }
+    cudaFree(*buffer);
+    *buffer = grown;
+    return LLMC_OK;
+}
+
+int llmc_dist_join(llmc_model* model, const unsigned char* id, int rank, int world_size, int zero_stage) {
+    clear_error();
+    CHECK_MODEL(model, "llmc_dist_join");
+    CHECK_PTR(id, "llmc_dist_join");
+    if (model->dist) return set_error(LLMC_ERR_STATE, "llmc_dist_join: this model has joined already");
+    if (world_size < 1 || rank < 0 || rank >= world_size)
+        return set_error(LLMC_ERR_ARGUMENT, "llmc_dist_join: rank %d of world_size %d: need 0 <= rank < world_size",
+                         rank, world_size);
+    if (zero_stage != 0 && zero_stage != 1)
+        return set_error(LLMC_ERR_ARGUMENT, "llmc_dist_join: zero_stage %d: 0 or 1", zero_stage);
+    if (zero_stage == 1 && model->m_memory)
+        return set_error(LLMC_ERR_STATE, "llmc_dist_join: ZeRO-1 shards AdamW's state: join before the first "
+                         "update or set_optimizer_state");
+    size_t P = model->num_parameters, stride = (P + world_size - 1) / world_size;
+    if (zero_stage == 1 && stride * world_size != P) {
+        TRY(pad_flat_buffer(&model->params_memory, P, stride * world_size));
+        TRY(pad_flat_buffer(&model->grads_memory, P, stride * world_size));
+        point_params(&model->params, model->params_memory, model->param_sizes);
+        point_params(&model->grads, model->grads_memory, model->param_sizes);
+    }
+    TRY(dist_create(id, rank, world_size, &model->dist));
+    model->zero_stage = zero_stage;
+    model->dist_world = world_size;
+    model->shard_stride = stride;
+    model->shard_offset = std::min(P, (size_t)rank * stride);
+    model->shard_count = std::min(P, model->shard_offset + stride) - model->shard_offset;
+    model->grads_synced = false;
+    return LLMC_OK;
+}
+
+int llmc_dist_sync_grads(llmc_model* model) {
+    clear_error();
+    CHECK_MODEL(model, "llmc_dist_sync_grads");
+    if (!model->dist) return set_error(LLMC_ERR_STATE, "llmc_dist_sync_grads: the model has not joined (llmc_dist_join)");
+    TRY(sync_grads(model));
+    CUDA_TRY(cudaDeviceSynchronize());
+    return LLMC_OK;
+}
+
+int llmc_dist_shard(const llmc_model* model, size_t* offset, size_t* count) {
+    clear_error();
+    CHECK_MODEL(model, "llmc_dist_shard");
+    CHECK_PTR(offset, "llmc_dist_shard");
+    CHECK_PTR(count, "llmc_dist_shard");
+    bool sharded = model->dist && model->zero_stage == 1;
+    *offset = sharded ? model->shard_offset : 0;
+    *count = sharded ? model->shard_count : model->num_parameters;
+    return LLMC_OK;
+}
+
+int llmc_dist_mean(llmc_model* model, float* values, int n) {
+    clear_error();
+    CHECK_MODEL(model, "llmc_dist_mean");
+    CHECK_PTR(values, "llmc_dist_mean");
+    if (n < 1) return set_error(LLMC_ERR_ARGUMENT, "llmc_dist_mean: n = %d: at least 1", n);
+    if (!model->dist) return LLMC_OK;   // one rank: its own mean
+    return dist_mean_floats(model->dist, values, n);
 }
 
 }  // extern "C"
