@@ -49,15 +49,18 @@ def read_cdef(header=HEADER):
     return re.sub(r"/\*.*?\*/", "", body, flags=re.S)
 
 
-def _error_codes():
-    """{name: value} of llmc.h's LLMC_* enum as cffi parses it (constants need no library loaded)."""
+def _header_constants():
+    """{name: value} of llmc.h's LLMC_* constants (the error codes, the id size) as cffi parses them: constants
+    need no library loaded."""
     ffi = FFI()
     ffi.cdef(read_cdef())
     constants = ffi.dlopen(None)
     return {name: getattr(constants, name) for name in dir(constants) if name.startswith("LLMC_")}
 
 
-ERROR_CODES = _error_codes()
+HEADER_CONSTANTS = _header_constants()
+ERROR_CODES = {name: value for name, value in HEADER_CONSTANTS.items() if name == "LLMC_OK" or "_ERR_" in name}
+DIST_ID_BYTES = HEADER_CONSTANTS["LLMC_DIST_ID_BYTES"]
 ERROR_NAMES = {code: name for name, code in ERROR_CODES.items()}
 LLMC_OK = ERROR_CODES["LLMC_OK"]
 
@@ -122,7 +125,8 @@ class Library:
         """Raises LlmcError for a nonzero return code."""
         if rc != LLMC_OK:
             message = self.ffi.string(self.lib.llmc_last_error()).decode(errors="replace")
-            cls = LlmcArgumentError if rc in (ERROR_CODES["LLMC_ERR_ARGUMENT"], ERROR_CODES["LLMC_ERR_TOKEN"]) else LlmcError
+            caller_wrong = rc in (ERROR_CODES["LLMC_ERR_ARGUMENT"], ERROR_CODES["LLMC_ERR_TOKEN"])
+            cls = LlmcArgumentError if caller_wrong else LlmcError
             raise cls(rc, message)
 
     def last_error(self):
@@ -149,6 +153,21 @@ class Library:
 
     def set_num_threads(self, n):
         self.check(self.lib.llmc_set_num_threads(check_threads(n)))
+
+    def device_count(self):
+        count = self.ffi.new("int*")
+        self.check(self.lib.llmc_device_count(count))
+        return int(count[0])
+
+    def set_device(self, device):
+        """The GPU of this process (a data-parallel rank's local rank); before init and the first model."""
+        self.check(self.lib.llmc_set_device(int(device)))
+
+    def dist_unique_id(self):
+        """The id every rank joins with (rank 0 makes it, the launcher shares it)."""
+        out = self.ffi.new("unsigned char[]", DIST_ID_BYTES)
+        self.check(self.lib.llmc_dist_unique_id(out))
+        return bytes(self.ffi.buffer(out))
 
     def build_info(self):
         return self.ffi.string(self.lib.llmc_build_info()).decode() if self.has("llmc_build_info") else "no build info"
@@ -451,6 +470,29 @@ class NativeModel:
     def set_optimizer_state(self, m, v):
         self._call("llmc_set_optimizer_state", self._flat("m", np.ascontiguousarray(m, np.float32)),
                    self._flat("v", np.ascontiguousarray(v, np.float32)))
+
+    def dist_join(self, unique_id, rank, world_size, zero_stage):
+        """Joins the data-parallel group (collective: every rank, the same id); llmc_update then averages."""
+        if len(unique_id) != DIST_ID_BYTES:
+            raise ValueError(f"unique_id: {len(unique_id)} bytes, expected {DIST_ID_BYTES}")
+        self._call("llmc_dist_join", self._ffi.from_buffer("unsigned char[]", unique_id), int(rank),
+                   int(world_size), int(zero_stage))
+
+    def dist_sync_grads(self):
+        """The gradients averaged over the ranks now (collective); ZeRO-1: valid on this rank's shard."""
+        self._call("llmc_dist_sync_grads")
+
+    def dist_shard(self):
+        """(offset, count): the parameters this rank updates."""
+        offset, count = self._ffi.new("size_t*"), self._ffi.new("size_t*")
+        self._call("llmc_dist_shard", offset, count)
+        return int(offset[0]), int(count[0])
+
+    def dist_mean(self, values):
+        """Host floats averaged over the ranks (collective)."""
+        values = np.ascontiguousarray(values, np.float32).copy()
+        self._call("llmc_dist_mean", self._ffi.from_buffer("float[]", values), values.size)
+        return values
 
     def close(self):
         if self._handle is not None:
