@@ -54,6 +54,10 @@ class ModelHandle(Protocol):
 
     def set_optimizer_state(self, m: np.ndarray, v: np.ndarray) -> None: ...
 
+    def save_checkpoint(self, path: str | PathLike, dtype: str = "fp32") -> None:
+        """The parameters as an llm.c checkpoint (fp32: version 3; bf16: version 5), written atomically.
+        Optional: a backend without it lacks the attribute."""
+
     def close(self) -> None: ...
 
 

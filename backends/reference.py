@@ -4,7 +4,7 @@ import numpy as np
 from backends.base import Backend
 from reference import layers
 from reference.adamw import AdamW, AdamWSettings
-from reference.formats import read_checkpoint
+from reference.formats import read_checkpoint, write_checkpoint
 from reference.model import GPT2
 
 
@@ -134,6 +134,9 @@ class ReferenceModel:
         if self.optimizer is None:
             self.optimizer = AdamW(AdamWSettings(), self.config, self.gpt.dtype)
         self.optimizer.m[:], self.optimizer.v[:] = m, v
+
+    def save_checkpoint(self, path, dtype="fp32"):
+        write_checkpoint(path, self.config, self.gpt.params_memory.astype(np.float32), dtype)
 
     def close(self):
         self.gpt = None

@@ -471,6 +471,14 @@ class NativeModel:
         self._call("llmc_set_optimizer_state", self._flat("m", np.ascontiguousarray(m, np.float32)),
                    self._flat("v", np.ascontiguousarray(v, np.float32)))
 
+    def save_checkpoint(self, path, dtype="fp32"):
+        """The parameters as an llm.c checkpoint (dtype "fp32": version 3, "bf16": version 5), written
+        whole or not at all, by the library itself."""
+        versions = {"fp32": 3, "bf16": 5}
+        if dtype not in versions:
+            raise ValueError(f"dtype: {dtype!r}, expected 'fp32' or 'bf16'")
+        self._call("llmc_save_checkpoint", os.fsencode(path), versions[dtype])
+
     def dist_join(self, unique_id, rank, world_size, zero_stage):
         """Joins the data-parallel group (collective: every rank, the same id); llmc_update then averages."""
         if len(unique_id) != DIST_ID_BYTES:

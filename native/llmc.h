@@ -84,6 +84,9 @@ int llmc_set_params(llmc_model* model, const float* src);
 int llmc_get_grads(const llmc_model* model, float* dst);
 int llmc_get_logits(const llmc_model* model, float* dst);
 int llmc_get_optimizer_state(const llmc_model* model, float* m, float* v);   /* zeros before the first update */
+/* The parameters as an llm.c checkpoint: version 3 (fp32) or 5 (bf16, rounded to nearest even), written
+ * whole or not at all (a temporary file, then a rename). */
+int llmc_save_checkpoint(const llmc_model* model, const char* path, int version);
 int llmc_set_optimizer_state(llmc_model* model, const float* m, const float* v);
 
 /* Data parallelism (the CUDA library built with NCCL; elsewhere absent or LLMC_ERR_UNSUPPORTED). One

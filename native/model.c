@@ -498,6 +498,13 @@ int llmc_get_params(const llmc_model* model, float* dst) {
     return copy_out(model, model ? model->params : NULL, dst, "llmc_get_params");
 }
 
+int llmc_save_checkpoint(const llmc_model* model, const char* path, int version) {
+    if (model == NULL) return llmc_fail(LLMC_ERR_ARGUMENT, "llmc_save_checkpoint: model is NULL");
+    if (path == NULL) return llmc_fail(LLMC_ERR_ARGUMENT, "llmc_save_checkpoint: path is NULL");
+    int rc = llmc_checkpoint_write(path, &model->config, model->params, version);
+    return rc == LLMC_OK ? llmc_ok() : rc;
+}
+
 int llmc_get_grads(const llmc_model* model, float* dst) {
     if (model != NULL && model->matmul_grads_stale) settle_grads((llmc_model*)model);   // logically const
     return copy_out(model, model ? model->grads : NULL, dst, "llmc_get_grads");

@@ -2,14 +2,17 @@
  * reference/formats.py read_checkpoint's order, each failure naming the file and the field:
  * a regular file (a FIFO must not block the open), magic, version, the config, the reserved header
  * fields zero, the exact file size (all before anything is allocated), then every parameter finite.
+ * And written, for llmc_save_checkpoint: the same format, atomically.
  */
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include "core.h"
 
@@ -139,5 +142,71 @@ int llmc_checkpoint_read(llmc_checkpoint* ck, float* params) {
     if (done != n)
         return llmc_fail(LLMC_ERR_FILE, "checkpoint '%s': short read of the parameters (the file changed while "
                          "being read?)", ck->path);
+    return LLMC_OK;
+}
+
+/* float -> bf16 bits, round to nearest even (finite values only: the writer refuses the others) */
+static uint16_t bf16_bits(float value) {
+    uint32_t bits;
+    memcpy(&bits, &value, sizeof bits);
+    return (uint16_t)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+}
+
+static int write_payload(FILE* f, const float* params, size_t n, int version) {
+    if (version == VERSION_FP32) return fwrite(params, sizeof(float), n, f) == n;
+    uint16_t half[CHUNK];
+    for (size_t done = 0; done < n;) {
+        size_t count = n - done < CHUNK ? n - done : CHUNK;
+        for (size_t i = 0; i < count; i++) half[i] = bf16_bits(params[done + i]);
+        if (fwrite(half, sizeof half[0], count, f) != count) return 0;
+        done += count;
+    }
+    return 1;
+}
+
+int llmc_checkpoint_write(const char* path, const llmc_config* config, const float* params, int version) {
+    if (version != VERSION_FP32 && version != VERSION_BF16)
+        return llmc_fail(LLMC_ERR_ARGUMENT, "checkpoint '%s': version %d, expected %d (fp32) or %d (bf16)", path,
+                         version, VERSION_FP32, VERSION_BF16);
+    size_t n = llmc_num_parameters(config);
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(params[i])) {
+            size_t index;
+            int t = tensor_at(config, i, &index);
+            return llmc_fail(LLMC_ERR_STATE, "checkpoint '%s': parameter %zu (%s, flat index %zu) is %g, not "
+                             "written: checkpoints hold finite values", path, i, llmc_param_names[t], index,
+                             params[i]);
+        }
+    }
+    int32_t header[HEADER_INTS] = {CHECKPOINT_MAGIC, version, config->max_seq_len, config->vocab_size,
+                                   config->num_layers, config->num_heads, config->channels,
+                                   config->padded_vocab_size};
+    /* named as reference/formats.py atomic_write names its temporaries (.NAME.PID.RANDOM.tmp), so the next
+     * Python writer of the same file removes what a killed writer left */
+    static unsigned counter = 0;
+    const char* slash = strrchr(path, '/');
+    int dir_len = slash ? (int)(slash - path + 1) : 0;
+    char tmp[PATH_MAX];
+    if (snprintf(tmp, sizeof tmp, "%.*s.%s.%ld.%08x.tmp", dir_len, path, path + dir_len, (long)getpid(),
+                 (unsigned)time(NULL) * 2654435761u + __atomic_fetch_add(&counter, 1, __ATOMIC_RELAXED))
+        >= (int)sizeof tmp)
+        return llmc_fail(LLMC_ERR_ARGUMENT, "checkpoint '%s': path too long", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    FILE* f = fd < 0 ? NULL : fdopen(fd, "wb");
+    if (f == NULL) {
+        int saved_errno = errno;
+        if (fd >= 0) close(fd);
+        return llmc_fail(LLMC_ERR_FILE, "checkpoint '%s': cannot create %s: %s", path, tmp, strerror(saved_errno));
+    }
+    int ok = fwrite(header, sizeof header[0], HEADER_INTS, f) == HEADER_INTS && write_payload(f, params, n, version)
+             && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    int saved_errno = errno;
+    if (fclose(f) != 0) ok = 0;
+    if (!ok || rename(tmp, path) != 0) {
+        if (ok) saved_errno = errno;
+        unlink(tmp);
+        return llmc_fail(LLMC_ERR_FILE, "checkpoint '%s': writing failed, nothing written: %s", path,
+                         strerror(saved_errno));
+    }
     return LLMC_OK;
 }

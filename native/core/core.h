@@ -79,6 +79,10 @@ typedef struct {
 int llmc_checkpoint_open(const char* path, llmc_checkpoint* ck);
 int llmc_checkpoint_read(llmc_checkpoint* ck, float* params);
 void llmc_checkpoint_close(llmc_checkpoint* ck);
+/* Writes params (config's num_parameters, finite) as a version 3 (fp32) or 5 (bf16, rounded to nearest even
+ * as reference/formats.py write_checkpoint rounds) checkpoint: whole or not at all (a temporary file beside
+ * path, flushed, then renamed over it). */
+int llmc_checkpoint_write(const char* path, const llmc_config* config, const float* params, int version);
 
 #pragma GCC visibility pop
 #ifdef __cplusplus

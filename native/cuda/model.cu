@@ -483,6 +483,21 @@ int llmc_set_params(llmc_model* model, const float* src) {
     return sync_bf16_params(model);
 }
 
+int llmc_save_checkpoint(const llmc_model* model, const char* path, int version) {
+    clear_error();
+    CHECK_MODEL(model, "llmc_save_checkpoint");
+    CHECK_PTR(path, "llmc_save_checkpoint");
+    std::vector<float> params;
+    try {
+        params.resize(model->num_parameters);
+    } catch (const std::bad_alloc&) {
+        return set_error(LLMC_ERR_ALLOC, "llmc_save_checkpoint: no host memory for %zu parameters",
+                         model->num_parameters);
+    }
+    TRY(copy_out(params.data(), model->params_memory, model->num_parameters, "llmc_save_checkpoint"));
+    return llmc_checkpoint_write(path, &model->config, params.data(), version);
+}
+
 int llmc_get_grads(const llmc_model* model, float* dst) {
     clear_error();
     CHECK_MODEL(model, "llmc_get_grads");
