@@ -1,7 +1,7 @@
 """Training throughput of libllmc_cuda.so at GPT-2 d12, T=1024, against PyTorch on the same card.
 
-    python3 -m tools.bench_cuda [--report-json PATH] [--report-md PATH] [--precisions bf16,tf32,fp32] [--batch-sizes 8,16,32,max]
-                                [--torch eager,compile,bf16] [--profile]
+    python3 -m tools.bench_cuda [--report-json PATH] [--report-md PATH] [--precisions bf16,tf32,fp32]
+                                [--batch-sizes 8,16,32,max] [--torch eager,compile,bf16] [--profile]
 
 One step = forward + zero_grad + backward + AdamW update (2-D decay, clip 1.0), on fixed random tokens,
 from llm.c's d12 init (reference.model.init_params, seed 42). Each configuration runs --warmup steps, then
@@ -32,7 +32,7 @@ except ImportError:     # a CLI: say what is missing instead of a traceback
 
 from backends.registry import get_backend
 from conformance.report import write_text
-from native.binding import LlmcError
+from native.binding import ERROR_CODES, LlmcError
 from reference.adamw import AdamWSettings
 from reference.model import GPT2Config, init_params
 from tools.options import Parser, add_report_options
@@ -41,7 +41,7 @@ T = 1024
 SETTINGS = AdamWSettings(learning_rate=6e-4, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, decay_all=False,
                          grad_clip=1.0)
 MAX_B_CANDIDATES = (128, 112, 96, 88, 80, 72, 64, 56, 48, 40, 32)
-LLMC_ERR_ALLOC = 4   # llmc.h
+LLMC_ERR_ALLOC = ERROR_CODES["LLMC_ERR_ALLOC"]
 BACKENDS = {"bf16": "cuda-bf16", "tf32": "cuda-tf32", "fp32": "cuda"}
 PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12}   # dense, SXM (the datasheets; llm.c's mfu.h for H100)
 
