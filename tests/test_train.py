@@ -187,3 +187,76 @@ def test_keep_last_deletes_old_checkpoints(data, tmp_path):
     assert names == ["DONE_00000004", "DONE_00000006", "model_00000004.bin", "model_00000006.bin",
                      "state_00000004.bin", "state_00000006.bin"]
     assert newest_checkpoint(tmp_path) == 6
+
+
+@pytest.mark.parametrize("argv, names", [
+    (["--resume"], "is not a directory"),
+    (["--train-data", "/nonexistent/train_*.bin"], "/nonexistent/train_*.bin: no token file matches"),
+    (["--val-data", "/nonexistent/val.bin"], "--val-data"),
+    (["--model", "missing.bin"], "missing.bin"),
+    (["--backend", "nosuch"], "--backend"),
+])
+def test_bad_input_creates_no_output_directory(data, tmp_path, capsys, argv, names):
+    """Every input is checked before --output-dir is made: a failed start leaves nothing behind."""
+    outdir = tmp_path / "out" / "run"
+    base = ["--backend", "reference", "--model", MODEL, "--train-data", str(data[0]), "--val-data", str(data[1]),
+            "-B", "2", "-T", "16", "--steps", "1", "--output-dir", str(outdir)]
+    assert trainer.main(base + argv) == 2
+    assert names in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_token_file_creates_no_output_directory(tmp_path, capsys):
+    bad = tmp_path / "train.bin"
+    bad.write_bytes(b"\0" * 100)
+    assert trainer.main(["--backend", "reference", "--model", MODEL, "--train-data", str(bad), "--val-data", str(bad),
+                         "-T", "16", "--output-dir", str(tmp_path / "out")]) == 2
+    assert "--train-data" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """The train data of `data` cut into 3 shards (the val split as it is): a glob and its val file."""
+    d = tmp_path_factory.mktemp("shards")
+    tokens = np.random.default_rng(7).integers(0, V, 4000)
+    for k, part in enumerate(np.array_split(tokens, 3)):
+        write_tokens(d / f"train_{k:06d}.bin", part)
+    write_tokens(d / "val.bin", np.random.default_rng(8).integers(0, V, 600))
+    return str(d / "train_*.bin"), d / "val.bin"
+
+
+def test_rank_and_world_size_from_the_environment(monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args = trainer.parse_args(["-B", "2", "-T", "16"])
+    assert (args.rank, args.world_size, args.total_batch_size) == (1, 2, 64)
+    args = trainer.parse_args(["--rank", "0", "--world-size", "1"])       # an option overrides the environment
+    assert (args.rank, args.world_size) == (0, 1)
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(trainer.UsageError, match=r"--rank: 2 is outside \[0, world size 2\)"):
+        trainer.parse_args([])
+    monkeypatch.setenv("RANK", "x")
+    with pytest.raises(trainer.UsageError, match="RANK='x' is not an integer"):
+        trainer.parse_args([])
+
+
+def test_sharded_ranks_resume_and_refuse_other_data_settings(shards, tmp_path, capsys):
+    """Two ranks over a glob of shards, shuffled: each resumes its own run bit for bit; a resume with
+    another rank, world size or shuffle setting is refused, naming the state file."""
+    whole = {}
+    for rank in (0, 1):
+        argv = ["--backend", "reference", "--model", MODEL, "--train-data", shards[0], "--val-data", str(shards[1]),
+                "-B", "2", "-T", "16", "--world-size", "2", "--rank", str(rank), "--steps", "6", "--val-every", "0",
+                "--sample-every", "0", "--checkpoint-every", "2", "--quiet"]
+        whole[rank] = trainer.train(trainer.parse_args(argv + ["--output-dir", str(tmp_path / f"whole{rank}")]),
+                                    out=lambda line: None).train_losses
+        split = str(tmp_path / f"split{rank}")
+        trainer.train(trainer.parse_args(argv + ["--output-dir", split, "--stop-at", "3"]), out=lambda line: None)
+        for other in (["--rank", str(1 - rank)], ["--world-size", "1", "--rank", "0"], ["--no-shuffle"]):
+            assert trainer.main(argv + ["--output-dir", split, "--resume"] + other) == 2
+            err = capsys.readouterr().err
+            assert "state_00000002.bin" in err and "(process_rank, num_processes, shuffle, num_shards)" in err, err
+        rest = trainer.train(trainer.parse_args(argv + ["--output-dir", split, "--resume"]), out=lambda line: None)
+        assert rest.train_losses == {s: loss for s, loss in whole[rank].items() if s >= 2}
+    assert all(whole[0][s] != whole[1][s] for s in whole[0])     # the two ranks train on different tokens
