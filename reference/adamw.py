@@ -107,3 +107,34 @@ class AdamW:
             update *= lr
             p -= update
         return norm
+
+
+# ----------------------------------------------------------------------------- learning-rate schedule
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+@dataclass
+class LearningRateSchedule:
+    """llm.c's schedulers.h: linear warmup over `warmup` steps, then cosine or linear decay from
+    learning_rate to learning_rate * final_lr_frac at step total_steps, or constant."""
+    learning_rate: float
+    total_steps: int
+    warmup: int = 0
+    final_lr_frac: float = 1.0
+    kind: str = "cosine"
+
+    def __post_init__(self):
+        if self.kind not in SCHEDULES:
+            raise ValueError(f"LearningRateSchedule: kind must be one of {', '.join(SCHEDULES)}, got {self.kind!r}")
+
+    def at(self, step: int) -> float:
+        lr = self.learning_rate
+        if step < self.warmup:
+            return lr * (step + 1) / self.warmup
+        if self.kind == "constant":
+            return lr
+        min_lr = lr * self.final_lr_frac
+        decay_ratio = (step - self.warmup) / max(1, self.total_steps - self.warmup)
+        if self.kind == "cosine":
+            return min_lr + 0.5 * (1.0 + math.cos(math.pi * decay_ratio)) * (lr - min_lr)
+        return lr - decay_ratio * (lr - min_lr)

@@ -9,16 +9,20 @@ Every file starts with a header of 256 little-endian int32 (1024 bytes); fields 
   token data         magic 20240520, version 1; [2] number of tokens; then that many uint16
   tokenizer          magic 20240328, version 2 ([2] n, [3] EOT) or 1 ([2] n, EOT implied 50256);
                      then for each token a 1-byte length (1..255) and its raw bytes
+  trainer state      ours (tools.train's resume): magic 20261126, version 2; see its section below
 
 Readers raise FormatError (a ValueError naming the file and the field) for a wrong magic or version,
 a nonsense header, a truncated or oversized file and bad payload values; writers go through
 atomic_write, so a reader never sees a half-written file.
 """
+from __future__ import annotations
+
 from contextlib import contextmanager
 from dataclasses import dataclass
 import hashlib
 import math
 import os
+from pathlib import Path
 import re
 import uuid
 
@@ -343,14 +347,21 @@ def write_tokens(path, tokens):
         f.write(tokens.astype("<u2").tobytes())
 
 
-def read_tokens(path):
-    """-> np.uint16 array of the file's tokens."""
+def count_tokens(path):
+    """-> the number of tokens in a token file, from its header, checked against the file's size (the
+    tokens themselves are not read: a loader validates every shard of a data set this way up front)."""
     header = _read_header(path, TOKENS_MAGIC, (TOKENS_VERSION,), "token file")
     ntok = int(header[2])
     if ntok < 0:
         raise FormatError(path, "header[2]", f"header[2] num_tokens is {ntok}, must be >= 0")
     _check_reserved_zero(path, header, 3)
     _check_size(path, HEADER_BYTES + 2 * ntok, f"the header's {ntok} uint16 tokens")
+    return ntok
+
+
+def read_tokens(path):
+    """-> np.uint16 array of the file's tokens."""
+    ntok = count_tokens(path)
     return np.fromfile(path, "<u2", count=ntok, offset=HEADER_BYTES).astype(np.uint16, copy=False)
 
 
@@ -424,3 +435,178 @@ def sha256_file(path):
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- trainer state (tools.train)
+# Ours, not llm.c's (train_gpt2.cu's state file, magic 20240527, holds CUDA-side fields we have no use for):
+# what tools.train needs to continue a run bit for bit, beside the model checkpoint of the same step.
+#
+#   header int32[256], the rest zero:
+#     [0] magic 20261126, [1] version 2, [2] step, [3] B, [4] T, [5] grad_accum,
+#     [10..11] uint64 num_parameters, [12..13] uint64 sampler xorshift state,
+#     the train loader (reference.data.DataLoader): [14] process_rank, [15] num_processes, [16] shuffle (0/1),
+#     [17] num_shards, [18..19] uint64 current_shard, [20..21] uint64 current_sample,
+#     shuffled only (else 0): [22..23] uint64 shard_num_samples, [24] mt19937 left, [25] mt19937 next
+#   then AdamW m and v, num_parameters float32 each,
+#   then, shuffled only: shard_order int32[num_shards], sample_order int32[shard_num_samples], mt19937 state
+#   uint32[624] (llm.c's state file stores the same three for its shuffled loader)
+TRAINER_STATE_MAGIC = 20261126
+TRAINER_STATE_VERSION = 2
+MT19937_WORDS = 624
+
+
+@dataclass
+class LoaderState:
+    """Where a reference.data.DataLoader stands: its rank's slice, the shard and sample it reads next, and,
+    when it shuffles, its permutations and its mt19937 (None when it does not)."""
+    process_rank: int
+    num_processes: int
+    shuffle: bool
+    num_shards: int
+    current_shard: int          # position in the (shuffled) shard order
+    current_sample: int         # samples of the current shard already read
+    shard_order: np.ndarray | None = None    # int32 (num_shards,): llm.c's shard_indices
+    sample_order: np.ndarray | None = None   # int32 (shard_num_samples,): llm.c's intra_shard_indices
+    rng_words: np.ndarray | None = None      # uint32 (624,): mt19937 state_
+    rng_left: int = 0
+    rng_next: int = 0
+
+
+@dataclass
+class TrainerState:
+    step: int
+    B: int
+    T: int
+    grad_accum: int
+    sampler_state: int          # reference.sampling.Sampler's xorshift state
+    m: np.ndarray               # AdamW moments, float32 (num_parameters,), in tools.train's grad_accum scale
+    v: np.ndarray
+    loader: LoaderState
+
+
+def _u64(header, first_int32):
+    """The uint64 stored little-endian in int32 fields first_int32 and first_int32 + 1."""
+    return int(header[first_int32:first_int32 + 2].view("<u8")[0])
+
+
+def write_trainer_state(path, state):
+    loader, n = state.loader, np.asarray(state.m).size
+    header = np.zeros(HEADER_INTS, "<i4")
+    header[:6] = TRAINER_STATE_MAGIC, TRAINER_STATE_VERSION, state.step, state.B, state.T, state.grad_accum
+    header[14:18] = loader.process_rank, loader.num_processes, int(loader.shuffle), loader.num_shards
+    wide = header.view("<u8")                       # uint64 k is int32 fields 2k, 2k + 1
+    wide[5], wide[6], wide[9], wide[10] = n, state.sampler_state, loader.current_shard, loader.current_sample
+    if loader.shuffle:
+        wide[11] = loader.sample_order.size
+        header[24:26] = loader.rng_left, loader.rng_next
+    with atomic_write(path) as f:
+        f.write(header.tobytes())
+        f.write(np.asarray(state.m, "<f4").tobytes())
+        f.write(np.asarray(state.v, "<f4").tobytes())
+        if loader.shuffle:
+            f.write(np.asarray(loader.shard_order, "<i4").tobytes())
+            f.write(np.asarray(loader.sample_order, "<i4").tobytes())
+            f.write(np.asarray(loader.rng_words, "<u4").tobytes())
+
+
+def _check_permutation(path, field, values):
+    if not np.array_equal(np.sort(values), np.arange(values.size)):
+        raise FormatError(path, field, f"{field} ({values.size} entries) is not a permutation of 0..{values.size - 1}")
+
+
+def read_trainer_state(path, num_parameters):
+    """-> TrainerState; FormatError names the field. num_parameters: the model's, which m and v must match."""
+    header = _read_header(path, TRAINER_STATE_MAGIC, (TRAINER_STATE_VERSION,), "trainer state")
+    step, B, T, grad_accum = (int(x) for x in header[2:6])
+    if step < 0:
+        raise FormatError(path, "header[2]", f"header[2] step is {step}, must be >= 0")
+    for i, name, value in ((3, "B", B), (4, "T", T), (5, "grad_accum", grad_accum)):
+        if value <= 0:
+            raise FormatError(path, f"header[{i}]", f"header[{i}] {name} is {value}, must be positive")
+    _check_reserved_zero(path, header[:10], 6)     # int32 fields 10..25 hold the loader and the uint64s
+    _check_reserved_zero(path, header, 26)
+    n, sampler_state = _u64(header, 10), _u64(header, 12)
+    if n != num_parameters:
+        raise FormatError(path, "header[10]", f"header[10] num_parameters is {n}, the model has {num_parameters}")
+    rank, nproc, shuffle, num_shards = (int(x) for x in header[14:18])
+    if nproc <= 0:
+        raise FormatError(path, "header[15]", f"header[15] num_processes is {nproc}, must be positive")
+    if not 0 <= rank < nproc:
+        raise FormatError(path, "header[14]", f"header[14] process_rank is {rank}, outside [0, {nproc})")
+    if shuffle not in (0, 1):
+        raise FormatError(path, "header[16]", f"header[16] shuffle is {shuffle}, must be 0 or 1")
+    if num_shards <= 0:
+        raise FormatError(path, "header[17]", f"header[17] num_shards is {num_shards}, must be positive")
+    current_shard, current_sample, num_samples = _u64(header, 18), _u64(header, 20), _u64(header, 22)
+    if current_shard >= num_shards:
+        raise FormatError(path, "header[18]", f"header[18] current_shard is {current_shard}, outside "
+                                              f"[0, num_shards={num_shards})")
+    left, next_ = int(header[24]), int(header[25])
+    if not shuffle:
+        _check_reserved_zero(path, header[:26], 22)   # no permutations, no generator
+        extra = 0
+    else:
+        if current_sample > num_samples:
+            raise FormatError(path, "header[20]", f"header[20] current_sample is {current_sample}, beyond "
+                                                  f"header[22] shard_num_samples {num_samples}")
+        if not 1 <= left <= MT19937_WORDS:
+            raise FormatError(path, "header[24]", f"header[24] mt19937 left is {left}, outside [1, {MT19937_WORDS}]")
+        if not 0 <= next_ <= MT19937_WORDS:
+            raise FormatError(path, "header[25]", f"header[25] mt19937 next is {next_}, outside [0, {MT19937_WORDS}]")
+        extra = 4 * (num_shards + num_samples + MT19937_WORDS)
+    _check_size(path, HEADER_BYTES + 8 * n + extra,
+                f"m and v of {n} parameters" + (f", {num_shards} + {num_samples} permutation entries and an "
+                                                f"mt19937 state" if shuffle else ""))
+    m = np.fromfile(path, "<f4", count=n, offset=HEADER_BYTES)
+    v = np.fromfile(path, "<f4", count=n, offset=HEADER_BYTES + 4 * n)
+    loader = LoaderState(rank, nproc, bool(shuffle), num_shards, current_shard, current_sample)
+    if shuffle:
+        offset = HEADER_BYTES + 8 * n
+        loader.shard_order = np.fromfile(path, "<i4", count=num_shards, offset=offset).astype(np.int32)
+        loader.sample_order = np.fromfile(path, "<i4", count=num_samples, offset=offset + 4 * num_shards)
+        loader.sample_order = loader.sample_order.astype(np.int32)
+        loader.rng_words = np.fromfile(path, "<u4", count=MT19937_WORDS,
+                                       offset=offset + 4 * (num_shards + num_samples)).astype(np.uint32)
+        loader.rng_left, loader.rng_next = left, next_
+        _check_permutation(path, "shard_order", loader.shard_order)
+        _check_permutation(path, "sample_order", loader.sample_order)
+    return TrainerState(step, B, T, grad_accum, sampler_state, m, v, loader)
+
+
+# ----------------------------------------------------------------------------- a trainer's checkpoints
+# OUTPUT_DIR/model_STEP.bin (write_checkpoint), state_STEP.bin (write_trainer_state) and DONE_STEP (empty),
+# STEP as %08d, llm.c's layout (train_gpt2.cu). Written in that order, each atomically, so a crash at any
+# point leaves every DONE-marked step complete.
+def checkpoint_paths(outdir, step):
+    """-> (model, trainer state, DONE marker) paths of `step`."""
+    outdir = Path(outdir)
+    return outdir / f"model_{step:08d}.bin", outdir / f"state_{step:08d}.bin", outdir / f"DONE_{step:08d}"
+
+
+def write_training_checkpoint(outdir, config, params, state):
+    """The model, the trainer state, then the DONE marker of step state.step."""
+    model_path, state_path, done_path = checkpoint_paths(outdir, state.step)
+    write_checkpoint(model_path, config, params)
+    write_trainer_state(state_path, state)
+    with atomic_write(done_path):
+        pass
+
+
+def done_steps(outdir):
+    """Steps with a DONE marker, ascending."""
+    matches = (re.fullmatch(r"DONE_(\d{8})", p.name) for p in Path(outdir).glob("DONE_*"))
+    return sorted(int(m[1]) for m in matches if m)
+
+
+def newest_checkpoint(outdir):
+    """The highest step with a DONE marker and its two files, or None."""
+    return next((s for s in reversed(done_steps(outdir))
+                 if all(p.exists() for p in checkpoint_paths(outdir, s)[:2])), None)
+
+
+def delete_old_checkpoints(outdir, keep):
+    """All but the newest `keep` DONE steps go, their DONE marker first (a half-deleted one is incomplete)."""
+    for step in done_steps(outdir)[:-keep]:
+        model_path, state_path, done_path = checkpoint_paths(outdir, step)
+        for path in (done_path, model_path, state_path):
+            path.unlink(missing_ok=True)

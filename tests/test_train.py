@@ -1,5 +1,5 @@
 """tools.train: resume is bit-exact, gradient accumulation is one big batch, the log has llm.c's form,
-bad arguments and files give a one-line error with exit status 2.
+bad arguments and files give a one-line error with exit status 2 and create nothing.
 
 Tiny models (V=256) on random token files, so every test takes seconds."""
 import re
@@ -7,10 +7,13 @@ import re
 import numpy as np
 import pytest
 
-from reference.formats import FormatError, write_tokens
+from reference.adamw import LearningRateSchedule
+from reference.formats import FormatError, newest_checkpoint, read_trainer_state, write_tokens
 from reference.model import GPT2Config
+from reference.sampling import Sampler
 from tests.badfiles import patch_header, truncate
 from tools import train as trainer
+from tools.plot_losses import read_log
 
 V = 256
 MODEL = f"L2-NH4-C32-V{V}-T32"
@@ -44,15 +47,17 @@ SCHEDULE = ["--steps", "8", "--lr", "3e-3", "--warmup", "2", "--final-lr-frac", 
             "--sample-every", "3", "--gen-tokens", "6", "--checkpoint-every", "2"]
 
 
-def test_resume_is_bit_exact(data, tmp_path, backend):
-    """`backend` is conftest's (every --backend, skipped where unavailable); bit-exactness is promised on CPU."""
+@pytest.mark.parametrize("shuffle", ["--shuffle", "--no-shuffle"])
+def test_resume_is_bit_exact(data, tmp_path, backend, shuffle):
+    """`backend` is conftest's (every --backend, skipped where unavailable); bit-exactness is promised on CPU.
+    Shuffled, the resumed run must also continue the loader's permutation and its mt19937."""
     if backend.name not in ("reference", "cpu"):
         pytest.skip(f"bit-exact resume is checked on the CPU backends only, not {backend.name}")
-    whole, whole_lines = run(data, tmp_path / "whole", *SCHEDULE, backend=backend.name)
-    first, _ = run(data, tmp_path / "split", *SCHEDULE, "--stop-at", "5", backend=backend.name)
+    whole, whole_lines = run(data, tmp_path / "whole", *SCHEDULE, shuffle, backend=backend.name)
+    first, _ = run(data, tmp_path / "split", *SCHEDULE, shuffle, "--stop-at", "5", backend=backend.name)
     assert first.last_step == 5 and max(first.train_losses) == 4
-    assert trainer.newest_checkpoint(tmp_path / "split") == 4
-    rest, rest_lines = run(data, tmp_path / "split", *SCHEDULE, "--resume", backend=backend.name)
+    assert newest_checkpoint(tmp_path / "split") == 4
+    rest, rest_lines = run(data, tmp_path / "split", *SCHEDULE, shuffle, "--resume", backend=backend.name)
     assert min(rest.train_losses) == 4
     # exact equality: the same floats, not merely close ones
     assert {s: l for s, l in whole.train_losses.items() if s >= 4} == rest.train_losses
@@ -63,9 +68,11 @@ def test_resume_is_bit_exact(data, tmp_path, backend):
 
 
 def test_grad_accumulation_is_one_big_batch(data, tmp_path):
-    """B=2 with 2 micro-batches reads the same rows as B=4 in one (llm.c's loader is sequential), so the
-    two runs agree to float32 rounding (the eps and clip rescaling of tools/train.py is exact math)."""
-    common = ["--steps", "4", "--lr", "3e-3", "--grad-clip", "0.5", "--val-every", "0", "--sample-every", "0"]
+    """B=2 with 2 micro-batches reads the same rows as B=4 in one (llm.c's loader, unshuffled, is
+    sequential), so the two runs agree to float32 rounding (the eps and clip rescaling of tools/train.py is
+    exact math)."""
+    common = ["--steps", "4", "--lr", "3e-3", "--grad-clip", "0.5", "--val-every", "0", "--sample-every", "0",
+              "--no-shuffle"]
     accum, _ = run(data, tmp_path / "accum", *common, "--total-batch-size", "64")
     lines = []
     argv = ["--backend", "reference", "--model", MODEL, "--train-data", str(data[0]), "--val-data", str(data[1]),
@@ -91,31 +98,34 @@ def test_log_format(data, tmp_path):
         assert re.fullmatch(r"s:\d+ trl:\d+\.\d{6} lr:\S+ norm:\d+\.\d{4}", line), line
     for line in val:
         assert re.fullmatch(r"s:\d+ tel:\d+\.\d{6}", line), line
-    assert trainer.read_log(tmp_path / "main.log")[0] == pytest.approx(result.train_losses, abs=1e-6)
+    assert read_log(tmp_path / "main.log")[0] == pytest.approx(result.train_losses, abs=1e-6)
 
 
 def test_learning_rate_schedules():
-    args = trainer.parse_args(["--lr", "1.0", "--warmup", "2", "--final-lr-frac", "0.1"])
-    assert [trainer.learning_rate(s, args, 12) for s in (0, 1)] == [0.5, 1.0]
-    assert trainer.learning_rate(2, args, 12) == pytest.approx(1.0)
-    assert trainer.learning_rate(7, args, 12) == pytest.approx(0.55)    # cosine half-way
-    assert trainer.learning_rate(12, args, 12) == pytest.approx(0.1)
-    args.schedule = "linear"
-    assert trainer.learning_rate(7, args, 12) == pytest.approx(0.55)
-    assert trainer.learning_rate(4, args, 12) == pytest.approx(0.82)
-    args.schedule = "constant"
-    assert trainer.learning_rate(7, args, 12) == 1.0
+    schedule = LearningRateSchedule(1.0, total_steps=12, warmup=2, final_lr_frac=0.1)
+    assert schedule.kind == "cosine"      # tools.train's default too
+    assert [schedule.at(s) for s in (0, 1)] == [0.5, 1.0]
+    assert schedule.at(2) == pytest.approx(1.0)
+    assert schedule.at(7) == pytest.approx(0.55)    # cosine half-way
+    assert schedule.at(12) == pytest.approx(0.1)
+    schedule.kind = "linear"
+    assert schedule.at(7) == pytest.approx(0.55)
+    assert schedule.at(4) == pytest.approx(0.82)
+    schedule.kind = "constant"
+    assert schedule.at(7) == 1.0
+    with pytest.raises(ValueError, match="wsd"):
+        LearningRateSchedule(1.0, 12, kind="wsd")
 
 
 def test_sampler_matches_llmc_xorshift():
     """llm.c's random_u32 / random_f32 from seed 1337: values from the same three shifts and multiply
     written in C with uint64_t arithmetic (gcc 12), so Python's 64-bit wrapping is checked too."""
-    sampler = trainer.Sampler()
+    sampler = Sampler()
     assert [sampler.random_u32() for _ in range(3)] == [989205090, 818269915, 1335155955]
     assert sampler.random_f32() == np.float32(0.902659476)
     assert sampler.state == 3115803837778227132
     probs = np.array([0.25, 0.25, 0.5], np.float32)
-    assert [trainer.Sampler.sample_mult(probs, c) for c in (0.0, 0.2499, 0.25, 0.49, 0.5, 0.99)] == [0, 0, 1, 1, 2, 2]
+    assert [Sampler.sample_mult(probs, c) for c in (0.0, 0.2499, 0.25, 0.49, 0.5, 0.99)] == [0, 0, 1, 1, 2, 2]
 
 
 @pytest.mark.parametrize("argv, names", [
@@ -162,7 +172,7 @@ def test_malformed_state_names_file_and_field(data, tmp_path, capsys, damage, fi
     path = tmp_path / "state_00000001.bin"
     damage(path)
     with pytest.raises(FormatError) as info:
-        trainer.read_state(path, GPT2Config.from_descriptor(MODEL).num_parameters)
+        read_trainer_state(path, GPT2Config.from_descriptor(MODEL).num_parameters)
     assert info.value.field == field and detail in str(info.value) and str(path) in str(info.value), info.value
     capsys.readouterr()
     assert trainer.main(argv + ["--resume"]) == 2
@@ -176,4 +186,77 @@ def test_keep_last_deletes_old_checkpoints(data, tmp_path):
     names = sorted(p.name for p in tmp_path.iterdir() if p.name[:4] in ("DONE", "mode", "stat"))
     assert names == ["DONE_00000004", "DONE_00000006", "model_00000004.bin", "model_00000006.bin",
                      "state_00000004.bin", "state_00000006.bin"]
-    assert trainer.newest_checkpoint(tmp_path) == 6
+    assert newest_checkpoint(tmp_path) == 6
+
+
+@pytest.mark.parametrize("argv, names", [
+    (["--resume"], "is not a directory"),
+    (["--train-data", "/nonexistent/train_*.bin"], "/nonexistent/train_*.bin: no token file matches"),
+    (["--val-data", "/nonexistent/val.bin"], "--val-data"),
+    (["--model", "missing.bin"], "missing.bin"),
+    (["--backend", "nosuch"], "--backend"),
+])
+def test_bad_input_creates_no_output_directory(data, tmp_path, capsys, argv, names):
+    """Every input is checked before --output-dir is made: a failed start leaves nothing behind."""
+    outdir = tmp_path / "out" / "run"
+    base = ["--backend", "reference", "--model", MODEL, "--train-data", str(data[0]), "--val-data", str(data[1]),
+            "-B", "2", "-T", "16", "--steps", "1", "--output-dir", str(outdir)]
+    assert trainer.main(base + argv) == 2
+    assert names in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_token_file_creates_no_output_directory(tmp_path, capsys):
+    bad = tmp_path / "train.bin"
+    bad.write_bytes(b"\0" * 100)
+    assert trainer.main(["--backend", "reference", "--model", MODEL, "--train-data", str(bad), "--val-data", str(bad),
+                         "-T", "16", "--output-dir", str(tmp_path / "out")]) == 2
+    assert "--train-data" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """The train data of `data` cut into 3 shards (the val split as it is): a glob and its val file."""
+    d = tmp_path_factory.mktemp("shards")
+    tokens = np.random.default_rng(7).integers(0, V, 4000)
+    for k, part in enumerate(np.array_split(tokens, 3)):
+        write_tokens(d / f"train_{k:06d}.bin", part)
+    write_tokens(d / "val.bin", np.random.default_rng(8).integers(0, V, 600))
+    return str(d / "train_*.bin"), d / "val.bin"
+
+
+def test_rank_and_world_size_from_the_environment(monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args = trainer.parse_args(["-B", "2", "-T", "16"])
+    assert (args.rank, args.world_size, args.total_batch_size) == (1, 2, 64)
+    args = trainer.parse_args(["--rank", "0", "--world-size", "1"])       # an option overrides the environment
+    assert (args.rank, args.world_size) == (0, 1)
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(trainer.UsageError, match=r"--rank: 2 is outside \[0, world size 2\)"):
+        trainer.parse_args([])
+    monkeypatch.setenv("RANK", "x")
+    with pytest.raises(trainer.UsageError, match="RANK='x' is not an integer"):
+        trainer.parse_args([])
+
+
+def test_sharded_ranks_resume_and_refuse_other_data_settings(shards, tmp_path, capsys):
+    """Two ranks over a glob of shards, shuffled: each resumes its own run bit for bit; a resume with
+    another rank, world size or shuffle setting is refused, naming the state file."""
+    whole = {}
+    for rank in (0, 1):
+        argv = ["--backend", "reference", "--model", MODEL, "--train-data", shards[0], "--val-data", str(shards[1]),
+                "-B", "2", "-T", "16", "--world-size", "2", "--rank", str(rank), "--steps", "6", "--val-every", "0",
+                "--sample-every", "0", "--checkpoint-every", "2", "--quiet"]
+        whole[rank] = trainer.train(trainer.parse_args(argv + ["--output-dir", str(tmp_path / f"whole{rank}")]),
+                                    out=lambda line: None).train_losses
+        split = str(tmp_path / f"split{rank}")
+        trainer.train(trainer.parse_args(argv + ["--output-dir", split, "--stop-at", "3"]), out=lambda line: None)
+        for other in (["--rank", str(1 - rank)], ["--world-size", "1", "--rank", "0"], ["--no-shuffle"]):
+            assert trainer.main(argv + ["--output-dir", split, "--resume"] + other) == 2
+            err = capsys.readouterr().err
+            assert "state_00000002.bin" in err and "(process_rank, num_processes, shuffle, num_shards)" in err, err
+        rest = trainer.train(trainer.parse_args(argv + ["--output-dir", split, "--resume"]), out=lambda line: None)
+        assert rest.train_losses == {s: loss for s, loss in whole[rank].items() if s >= 2}
+    assert all(whole[0][s] != whole[1][s] for s in whole[0])     # the two ranks train on different tokens

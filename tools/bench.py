@@ -12,8 +12,13 @@ ratio to it (to the reference when torch is not in the run or not installed).
 
 Also measured, in the workers: each backend's matmul_forward (torch: F.linear) at the model's four
 matmul shapes and the lm head, in GFLOP/s, whose best is the machine's measured sgemm peak that the
-steps' GFLOP/s are a share of; and, for --layers backends (default cpu), every kernel at the model's
-shapes through backend.kernels, with its calls per step, so the table shows where a step's time goes.
+steps' GFLOP/s are reported as a ratio of; and, for --layers backends (default cpu), every kernel at the
+model's shapes through backend.kernels, with its calls per step, so the table shows where a step's time goes.
+
+Which BLAS kernels each backend ran is asked of the libraries in the worker (tools.blas_info):
+OpenBLAS's core name (openblas_get_corename) for the cpu backend's scipy-openblas32 and numpy's own
+OpenBLAS (the reference), MKL's code branch for PyTorch. OPENBLAS_CORETYPE in the environment
+forces OpenBLAS's core whatever the CPU: the run then warns (stderr and the JSON's meta.warnings).
 """
 import argparse
 import datetime
@@ -32,6 +37,7 @@ import numpy as np
 from reference.adamw import TEST_GPT2_SETTINGS, AdamWSettings
 from reference.formats import atomic_write, read_checkpoint, write_checkpoint
 from reference.model import GPT2Config, init_params
+from tools import blas_info
 from tools.options import add_report_options
 
 PHASES = ("forward", "zero_grad", "backward", "update")
@@ -209,6 +215,7 @@ def worker(args):
         phases = torch_phases(config, params, B, T)
         description = f"PyTorch {torch.__version__} eager, float32, {torch.get_num_threads()} threads"
         matmul, kernels = _torch_matmul(torch), None
+        blas = blas_info.torch_blas(torch)
     else:
         from backends.registry import get_backend
         backend = get_backend(args.worker)
@@ -221,6 +228,8 @@ def worker(args):
         description = backend.description or backend.name
         kernels = backend.kernels if backend.has_kernel("matmul_forward") else None
         matmul = kernels.matmul_forward if kernels else None
+        # a native or lib: backend: the BLAS its library links (chosen when it loaded); the reference: numpy's
+        blas = blas_info.openblas_info(library.path) if library is not None else blas_info.numpy_blas()
     times = _time_phases(phases, args.steps, args.warmup)
     # the training run's peak resident set, read before the matmul and kernel timings below allocate more
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024    # ru_maxrss is KiB on Linux
@@ -234,6 +243,8 @@ def worker(args):
         "load_avg_before": load_before,   # other work on the machine slows every number: say how much there was
         "peak_rss_mib": peak_rss_mib,
         "matmul_gflops": _matmul_gflops(matmul, config, B, T, args.kernel_repeats) if matmul else {},
+        "blas": blas,
+        "blas_env": {k: os.environ.get(k) for k in blas_info.FORCING_ENV},
     }
     if kernels is not None and args.worker in args.layers:
         result["layers"] = _kernel_times(kernels, config, B, T, args.kernel_repeats)
@@ -271,7 +282,8 @@ def run_worker(name, args, argv, checkpoint):
 
 
 def summarize(results, config, B, T):
-    """Adds tok/s, GFLOP/s, share of the matmul peak and the ratio to the baseline; -> (baseline, peak)."""
+    """Adds tok/s, GFLOP/s, its ratio to the sgemm peak measured in the same run (share_of_peak) and the
+    ratio to the baseline; -> (baseline, peak)."""
     ok = {r["backend"]: r for r in results if "error" not in r}
     baseline = "torch" if "torch" in ok else ("reference" if "reference" in ok else None)
     peak = max((g for r in ok.values() for g in r["matmul_gflops"].values()), default=None)
@@ -292,7 +304,7 @@ def format_results(report):
              f"{meta['threads'] or 'default'} threads, median of {meta['steps']} steps after {meta['warmup']} "
              f"warm-up | {meta['cpu']}",
              f"{'backend':<12}{'ms/step':>10}{'x ' + (baseline or '-'):>14}{'tok/s':>9}{'GFLOP/s':>9}{'% peak':>8}"
-             f"{'fwd':>9}{'bwd':>9}{'update':>9}{'peak RSS':>11}"]
+             f"{'fwd':>9}{'bwd':>9}{'update':>9}{'peak RSS':>11}   BLAS kernel"]
     for r in results:
         if "error" in r:
             lines.append(f"{r['backend']:<12}  failed: {r['error']}")
@@ -302,11 +314,14 @@ def format_results(report):
         share = f"{100 * r['share_of_peak']:.1f}" if r["share_of_peak"] is not None else "-"
         lines.append(f"{r['backend']:<12}{r['step_ms']:>10.1f}{ratio:>14}{r['tok_per_s']:>9.0f}{r['gflops']:>9.1f}"
                      f"{share:>8}{ph['forward']:>9.1f}{ph['backward']:>9.1f}{ph['update']:>9.1f}"
-                     f"{r['peak_rss_mib']:>8.0f} MiB   (min {min(r['step_ms_all']):.1f} ms, "
-                     f"load {r['load_avg_before']:.2f})")
-    if report["matmul_peak_gflops"]:
-        lines.append(f"measured sgemm peak at these shapes: {report['matmul_peak_gflops']:.1f} GFLOP/s "
+                     f"{r['peak_rss_mib']:>8.0f} MiB   {blas_info.describe(r.get('blas'))}   "
+                     f"(min {min(r['step_ms_all']):.1f} ms, load {r['load_avg_before']:.2f})")
+    peak = report["matmul_peak_gflops"]
+    if peak:
+        lines.append(f"measured sgemm peak at these shapes: {peak:.1f} GFLOP/s "
                      "(best matmul_forward / F.linear of any backend)")
+        lines += [f"  {r['backend']:<10} whole step {r['gflops']:.1f} GFLOP/s = {100 * r['share_of_peak']:.1f}% of "
+                  f"that peak" for r in results if "error" not in r]
     for r in results:
         if r.get("matmul_gflops"):
             lines.append(f"  {r['backend']:<10} matmul GFLOP/s: " +
@@ -360,6 +375,9 @@ def main(argv=None):
         worker(args)
         return 0
     config = GPT2Config.from_descriptor(args.model)
+    warning = blas_info.forced_core_warning()
+    if warning:
+        print(f"bench: warning: {warning}", file=sys.stderr)
     runs = {name: [] for name in args.backend}
     with tempfile.TemporaryDirectory() as tmp:     # every worker starts from the same llm.c checkpoint
         checkpoint = os.path.join(tmp, "model.bin")
@@ -382,12 +400,16 @@ def main(argv=None):
                  "model": args.model, "num_parameters": config.num_parameters, "B": args.batch_size,
                  "T": args.seq_len, "threads": args.threads, "steps": args.steps, "warmup": args.warmup,
                  "rounds": args.rounds,
-                 "flops_per_step": config.flops_per_token(args.seq_len) * args.batch_size * args.seq_len},
+                 "flops_per_step": config.flops_per_token(args.seq_len) * args.batch_size * args.seq_len,
+                 "blas_env": {k: os.environ.get(k) for k in blas_info.FORCING_ENV},
+                 "warnings": [warning] if warning else []},
         "baseline": baseline,
         "matmul_peak_gflops": peak,
         "results": results,
     }
     print(format_results(report))
+    if warning:
+        print(f"warning: {warning}")
     if args.report_json:
         os.makedirs(os.path.dirname(os.path.abspath(args.report_json)), exist_ok=True)
         with atomic_write(args.report_json, "w") as f:

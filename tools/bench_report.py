@@ -1,10 +1,12 @@
 """Benchmark JSON -> markdown tables and PNG charts: python -m tools.bench_report FILE.json [...] [--out DIR]
 
-Reads tools.bench's JSON (ms per step by phase, peak RSS, matmul GFLOP/s, per-kernel times) and
-pytest-benchmark's (`make bench`: tests/test_bench.py, whose extra_info carries the model, B, T
-and FLOPs per step). Writes DIR/report.md (every run's table: ms per step, the ratio to the baseline
-— torch where the run has it, else reference —, tok/s, GFLOP/s, its share of the measured matmul peak;
-then the per-kernel times) and, with matplotlib, DIR/step_time.png and DIR/kernels.png.
+Reads tools.bench's JSON (ms per step by phase, peak RSS, matmul GFLOP/s, per-kernel times, the BLAS
+kernel each backend ran) and pytest-benchmark's (`make bench`: tests/test_bench.py, whose extra_info
+carries the model, B, T, FLOPs per step and the BLAS kernel). Writes DIR/report.md (every run's table:
+ms per step, the ratio to the baseline — torch where the run has it, else reference —, tok/s, GFLOP/s,
+its ratio to the sgemm peak measured in the same run, the BLAS kernel; then the per-kernel times) and,
+with matplotlib, DIR/step_time.png and DIR/kernels.png. A run whose environment forced OpenBLAS's core
+(OPENBLAS_CORETYPE) carries that warning.
 """
 import argparse
 from dataclasses import dataclass, field
@@ -13,6 +15,7 @@ import os
 import sys
 
 from reference.formats import atomic_write
+from tools.blas_info import describe
 
 
 @dataclass
@@ -50,13 +53,14 @@ def runs_from_tools_bench(path, data):
         run.notes.append(f"load average at the end: {', '.join(f'{x:.2f}' for x in meta['load_avg'])} "
                          f"on {meta['cores']} cores")
     run.notes.append(f"command: `{meta['command']}`")
+    run.notes += [f"**warning**: {w}" for w in meta.get("warnings", [])]
     for r in data["results"]:
         if "error" in r:
             run.notes.append(f"{r['backend']}: failed: {r['error']}")
             continue
         run.rows.append({"backend": r["backend"], "step_ms": r["step_ms"], "phase_ms": r["phase_ms"],
                          "rss": r.get("peak_rss_mib"), "min_ms": min(r["step_ms_all"]),
-                         "load": r.get("load_avg_before")})
+                         "load": r.get("load_avg_before"), "blas": r.get("blas")})
         if r.get("matmul_gflops"):
             run.matmul[r["backend"]] = r["matmul_gflops"]
         if r.get("layers"):
@@ -81,7 +85,8 @@ def runs_from_pytest_benchmark(path, data):
                                      f"(pytest-benchmark, median of {entries[0][1]['rounds']} rounds)")
         for info, stats in entries:
             run.rows.append({"backend": info["backend"], "step_ms": 1000 * stats["median"], "phase_ms": None,
-                             "rss": None, "min_ms": 1000 * stats["min"], "load": None})
+                             "rss": None, "min_ms": 1000 * stats["min"], "load": None, "blas": info.get("blas")})
+        run.notes += sorted({f"**warning**: {info['blas_warning']}" for info, _ in entries if info.get("blas_warning")})
         _finish(run, entries[0][0]["flops_per_step"], B * T)
         runs.append(run)
     return runs
@@ -114,19 +119,21 @@ def markdown(runs, charts):
     for run in runs:
         lines += [f"## {run.title}", "", f"Source: `{run.source}`"]
         lines += [f"- {note}" for note in run.notes]
-        lines += ["", f"| backend | ms / step | × {run.baseline or '–'} | tok/s | GFLOP/s | % of matmul peak "
-                      "| forward ms | backward ms | update ms | peak RSS MiB | min ms / step | load before |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += ["", f"| backend | ms / step | × {run.baseline or '–'} | tok/s | GFLOP/s | % of sgemm peak "
+                      "| forward ms | backward ms | update ms | peak RSS MiB | min ms / step | load before "
+                      "| BLAS kernel |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for r in run.rows:
             ph = r["phase_ms"] or {}
             lines.append(f"| {r['backend']} | {r['step_ms']:.1f} | {_fmt(r['ratio'], '.2f')} | {r['tok_per_s']:.0f} "
                          f"| {r['gflops']:.1f} | {_fmt(r['share'] and 100 * r['share'], '.1f')} "
                          f"| {_fmt(ph.get('forward'), '.1f')} | {_fmt(ph.get('backward'), '.1f')} "
                          f"| {_fmt(ph.get('update'), '.1f')} | {_fmt(r['rss'], '.0f')} | {r['min_ms']:.1f} "
-                         f"| {_fmt(r['load'], '.2f')} |")
+                         f"| {_fmt(r['load'], '.2f')} | {describe(r.get('blas'))} |")
         if run.peak_gflops:
-            lines += ["", f"Measured matmul peak at these shapes: **{run.peak_gflops:.1f} GFLOP/s** "
-                          "(the best matmul_forward / F.linear of any backend in the run):", ""]
+            lines += ["", f"Measured sgemm peak at these shapes: **{run.peak_gflops:.1f} GFLOP/s** "
+                          "(the best matmul_forward / F.linear of any backend in the run; a whole step's GFLOP/s "
+                          "as a ratio of it is the % column above):", ""]
             shapes = list(next(iter(run.matmul.values())))
             lines += ["| backend | " + " | ".join(shapes) + " |", "|---|" + "---:|" * len(shapes)]
             for backend, g in run.matmul.items():

@@ -3,9 +3,16 @@
 The loop is train_gpt2.cu's: for step = 0..steps (inclusive): val loss every --val-every steps and at
 the last step; a sample every --sample-every steps (step > 0) and at the last step; a checkpoint every
 --checkpoint-every steps (step > 0) and at the last step; then, unless it is the last step, one
-optimizer step of --total-batch-size tokens (grad_accum = total / (B*T) micro-batches) at the
-scheduled learning rate, logged as `s:STEP trl:LOSS lr:LR norm:NORM` (val: `s:STEP tel:LOSS`) in
-OUTPUT_DIR/main.log. With matplotlib installed the end of a run draws OUTPUT_DIR/loss.png.
+optimizer step of --total-batch-size tokens (grad_accum = total / (B*T*world_size) micro-batches) at the
+scheduled learning rate (reference.adamw.LearningRateSchedule), logged as
+`s:STEP trl:LOSS lr:LR norm:NORM` (val: `s:STEP tel:LOSS`) in OUTPUT_DIR/main.log. With matplotlib
+installed the end of a run draws OUTPUT_DIR/loss.png (tools.plot_losses).
+
+Data (reference.data.DataLoader, llm.c's loader): --train-data and --val-data are token files or globs of
+shards. The train batches are shuffled as llm.c shuffles them (its mt19937, seeded 42 + rank; --no-shuffle
+reads them in file order); validation always reads in order. --rank / --world-size (default: the
+environment's RANK / WORLD_SIZE, else 0 / 1) choose this process's disjoint slice of every sample; for
+now they split the data only (each process trains on its own slice alone).
 
 Gradient accumulation: every backward() seeds its loss gradient with 1/(B*T) and accumulates, so after
 grad_accum micro-batches the gradient is grad_accum times the gradient of the whole batch's mean loss.
@@ -15,28 +22,22 @@ the update is the one from the averaged gradient, exactly in real arithmetic and
 grad_accum is a power of two (scaling by it is exact in binary floating point). This needs no
 grad-scale argument in the backends' update(). The printed norm is divided back.
 
-Checkpoints (OUTPUT_DIR, step = %08d), written atomically in this order, so a crash or Ctrl-C at any
-point leaves every DONE-marked step complete:
-  model_STEP.bin   the parameters, llm.c's model checkpoint (reference.formats.write_checkpoint)
-  state_STEP.bin   this trainer's state, little-endian; header int32[256], the rest zero:
-                     [0] magic 20261126, [1] version 1, [2] step, [3] B, [4] T, [5] grad_accum,
-                     [10..11] uint64 num_parameters, [12..13] uint64 train loader position (token index),
-                     [14..15] uint64 sampler xorshift state
-                   then AdamW m and v, num_parameters float32 each (in the grad_accum scale above)
-  DONE_STEP        empty: the step is complete
---keep-last N deletes all but the newest N. --resume continues from the newest DONE step with the
-same B, T and total batch size: the losses from there on equal an uninterrupted run's bit for bit on a
-deterministic backend.
+Checkpoints: OUTPUT_DIR/model_STEP.bin (llm.c's model file), state_STEP.bin (reference.formats' trainer
+state: step, AdamW m and v, the sampler's and the train loader's state) and DONE_STEP, written atomically
+in that order (reference.formats.write_training_checkpoint), so a crash or Ctrl-C at any point leaves every
+DONE-marked step complete. --keep-last N deletes all but the newest N. --resume continues from the newest
+DONE step with the same B, T, total batch size and data settings: the losses from there on equal an
+uninterrupted run's bit for bit on a deterministic backend.
 
-Example (cpu backend, 2 cores: about 2 minutes, val loss 10.87 -> 5.74, then a sample):
+Example (cpu backend, 2 cores: about 2 minutes, val loss 10.87 -> 5.67, then a sample):
     python -m tools.train --backend cpu --threads 2 --model L4-NH4-C128 -B 8 -T 64 --steps 600 --lr 2e-3 \
         --warmup 20 --final-lr-frac 0.1 --val-every 50 --val-batches 10 --sample-every 300 --output-dir out/shakespeare
 
-Exit status 2 with a one-line message for a bad argument or input file, 130 on Ctrl-C.
+Exit status 2 with a one-line message for a bad argument or input file (nothing is created then), 130
+on Ctrl-C.
 """
 import argparse
 from dataclasses import dataclass, field
-import math
 import os
 from pathlib import Path
 import re
@@ -48,43 +49,55 @@ import numpy as np
 from backends.base import BackendUnavailable
 from backends.registry import get_backend
 from reference import tokenizer
-from reference.adamw import AdamWSettings
+from reference.adamw import SCHEDULES, AdamWSettings, LearningRateSchedule
+from reference.data import DataLoader
 from reference.formats import (
-    HEADER_BYTES,
-    HEADER_INTS,
     FormatError,
-    _check_reserved_zero,
-    _check_size,
-    _read_header,
+    TrainerState,
     atomic_write,
-    check_tokens,
+    checkpoint_paths,
+    delete_old_checkpoints,
+    newest_checkpoint,
     read_checkpoint,
-    read_tokens,
-    write_checkpoint,
+    read_trainer_state,
+    write_training_checkpoint,
 )
 from reference.model import GPT2Config, init_params
+from reference.sampling import Sampler, generate
 from tools.options import Parser, UsageError, add_backend_option
+from tools.plot_losses import plot_losses
 from tools.prepare_data import ensure_tinyshakespeare
 
-STATE_MAGIC = 20261126
-STATE_VERSION = 1
-SAMPLER_SEED = 1337          # llm.c's rng_state for generation
-SCHEDULES = ("cosine", "linear", "constant")
+
+def _env_int(name, default):
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"environment variable {name}={value!r} is not an integer") from None
 
 
 def parse_args(argv):
     p = Parser(prog="python -m tools.train", description=__doc__.splitlines()[0],
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_backend_option(p, default="cpu", single=True)
     p.add_argument("--model", default="d6",
                    help="an llm.c checkpoint .bin, or a random init: d6, d12, ... or L4-NH4-C128[-V..][-T..]")
     p.add_argument("--seed", type=int, default=42, help="random-init seed (descriptor models)")
-    p.add_argument("--train-data", help="llm.c token file (default: tiny Shakespeare, prepared on first use)")
-    p.add_argument("--val-data", help="llm.c token file (default: tiny Shakespeare val)")
+    p.add_argument("--train-data", help="llm.c token file or glob of shards, quoted "
+                                        "(default: tiny Shakespeare, prepared on first use)")
+    p.add_argument("--val-data", help="llm.c token file or glob of shards (default: tiny Shakespeare val)")
+    p.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=True,
+                   help="shuffle the train batches as llm.c does (validation is never shuffled)")
+    p.add_argument("--rank", type=int, help="this process's slice of the data (default: $RANK, else 0)")
+    p.add_argument("--world-size", type=int, help="processes sharing the data (default: $WORLD_SIZE, else 1)")
     p.add_argument("-B", "--batch-size", type=int, default=4, help="micro-batch size")
     p.add_argument("-T", "--seq-len", type=int, default=64, help="sequence length")
-    p.add_argument("--total-batch-size", type=int, help="tokens per optimizer step (default B*T); "
-                                                         "a multiple of B*T, the rest is gradient accumulation")
+    p.add_argument("--total-batch-size", type=int, help="tokens per optimizer step over all processes (default "
+                                                         "B*T*world_size); a multiple of that, the rest is "
+                                                         "gradient accumulation")
     p.add_argument("--steps", type=int, default=-1, help="optimizer steps (-1: one epoch of the train data)")
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
     p.add_argument("--schedule", choices=SCHEDULES, default="cosine", help="decay after warmup")
@@ -104,8 +117,10 @@ def parse_args(argv):
     p.add_argument("--output-dir", default="out/train", help="main.log, loss.png and checkpoints")
     p.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every N steps and at the end (0: never)")
     p.add_argument("--keep-last", type=int, default=0, help="delete all but the newest N checkpoints (0: keep all)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --output-dir (--model is then not read)")
-    p.add_argument("--stop-at", type=int, help="end this run at that step (after its checkpoint), as an interruption would")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest complete checkpoint in --output-dir (--model is then not read)")
+    p.add_argument("--stop-at", type=int,
+                   help="end this run at that step (after its checkpoint), as an interruption would")
     p.add_argument("--threads", type=int, help="threads for the cpu backend")
     p.add_argument("--quiet", action="store_true", help="no per-step progress lines")
     args = p.parse_args(argv)
@@ -129,197 +144,23 @@ def parse_args(argv):
         raise UsageError(f"--stop-at: must be >= 0, got {args.stop_at}")
     if args.threads is not None and args.threads <= 0:
         raise UsageError(f"--threads: must be positive, got {args.threads}")
-    BT = args.batch_size * args.seq_len
+    if args.world_size is None:
+        args.world_size = _env_int("WORLD_SIZE", 1)
+    if args.rank is None:
+        args.rank = _env_int("RANK", 0)
+    if args.world_size <= 0:
+        raise UsageError(f"--world-size: must be positive, got {args.world_size}")
+    if not 0 <= args.rank < args.world_size:
+        raise UsageError(f"--rank: {args.rank} is outside [0, world size {args.world_size})")
+    tokens_per_micro_step = args.batch_size * args.seq_len * args.world_size
     if args.total_batch_size is None:
-        args.total_batch_size = BT
-    if args.total_batch_size <= 0 or args.total_batch_size % BT:
+        args.total_batch_size = tokens_per_micro_step
+    if args.total_batch_size <= 0 or args.total_batch_size % tokens_per_micro_step:
         raise UsageError(f"--total-batch-size: {args.total_batch_size} is not a positive multiple of "
-                         f"B*T = {BT}")
+                         f"B*T*world_size = {tokens_per_micro_step}")
     return args
 
 
-# ----------------------------------------------------------------------------- schedule
-def learning_rate(step, args, total_steps):
-    """llm.c's schedulers.h: linear warmup over --warmup steps, then cosine / linear decay from --lr to
-    --lr * --final-lr-frac at the last step, or constant."""
-    if step < args.warmup:
-        return args.lr * (step + 1) / args.warmup
-    if args.schedule == "constant":
-        return args.lr
-    min_lr = args.lr * args.final_lr_frac
-    decay_ratio = (step - args.warmup) / max(1, total_steps - args.warmup)
-    if args.schedule == "cosine":
-        return min_lr + 0.5 * (1.0 + math.cos(math.pi * decay_ratio)) * (args.lr - min_lr)
-    return args.lr - decay_ratio * (args.lr - min_lr)
-
-
-# ----------------------------------------------------------------------------- data
-class DataLoader:
-    """llm.c's non-shuffled loader over one token file: batch k is tokens[pos : pos + B*T + 1] as
-    inputs (the first B*T) and targets (the last B*T); pos advances by B*T and wraps to 0 when the
-    next batch would run past the end."""
-
-    def __init__(self, path, B, T, vocab_size, flag):
-        try:
-            self.tokens = read_tokens(path)
-            check_tokens(self.tokens, vocab_size, path, B, T)
-        except FileNotFoundError as e:
-            raise UsageError(f"{flag}: {e}") from e
-        except FormatError as e:
-            raise UsageError(f"{flag}: {e}") from e
-        self.B, self.T = B, T
-        self.position = 0
-
-    @property
-    def num_batches(self):
-        """Batches in one pass over the file."""
-        return (self.tokens.size - 1) // (self.B * self.T)
-
-    def reset(self):
-        self.position = 0
-
-    def next_batch(self):
-        B, T = self.B, self.T
-        buf = self.tokens[self.position:self.position + B * T + 1].astype(np.int32)
-        self.position += B * T
-        if self.position + B * T + 1 > self.tokens.size:
-            self.position = 0
-        return buf[:-1].reshape(B, T), buf[1:].reshape(B, T)
-
-
-# ----------------------------------------------------------------------------- sampling
-MASK64 = (1 << 64) - 1
-
-
-class Sampler:
-    """llm.c's generation RNG (xorshift*, random_u32 / random_f32) and sample_mult."""
-
-    def __init__(self, state=SAMPLER_SEED):
-        self.state = state
-
-    def random_u32(self):
-        s = self.state
-        s ^= s >> 12
-        s ^= (s << 25) & MASK64
-        s ^= s >> 27
-        self.state = s
-        return ((s * 0x2545F4914F6CDD1D) & MASK64) >> 32
-
-    def random_f32(self):
-        return np.float32(self.random_u32() >> 8) / np.float32(16777216.0)
-
-    @staticmethod
-    def sample_mult(probs, coin):
-        """The first index whose running float32 sum exceeds coin (the last one if rounding leaves none)."""
-        cdf = np.cumsum(probs, dtype=np.float32)         # sequential, like llm.c's loop
-        return min(int(np.searchsorted(cdf, coin, side="right")), probs.size - 1)
-
-
-def generate(model, config, T, gen_tokens, sampler):
-    """gen_tokens ids after EOT (token V-1 for a model whose vocabulary is smaller than GPT-2's), each from
-    a full forward of the last <= T tokens (no KV cache)."""
-    ids = [min(tokenizer.EOT, config.vocab_size - 1)]
-    for _ in range(gen_tokens):
-        context = np.array([ids[-T:]], dtype=np.int32)
-        model.forward(context)
-        logits = model.logits()[0, -1, :config.vocab_size].astype(np.float32)
-        probs = np.exp(logits - logits.max())
-        probs /= probs.sum(dtype=np.float32)
-        ids.append(Sampler.sample_mult(probs, sampler.random_f32()))
-    return ids[1:]
-
-
-# ----------------------------------------------------------------------------- checkpoints
-def _checkpoint_paths(outdir, step):
-    return (outdir / f"model_{step:08d}.bin", outdir / f"state_{step:08d}.bin", outdir / f"DONE_{step:08d}")
-
-
-def write_state(path, step, B, T, grad_accum, position, sampler_state, m, v):
-    header = np.zeros(HEADER_INTS, "<i4")
-    header[:6] = STATE_MAGIC, STATE_VERSION, step, B, T, grad_accum
-    header.view("<u8")[5:8] = m.size, position, sampler_state      # int32 fields 10..15
-    with atomic_write(path) as f:
-        f.write(header.tobytes())
-        f.write(np.asarray(m, "<f4").tobytes())
-        f.write(np.asarray(v, "<f4").tobytes())
-
-
-def read_state(path, num_parameters):
-    """-> dict(step, B, T, grad_accum, position, sampler_state, m, v); FormatError names the field."""
-    header = _read_header(path, STATE_MAGIC, (STATE_VERSION,), "trainer state")
-    step, B, T, grad_accum = (int(x) for x in header[2:6])
-    if step < 0:
-        raise FormatError(path, "header[2]", f"header[2] step is {step}, must be >= 0")
-    for i, name, value in ((3, "B", B), (4, "T", T), (5, "grad_accum", grad_accum)):
-        if value <= 0:
-            raise FormatError(path, f"header[{i}]", f"header[{i}] {name} is {value}, must be positive")
-    _check_reserved_zero(path, header[:10], 6)     # int32 fields 10..15 hold the three uint64s
-    _check_reserved_zero(path, header, 16)
-    n, position, sampler_state = (int(x) for x in header.view("<u8")[5:8])
-    if n != num_parameters:
-        raise FormatError(path, "header[10]", f"header[10] num_parameters is {n}, the model has {num_parameters}")
-    _check_size(path, HEADER_BYTES + 8 * n, f"m and v of {n} parameters")
-    m = np.fromfile(path, "<f4", count=n, offset=HEADER_BYTES)
-    v = np.fromfile(path, "<f4", count=n, offset=HEADER_BYTES + 4 * n)
-    return dict(step=step, B=B, T=T, grad_accum=grad_accum, position=position, sampler_state=sampler_state,
-                m=m, v=v)
-
-
-def _done_steps(outdir):
-    """Steps with a DONE marker, ascending."""
-    return sorted(int(m[1]) for m in (re.fullmatch(r"DONE_(\d{8})", p.name) for p in outdir.glob("DONE_*")) if m)
-
-
-def delete_old_checkpoints(outdir, keep):
-    """All but the newest `keep` DONE steps go, their DONE marker first (a half-deleted one is incomplete)."""
-    for step in _done_steps(outdir)[:-keep]:
-        model_path, state_path, done_path = _checkpoint_paths(outdir, step)
-        for path in (done_path, model_path, state_path):
-            path.unlink(missing_ok=True)
-
-
-def newest_checkpoint(outdir):
-    """The highest step with a DONE marker (and its two files), or None."""
-    return next((s for s in reversed(_done_steps(outdir))
-                 if all(p.exists() for p in _checkpoint_paths(outdir, s)[:2])), None)
-
-
-# ----------------------------------------------------------------------------- log
-def read_log(path):
-    """main.log -> ({step: train loss}, {step: val loss})."""
-    train, val = {}, {}
-    for line in Path(path).read_text().splitlines():
-        m = re.match(r"s:(\d+) (trl|tel):(\S+)", line)
-        if m:
-            (train if m[2] == "trl" else val)[int(m[1])] = float(m[3])
-    return train, val
-
-
-def plot_losses(log_path, png_path):
-    """Loss curves from main.log; returns a note when matplotlib is missing."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "loss plot skipped: matplotlib is not installed (pip install -e '.[plot]')"
-    train, val = read_log(log_path)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(list(train), list(train.values()), label="train", lw=1)
-    if val:
-        ax.plot(list(val), list(val.values()), "o-", label="val")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_write(png_path) as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
-    return f"wrote {png_path}"
-
-
-# ----------------------------------------------------------------------------- training
 @dataclass
 class TrainResult:
     train_losses: dict = field(default_factory=dict)   # step -> mean loss of that step's batch (float)
@@ -341,38 +182,57 @@ def _load_model_source(spec, seed):
     return config, init_params(config, seed, np.float32)
 
 
+def _data_loader(pattern, flag, args, config, shuffle):
+    try:
+        return DataLoader(pattern, args.batch_size, args.seq_len, args.rank, args.world_size, shuffle,
+                          config.vocab_size)
+    except (FileNotFoundError, FormatError) as e:
+        raise UsageError(f"{flag}: {e}") from e
+
+
 def _format_eta(seconds):
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def train(args, out=print):
+    """Every input is read and checked before OUTPUT_DIR is created or written."""
     outdir = Path(args.output_dir)
-    outdir.mkdir(parents=True, exist_ok=True)
     B, T = args.batch_size, args.seq_len
-    grad_accum = args.total_batch_size // (B * T)
+    grad_accum = args.total_batch_size // (B * T * args.world_size)
 
-    resume_step = newest_checkpoint(outdir) if args.resume else None
-    if args.resume and resume_step is None:
-        raise UsageError(f"--resume: no complete checkpoint (DONE_*) in {outdir}")
-    if resume_step is None:
-        config, params = _load_model_source(args.model, args.seed)
-    else:
-        model_path, state_path, _ = _checkpoint_paths(outdir, resume_step)
+    state = None
+    if args.resume:
+        if not outdir.is_dir():
+            raise UsageError(f"--resume: {outdir} is not a directory")
+        resume_step = newest_checkpoint(outdir)
+        if resume_step is None:
+            raise UsageError(f"--resume: no complete checkpoint (DONE_*) in {outdir}")
+        model_path, state_path, _ = checkpoint_paths(outdir, resume_step)
         config, params = read_checkpoint(model_path)
-        state = read_state(state_path, config.num_parameters)
-        if (state["B"], state["T"], state["grad_accum"]) != (B, T, grad_accum):
-            raise UsageError(f"--resume: {state_path} was written with B={state['B']}, T={state['T']}, "
-                             f"grad_accum={state['grad_accum']}; this run has B={B}, T={T}, grad_accum={grad_accum}")
+        state = read_trainer_state(state_path, config.num_parameters)
+        if (state.B, state.T, state.grad_accum) != (B, T, grad_accum):
+            raise UsageError(f"--resume: {state_path} was written with B={state.B}, T={state.T}, "
+                             f"grad_accum={state.grad_accum}; this run has B={B}, T={T}, grad_accum={grad_accum}")
+        if args.stop_at is not None and args.stop_at < resume_step:
+            raise UsageError(f"--stop-at: step {args.stop_at} is before the resumed step {resume_step}")
+    else:
+        config, params = _load_model_source(args.model, args.seed)
     if T > config.max_seq_len:
         raise UsageError(f"-T: {T} exceeds the model's max_seq_len {config.max_seq_len}")
 
     if args.train_data is None or args.val_data is None:
         val_default, train_default = ensure_tinyshakespeare()
-    train_loader = DataLoader(args.train_data or train_default, B, T, config.vocab_size, "--train-data")
-    val_loader = DataLoader(args.val_data or val_default, B, T, config.vocab_size, "--val-data")
+    train_loader = _data_loader(args.train_data or str(train_default), "--train-data", args, config, args.shuffle)
+    val_loader = _data_loader(args.val_data or str(val_default), "--val-data", args, config, False)
+    if state is not None:
+        try:
+            train_loader.restore(state.loader)
+        except ValueError as e:
+            raise UsageError(f"--resume: {state_path}: {e}") from e
     val_batches = min(args.val_batches, val_loader.num_batches)
     total_steps = args.steps if args.steps >= 0 else train_loader.num_batches // grad_accum
+    schedule = LearningRateSchedule(args.lr, total_steps, args.warmup, args.final_lr_frac, args.schedule)
     can_sample = config.vocab_size <= tokenizer.VOCAB_SIZE
 
     try:
@@ -384,28 +244,28 @@ def train(args, out=print):
         if library is None or not library.has("llmc_set_num_threads"):
             raise UsageError(f"--threads: the {args.backend} backend has no thread setting")
         backend.set_num_threads(args.threads)
+
+    outdir.mkdir(parents=True, exist_ok=True)
     model = backend.model(config, params, B, T)
     sampler = Sampler()
     log_path = outdir / "main.log"
-    if resume_step is None:
+    if state is None:
         start_step = 0
         log_path.write_text("")
     else:
-        start_step = resume_step
-        if args.stop_at is not None and args.stop_at < resume_step:
-            raise UsageError(f"--stop-at: step {args.stop_at} is before the resumed step {resume_step}")
-        model.set_optimizer_state(state["m"], state["v"])
-        train_loader.position = state["position"]
-        sampler.state = state["sampler_state"]
-        kept = [l for l in log_path.read_text().splitlines(keepends=True)
-                if int(re.match(r"s:(\d+)", l)[1]) < resume_step] if log_path.exists() else []
+        start_step = state.step
+        model.set_optimizer_state(state.m, state.v)
+        sampler.state = state.sampler_state
+        kept = [line for line in log_path.read_text().splitlines(keepends=True)
+                if int(re.match(r"s:(\d+)", line)[1]) < start_step] if log_path.exists() else []
         with atomic_write(log_path, "w") as f:
             f.writelines(kept)
-        out(f"resuming from step {resume_step} ({outdir})")
+        out(f"resuming from step {start_step} ({outdir})")
     out(f"model {args.model}: {config.num_parameters:,} parameters (L={config.num_layers}, NH={config.num_heads}, "
         f"C={config.channels}, V={config.vocab_size}) | backend {backend.name} | B={B} T={T} "
-        f"grad_accum={grad_accum} | {total_steps} steps | train {train_loader.tokens.size:,} tokens, "
-        f"val {val_batches} batches")
+        f"grad_accum={grad_accum} | {total_steps} steps | train {train_loader.num_tokens:,} tokens in "
+        f"{len(train_loader.paths)} shard(s), {'shuffled' if args.shuffle else 'in order'}, rank {args.rank} of "
+        f"{args.world_size} | val {val_batches} batches")
 
     result = TrainResult()
     step_times = []
@@ -423,13 +283,11 @@ def train(args, out=print):
                 ids = generate(model, config, T, args.gen_tokens, sampler)
                 out(f"generating:\n---\n{tokenizer.decode(ids)}\n---")
             if args.checkpoint_every and ((step > 0 and step % args.checkpoint_every == 0) or last_step) \
-                    and step != resume_step:
-                model_path, state_path, done_path = _checkpoint_paths(outdir, step)
-                write_checkpoint(model_path, config, model.params())
+                    and step != start_step:
                 m, v = model.optimizer_state()
-                write_state(state_path, step, B, T, grad_accum, train_loader.position, sampler.state, m, v)
-                with atomic_write(done_path):
-                    pass
+                write_training_checkpoint(outdir, config, model.params(),
+                                          TrainerState(step, B, T, grad_accum, sampler.state, m, v,
+                                                       train_loader.state()))
                 if args.keep_last:
                     delete_old_checkpoints(outdir, args.keep_last)
                 out(f"checkpoint {step} -> {outdir}")
@@ -444,7 +302,7 @@ def train(args, out=print):
                 loss += model.forward(*train_loader.next_batch())
                 model.backward()
             loss /= grad_accum
-            lr = learning_rate(step, args, total_steps)
+            lr = schedule.at(step)
             settings = AdamWSettings(learning_rate=lr, beta1=args.beta1, beta2=args.beta2,
                                      eps=args.eps * grad_accum, weight_decay=args.weight_decay,
                                      decay_all=args.decay_all, grad_clip=args.grad_clip * grad_accum)
@@ -457,7 +315,7 @@ def train(args, out=print):
                 recent = step_times[1:][-20:] or step_times   # the first step pays one-time costs
                 dt = sum(recent) / len(recent)
                 out(f"step {step + 1:5d}/{total_steps} | loss {loss:.6f} | norm {norm:7.4f} | lr {lr:.2e} | "
-                    f"{1000 * step_times[-1]:7.1f} ms | {args.total_batch_size / dt:8.0f} tok/s | "
+                    f"{1000 * step_times[-1]:7.1f} ms | {args.total_batch_size / args.world_size / dt:8.0f} tok/s | "
                     f"eta {_format_eta(dt * (total_steps - step - 1))}")
     model.close()
     out(plot_losses(log_path, outdir / "loss.png"))
