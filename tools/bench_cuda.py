@@ -128,13 +128,11 @@ def bench_torch(config, params, B, tf32, compiled, warmup, steps):
     return dict(median_s=median, times_s=times, memory_gib=peak / 2**30, first_loss=losses[0], last_loss=losses[-1])
 
 
-def bench_torch_bf16(config, params, B, warmup, steps):
-    """PyTorch as llm.c's train_gpt2.py runs it: fp32 master weights, autocast bf16, compile, flash SDPA,
-    fused AdamW with decay on the 2-D tensors, gradient clipping at 1.0."""
+def torch_bf16_step(config, params, inputs, targets, on_loss, wrap=None):
+    """One PyTorch bf16 training step as llm.c's train_gpt2.py takes it (fp32 master weights under autocast
+    bf16, torch.compile, SDPA flash attention, fused AdamW with decay on the 2-D tensors, clip 1.0) -> step().
+    wrap: applied to the compiled model (DistributedDataParallel)."""
     from reference.torch_gpt2 import from_flat
-    torch.backends.cuda.matmul.allow_tf32 = True   # train_gpt2.py --tensorcores=1: the few fp32 matmuls left
-    torch.backends.cudnn.allow_tf32 = True
-    inputs, targets = (torch.from_numpy(a).long().cuda() for a in batch(config, B))
     model = from_flat(config, params, dtype=torch.float32, device="cuda", flash=True)
     parameters = list(model.parameters())
     groups = [{"params": [p for p in parameters if p.dim() >= 2], "weight_decay": SETTINGS.weight_decay},
@@ -142,7 +140,8 @@ def bench_torch_bf16(config, params, B, warmup, steps):
     optimizer = torch.optim.AdamW(groups, lr=SETTINGS.learning_rate, betas=(SETTINGS.beta1, SETTINGS.beta2),
                                   eps=SETTINGS.eps, fused=True)
     forward = torch.compile(model)
-    losses = []
+    if wrap is not None:
+        forward = wrap(forward)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
@@ -151,8 +150,20 @@ def bench_torch_bf16(config, params, B, warmup, steps):
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(parameters, SETTINGS.grad_clip)
         optimizer.step()
-        losses.append(loss.item())   # host syncs, as libllmc's step (train_gpt2.py prints both)
+        on_loss(loss.item())   # host syncs, as libllmc's step (train_gpt2.py prints both)
         norm.item()
+
+    return step
+
+
+def bench_torch_bf16(config, params, B, warmup, steps):
+    """PyTorch as llm.c's train_gpt2.py runs it: fp32 master weights, autocast bf16, compile, flash SDPA,
+    fused AdamW with decay on the 2-D tensors, gradient clipping at 1.0."""
+    torch.backends.cuda.matmul.allow_tf32 = True   # train_gpt2.py --tensorcores=1: the few fp32 matmuls left
+    torch.backends.cudnn.allow_tf32 = True
+    inputs, targets = (torch.from_numpy(a).long().cuda() for a in batch(config, B))
+    losses = []
+    step = torch_bf16_step(config, params, inputs, targets, losses.append)
 
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()

@@ -64,8 +64,7 @@ def rank_torch(args):
     import torch.distributed as dist
 
     from reference.model import GPT2Config, init_params
-    from reference.torch_gpt2 import from_flat
-    from tools.bench_cuda import SETTINGS, batch, time_steps
+    from tools.bench_cuda import batch, time_steps, torch_bf16_step
 
     group = process_group()
     torch.cuda.set_device(group.local_rank)
@@ -74,27 +73,12 @@ def rank_torch(args):
     torch.backends.cuda.matmul.allow_tf32 = True
     config = GPT2Config.from_descriptor("d12")
     inputs, targets = (torch.from_numpy(a).long().cuda() for a in batch(config, args.B, seed=group.rank))
-    model = from_flat(config, init_params(config, seed=42), dtype=torch.float32, device="cuda", flash=True)
-    parameters = list(model.parameters())
-    groups = [{"params": [p for p in parameters if p.dim() >= 2], "weight_decay": SETTINGS.weight_decay},
-              {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=SETTINGS.learning_rate, betas=(SETTINGS.beta1, SETTINGS.beta2),
-                                  eps=SETTINGS.eps, fused=True)
-    forward = torch.compile(model)
+    wrap = None
     if group.world_size > 1:
-        forward = torch.nn.parallel.DistributedDataParallel(forward, device_ids=[group.local_rank])
+        def wrap(module):
+            return torch.nn.parallel.DistributedDataParallel(module, device_ids=[group.local_rank])
+    step = torch_bf16_step(config, init_params(config, seed=42), inputs, targets, lambda loss: None, wrap)
     torch.cuda.reset_peak_memory_stats()
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
-            loss = forward(inputs, targets)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(parameters, SETTINGS.grad_clip)
-        optimizer.step()
-        loss.item()
-        norm.item()
-
     median, times = time_steps(step, args.warmup, args.steps)
     result = dict(median_s=median, times_s=times, memory_gib=torch.cuda.max_memory_allocated() / 2**30)
     if group.world_size > 1:
