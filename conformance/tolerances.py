@@ -124,6 +124,16 @@ _entry("grad_norm", "fp32", 2e-7, 2e-7,
 _entry("grad_norm", "tf32", 2e-4, 2e-4,
        "worst 1.99e-05 abs, 1.57e-05 rel (libllmc cuda-tf32 on an NVIDIA H100); 10x rounded up")
 
+# ----------------------------------------------------------------------------- after every update (model checks)
+# params, m, v after each AdamW update, and the loss after the 10th, in both conventions (conformance/model_checks.py)
+for _p in ("fp32", "tf32", "bf16"):
+    _entry("exact", _p, 0.0, 0.0, "exact: copies, not arithmetic (a checkpoint's parameters read back, "
+                                  "set_params, the model's configuration)")
+_entry("params", "fp32", 1.0, 1.0, "PLACEHOLDER")
+_entry("m", "fp32", 1.0, 1.0, "PLACEHOLDER")
+_entry("v", "fp32", 1.0, 1.0, "PLACEHOLDER")
+_entry("grad_norm", "fp32", 1.0, 1.0, "PLACEHOLDER")
+
 # ----------------------------------------------------------------------------- kernels, fp32
 # kernel output: (max abs, rel norm) worst over reference and cpu, 300 random shapes + 2 GPT-2-like ones
 _KERNEL_MEASURED = {
