@@ -160,6 +160,7 @@ class LibBackend(Backend):
         self.path = str(Path(path).resolve())
         self._process = self._requests = self._replies = None
         self._generation = 0
+        # the child's stdout and stderr; the child ends when this object's pipes close (end of file)
         self._log = tempfile.NamedTemporaryFile(prefix="llmc-lib-port-", suffix=".log")
         hello = self._start()
         self.exports = frozenset(hello["exports"])
@@ -173,7 +174,6 @@ class LibBackend(Backend):
                             + (f"missing {', '.join(missing)}" if missing else "all 15")
                             + f"; run in a child process; {'declared' if deterministic else 'not declared'} "
                               "bit-reproducible")
-        weakref.finalize(self, LibBackend._stop, self._process)
 
     # -------------------------------------------------------------- the child process
     def _start(self):

@@ -17,6 +17,7 @@ import functools
 import json
 import math
 from pathlib import Path
+import sys
 
 import numpy as np
 
@@ -82,8 +83,12 @@ class Fixture:
             if stored is not None and stored.settings != settings:
                 raise FormatError(self.path / TRAJECTORIES, name, f"{name} was computed with {stored.settings}, "
                                   f"the checks use {settings}: {REGENERATE_TRAJECTORIES.format(dir=self.path)}")
+            index = trajectory_index(self.config)
+            if stored is None and index is not None:        # a large model: minutes of float64 work
+                print(f"{self.path}: computing the float64 trajectory {name} (minutes for a model this size; "
+                      f"`python -m tools.make_fixtures --trajectories {self.path}` stores it)", file=sys.stderr)
             _TRAJECTORIES[key] = stored or expected_trajectory(self.config, self.params, self.x, self.y, settings,
-                                                               TRAIN_STEPS, trajectory_index(self.config))
+                                                               TRAIN_STEPS, index)
         return _TRAJECTORIES[key]
 
     def __repr__(self):

@@ -315,8 +315,8 @@ class _Run:
     def rerun(self):
         """The same calls on a second model; each output against the first model's, bit for bit."""
         f = self.fixture
-        index = self.trajectory("train").index
         self._needs_first("logits", "loss", "grads")
+        index = self.trajectory("train").index
         model = self.model()
         try:
             second = {"loss": model.forward(f.x, f.y), "logits": model.logits()}
@@ -349,9 +349,9 @@ class _Run:
     def from_checkpoint(self):
         self._require("from_checkpoint")
         f = self.fixture
-        index = self.trajectory("train").index
         model = self.backend.model_from_checkpoint(f.checkpoint_path, f.B, f.T)
         try:
+            index = self.trajectory("train").index
             params = model.params()
             self.judge_flat("abi/from_checkpoint/params", params, f.params if index is None else f.params[index],
                             "exact", index, exact_full=f.params)
@@ -365,9 +365,9 @@ class _Run:
     def set_params(self):
         self._require("set_params")
         f = self.fixture
-        index = self.trajectory("train").index
         model = self.model(params=f.params * np.float32(0.5))
         try:
+            index = self.trajectory("train").index
             model.set_params(f.params)
             params = model.params()
             self.judge_flat("abi/set_params/params", params, f.params if index is None else f.params[index],
