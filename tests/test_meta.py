@@ -13,6 +13,7 @@ and every output a port returns is judged by some check.
   the check conformance.model_checks.JUDGED_BY gives for it. An output added later without a check that
   judges it fails test_every_output_is_judged.
 """
+import copy
 import math
 import os
 import re
@@ -86,23 +87,76 @@ class PerturbedModel:
         return getattr(self.model, name)
 
 
+OUTPUT_METHODS = ("forward", "logits", "grads", "params", "update", "optimizer_state")
+
+
+class RecordingModel:
+    """A model handle that records what each output method returned, in call order."""
+
+    def __init__(self, model, log):
+        self.model, self.log = model, log
+
+    def __getattr__(self, name):
+        function = getattr(self.model, name)
+        if name not in OUTPUT_METHODS:
+            return function
+
+        def recorded(*args):
+            value = function(*args)
+            self.log.setdefault(name, []).append(copy.deepcopy(value))
+            return value
+        return recorded
+
+
+class ReplayedModel:
+    """A model handle answering from a RecordingModel's log: the checks make the same calls whatever a
+    perturbation does to the values they see, so the reference need not compute them again."""
+
+    def __init__(self, log):
+        self.log, self.calls = log, {}
+
+    def __getattr__(self, name):
+        if name not in OUTPUT_METHODS:
+            return lambda *args: None
+
+        def replayed(*args):
+            call = self.calls.get(name, 0)
+            self.calls[name] = call + 1
+            return copy.deepcopy(self.log[name][call])
+        return replayed
+
+
 class PerturbedBackend(ReferenceBackend):
     name = "perturbed"
 
-    def __init__(self, perturb=None, kernel=None, output=None, before=None, after=None):
+    def __init__(self, perturb=None, kernel=None, output=None, before=None, after=None, replay=None):
         """perturb: for the outputs of the first model made (see PerturbedModel). kernel, output: the
         kernel argument named `output` goes through before(array) ahead of the call and after(array)
-        after it (in place)."""
+        after it (in place). replay: the logs of each model of an earlier run (recorded_reference), to
+        answer from instead of computing."""
         super().__init__()
         self.perturb = perturb or (lambda what, value, call: value)
-        self.models = 0
+        self.models, self.replay = 0, replay
         if kernel is not None:
             self.kernels = PerturbedKernels(self.kernels, kernel, output, before, after)
 
     def model(self, config, params, max_B, max_T):
         self.models += 1
-        model = super().model(config, params, max_B, max_T)
+        if self.replay is not None:
+            model = ReplayedModel(self.replay[self.models - 1])
+        else:
+            model = super().model(config, params, max_B, max_T)
         return PerturbedModel(model, self.perturb) if self.models == 1 else model
+
+
+class RecordingBackend(ReferenceBackend):
+    def __init__(self):
+        super().__init__()
+        self.logs = []
+
+    def model(self, config, params, max_B, max_T):
+        self.logs.append({})
+        return RecordingModel(super().model(config, params, max_B, max_T), self.logs[-1])
 
 
 def _argument_position(kernel, output):
@@ -139,10 +193,21 @@ def bump(index, amount):
     return change
 
 
-def failures(backend, fixture):
-    """The failed checks of the train segment (step 0 and test_gpt2.c's loop on the first model) and of
-    the rerun (a second model repeating step 0 and the first update)."""
-    run = run_model(backend, fixture, segments=("train", "rerun"))
+SEGMENTS_JUDGED = ("train", "rerun")   # step 0 and test_gpt2.c's loop on the first model; a second repeating them
+
+
+@pytest.fixture(scope="module")
+def replay(fixture):
+    """What the reference answers to the checks of SEGMENTS_JUDGED, per model, recorded once."""
+    backend = RecordingBackend()
+    run = run_model(backend, fixture, segments=SEGMENTS_JUDGED)
+    assert failed_checks(run.results) == set() and run.not_run == []
+    return backend.logs
+
+
+def failures(perturb, fixture, replay):
+    """The failed checks of SEGMENTS_JUDGED when the first model's outputs pass through perturb."""
+    run = run_model(PerturbedBackend(perturb, replay=replay), fixture, segments=SEGMENTS_JUDGED)
     assert run.not_run == []
     return failed_checks(run.results)
 
@@ -155,21 +220,21 @@ def test_unperturbed_passes(fixture):
 
 
 @pytest.mark.parametrize("nan", [False, True], ids=["beyond_tolerance", "nan"])
-def test_logits(fixture, nan):
+def test_logits(fixture, replay, nan):
     amount = np.nan if nan else beyond("logits", fixture.logits)
-    backend = PerturbedBackend(lambda what, v, call: bump((0, 1, 2), amount)(v) if what == "logits" else v)
-    assert failures(backend, fixture) == {f"{FIXTURE}/logits", f"{FIXTURE}/rerun/logits"}
+    perturb = lambda what, v, call: bump((0, 1, 2), amount)(v) if what == "logits" else v
+    assert failures(perturb, fixture, replay) == {f"{FIXTURE}/logits", f"{FIXTURE}/rerun/logits"}
 
 
-def test_loss(fixture):
+def test_loss(fixture, replay):
     amount = beyond("loss", fixture.loss)
-    backend = PerturbedBackend(lambda what, v, call: v + amount if what == "loss" and call == 0 else v)
-    assert failures(backend, fixture) == {f"{FIXTURE}/loss", f"{FIXTURE}/rerun/loss"}
+    perturb = lambda what, v, call: v + amount if what == "loss" and call == 0 else v
+    assert failures(perturb, fixture, replay) == {f"{FIXTURE}/loss", f"{FIXTURE}/rerun/loss"}
 
 
 @pytest.mark.parametrize("nan", [False, True], ids=["beyond_tolerance", "nan"])
 @pytest.mark.parametrize("grad", GRAD_NAMES)
-def test_gradient(fixture, grad, nan):
+def test_gradient(fixture, replay, grad, nan):
     pname = PARAM_NAMES[GRAD_NAMES.index(grad)]
     tensor = split_params(fixture.grads, fixture.config)[pname]
     amount = np.nan if nan else beyond(f"grad:{grad}", tensor)
@@ -179,10 +244,10 @@ def test_gradient(fixture, grad, nan):
             # element 0 of the tensor: a query bias for dqkvb, a real (unpadded) row for dwte
             split_params(value, fixture.config)[pname].reshape(-1)[0] += amount
         return value
-    assert failures(PerturbedBackend(perturb), fixture) == {f"{FIXTURE}/grad/{grad}", f"{FIXTURE}/rerun/grads"}
+    assert failures(perturb, fixture, replay) == {f"{FIXTURE}/grad/{grad}", f"{FIXTURE}/rerun/grads"}
 
 
-def test_key_bias_gradient_catches_what_the_whole_tensor_misses(fixture):
+def test_key_bias_gradient_catches_what_the_whole_tensor_misses(fixture, replay):
     """A key-bias gradient off by far less than dqkvb's own tolerance still fails the key-slice check."""
     dqkvb = split_params(fixture.grads, fixture.config)["qkvb"]
     key_tol, whole_tol = tolerance("grad_key_bias", "fp32"), tolerance("grad:dqkvb", "fp32")
@@ -195,11 +260,11 @@ def test_key_bias_gradient_catches_what_the_whole_tensor_misses(fixture):
         if what == "grads":
             split_params(value, fixture.config)["qkvb"][0, C] += amount      # layer 0, first key bias
         return value
-    assert failures(PerturbedBackend(perturb), fixture) == {f"{FIXTURE}/grad/dqkvb[key]", f"{FIXTURE}/rerun/grads"}
+    assert failures(perturb, fixture, replay) == {f"{FIXTURE}/grad/dqkvb[key]", f"{FIXTURE}/rerun/grads"}
 
 
 @pytest.mark.parametrize("what", ["params", "grads"])
-def test_wte_padding(fixture, what):
+def test_wte_padding(fixture, replay, what):
     V = fixture.config.vocab_size
 
     def perturb(kind, value, call):
@@ -207,27 +272,27 @@ def test_wte_padding(fixture, what):
             split_params(value, fixture.config)["wte"][V, 0] = 1e-30     # tiny, but not zero
         return value
     want = {f"{FIXTURE}/wte_padding/{what}"} | ({f"{FIXTURE}/rerun/grads"} if what == "grads" else set())
-    assert failures(PerturbedBackend(perturb), fixture) == want
+    assert failures(perturb, fixture, replay) == want
 
 
-def test_logits_padding(fixture):
+def test_logits_padding(fixture, replay):
     V = fixture.config.vocab_size
-    backend = PerturbedBackend(lambda what, v, call: bump((0, 0, V), 1e-30)(v) if what == "logits" else v)
-    assert failures(backend, fixture) == {f"{FIXTURE}/logits_padding", f"{FIXTURE}/rerun/logits"}
+    perturb = lambda what, v, call: bump((0, 0, V), 1e-30)(v) if what == "logits" else v
+    assert failures(perturb, fixture, replay) == {f"{FIXTURE}/logits_padding", f"{FIXTURE}/rerun/logits"}
 
 
 @pytest.mark.parametrize("step", range(TRAIN_STEPS + 1))
-def test_train_loss(fixture, step):
+def test_train_loss(fixture, replay, step):
     want = fixture.trajectory("train", fixture.optimizer).losses[step]
     amount = beyond("losses10", want)
     # forward call 0 is step 0's checks; the training loop's step k is call k + 1
-    backend = PerturbedBackend(lambda what, v, call: v + amount if what == "loss" and call == step + 1 else v)
-    assert failures(backend, fixture) == {f"{FIXTURE}/train_loss/{step}"}
+    perturb = lambda what, v, call: v + amount if what == "loss" and call == step + 1 else v
+    assert failures(perturb, fixture, replay) == {f"{FIXTURE}/train_loss/{step}"}
 
 
 @pytest.mark.parametrize("step", range(TRAIN_STEPS))
 @pytest.mark.parametrize("what", ["grad_norm", "params", "m", "v"])
-def test_after_update(fixture, what, step):
+def test_after_update(fixture, replay, what, step):
     """What an update returns or leaves, after one update: wrong there, that check fails (and the rerun's,
     which compares the first update)."""
     trajectory = fixture.trajectory("train", fixture.optimizer)
@@ -243,7 +308,7 @@ def test_after_update(fixture, what, step):
                 value += amount
         return value
     want = {f"{FIXTURE}/{what}/{step}"} | ({f"{FIXTURE}/rerun/{what}"} if step == 0 else set())
-    assert failures(PerturbedBackend(perturb), fixture) == want
+    assert failures(perturb, fixture, replay) == want
 
 
 # ----------------------------------------------------------------------------- every output a port returns
@@ -315,20 +380,22 @@ def amount_for(fixture, check):
 
 @pytest.mark.parametrize("op,name", PROTOCOL_OUTPUTS, ids=[f"{op}.{name}" for op, name in PROTOCOL_OUTPUTS])
 def test_perturbed_reply_fails_its_check(small, op, name):
-    """The example port (reference backend, in-process) with element 0 of one reply array perturbed in
-    every reply of that call: the whole suite fails, naming the check that judges it."""
+    """The example port (in-process, on our cpu library where built, else the reference) with element 0 of
+    one reply array perturbed in every reply of that call: the whole suite fails, naming the check that
+    judges it."""
     check = JUDGED_BY[(op, name)]
     amount = amount_for(small, check)
 
     def runner(argv):
         code, out, err = run_in_process(argv[1:])
-        if code == 0 and argv[3] == op:                 # port_example --backend reference OP ...
+        if code == 0 and argv[3] == op:                 # port_example --backend NAME OP ...
             path = argv[argv.index("--out") + 1]
             arrays = read_arrays(path)
             arrays[name].reshape(-1)[0] += np.float32(amount)
             write_arrays(path, arrays)
         return code, out, err
-    port = CmdBackend(f"cmd:perturbed {op}.{name}", "port_example --backend reference", runner=runner)
+    backend = "cpu" if library_path("cpu").is_file() else "reference"
+    port = CmdBackend(f"cmd:perturbed {op}.{name}", f"port_example --backend {backend}", runner=runner)
     run = run_model(port, small)
     assert f"{small.name}/{check}" in failed_checks(run.results), sorted(failed_checks(run.results))
 
