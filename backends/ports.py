@@ -164,6 +164,7 @@ class LibBackend(Backend):
         self._log = tempfile.NamedTemporaryFile(prefix="llmc-lib-port-", suffix=".log")
         hello = self._start()
         self.exports = frozenset(hello["exports"])
+        self.library = _Exports(self.path, self.exports)
         self.port_name = hello["name"]
         self.kernels = _RemoteKernels(self, [k for k in KERNEL_NAMES if k in self.exports])
         missing = [k for k in KERNEL_NAMES if k not in self.exports]
@@ -285,6 +286,17 @@ class LibBackend(Backend):
         fallback = None if config is None else vars(config)
         model_id, reported, num_parameters = self.request(f"llmc_model_from_{how}", "model", how, fallback, *args)
         return RemoteModel(self, self._generation, model_id, reported, num_parameters, config)
+
+
+class _Exports:
+    """What the harness may ask of a lib: port's library without loading it: its path, whether it exports a
+    function (the tools ask before setting a thread count)."""
+
+    def __init__(self, path, exports):
+        self.path, self.exports = path, exports
+
+    def has(self, name):
+        return name in self.exports
 
 
 def _checkpoint_config(path):

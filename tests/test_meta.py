@@ -222,13 +222,17 @@ def test_unperturbed_passes(fixture):
 @pytest.mark.parametrize("nan", [False, True], ids=["beyond_tolerance", "nan"])
 def test_logits(fixture, replay, nan):
     amount = np.nan if nan else beyond("logits", fixture.logits)
-    perturb = lambda what, v, call: bump((0, 1, 2), amount)(v) if what == "logits" else v
+
+    def perturb(what, v, call):
+        return bump((0, 1, 2), amount)(v) if what == "logits" else v
     assert failures(perturb, fixture, replay) == {f"{FIXTURE}/logits", f"{FIXTURE}/rerun/logits"}
 
 
 def test_loss(fixture, replay):
     amount = beyond("loss", fixture.loss)
-    perturb = lambda what, v, call: v + amount if what == "loss" and call == 0 else v
+
+    def perturb(what, v, call):
+        return v + amount if what == "loss" and call == 0 else v
     assert failures(perturb, fixture, replay) == {f"{FIXTURE}/loss", f"{FIXTURE}/rerun/loss"}
 
 
@@ -277,7 +281,9 @@ def test_wte_padding(fixture, replay, what):
 
 def test_logits_padding(fixture, replay):
     V = fixture.config.vocab_size
-    perturb = lambda what, v, call: bump((0, 0, V), 1e-30)(v) if what == "logits" else v
+
+    def perturb(what, v, call):
+        return bump((0, 0, V), 1e-30)(v) if what == "logits" else v
     assert failures(perturb, fixture, replay) == {f"{FIXTURE}/logits_padding", f"{FIXTURE}/rerun/logits"}
 
 
@@ -286,7 +292,9 @@ def test_train_loss(fixture, replay, step):
     want = fixture.trajectory("train", fixture.optimizer).losses[step]
     amount = beyond("losses10", want)
     # forward call 0 is step 0's checks; the training loop's step k is call k + 1
-    perturb = lambda what, v, call: v + amount if what == "loss" and call == step + 1 else v
+
+    def perturb(what, v, call):
+        return v + amount if what == "loss" and call == step + 1 else v
     assert failures(perturb, fixture, replay) == {f"{FIXTURE}/train_loss/{step}"}
 
 
