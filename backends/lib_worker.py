@@ -58,7 +58,7 @@ class Worker:
     """The library and its models, answering requests one at a time."""
 
     def __init__(self, path):
-        from native.binding import Library, LibraryUnavailable, NativeKernels, default_threads, read_cdef
+        from native.binding import Library, NativeKernels, default_threads, read_cdef
         self.path = path
         self.library = Library(path)                     # LibraryUnavailable: the harness says why
         self.library.init()
@@ -68,7 +68,6 @@ class Worker:
         self.kernels = NativeKernels(self.library, 0)
         self.models, self.next_id = {}, 0
         self.functions = [name for name in _declared_functions(read_cdef()) if self.library.has(name)]
-        del LibraryUnavailable
 
     def _require(self, *functions, purpose):
         from backends.protocol import PortUnsupported

@@ -179,7 +179,8 @@ class LibBackend(Backend):
     # -------------------------------------------------------------- the child process
     def _start(self):
         """A fresh child -> its hello (exports, name, build info); BackendUnavailable if the library
-        cannot be loaded or refuses to start."""
+        cannot be loaded here or refuses to start, PortCrashed if loading it kills the process (a port's
+        defect: an error, never a skip)."""
         request_read, request_write = os.pipe()
         reply_read, reply_write = os.pipe()
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
@@ -196,8 +197,8 @@ class LibBackend(Backend):
         self._generation += 1
         try:
             return self._exchange(None, "loading the library")
-        except PortCrashed as e:
-            raise BackendUnavailable(str(e)) from e
+        except PortError:                               # PortCrashed, PortTimeout: the port's, an error
+            raise
         except (LlmcError, RuntimeError, OSError) as e:   # LibraryUnavailable, llmc_init's refusal
             self._stop(self._process)
             raise BackendUnavailable(f"{self.name}: {e}") from e

@@ -425,6 +425,24 @@ def test_pytest_survives_a_segfaulting_lib_port(standin_libs, tmp_path):
     assert all(r["passed"] for r in report["results"]) and "**ERROR**" in md_path.read_text()
 
 
+@needs_cc
+def test_lib_port_that_crashes_while_loading_is_an_error(tmp_path, small, capsys):
+    """A library whose loading segfaults (a constructor) is no 'unavailable' skip: every check is an ERROR."""
+    source = tmp_path / "boom.c"
+    source.write_text("#include <signal.h>\n__attribute__((constructor)) static void boom(void) { raise(SIGSEGV); }\n"
+                      "int llmc_init(void) { return 0; }\n")
+    lib = tmp_path / "libboom.so"
+    subprocess.run([CC, "-O2", "-fPIC", "-shared", str(source), "-o", str(lib)], check=True)
+    with pytest.raises(PortCrashed, match="killed by SIGSEGV .*during loading the library"):
+        get_backend(f"lib:{lib}")
+    json_path = tmp_path / "boom.json"
+    assert conform.main(["--backend", "reference", "--backend", f"lib:{lib}", "--fixture", str(small.path),
+                         "--report-json", str(json_path), "--report-md", str(tmp_path / "boom.md")]) == 1
+    assert f"{len(CHECK_NAMES)} could not run (ERROR)" in capsys.readouterr().out
+    not_run = json.loads(json_path.read_text())["meta"]["not_run"]
+    assert sum(n["backend"] == f"lib:{lib}" and n["verdict"] == "ERROR" for n in not_run) == len(CHECK_NAMES)
+
+
 # ----------------------------------------------------------------------------- wrong ports are caught
 # the checks each deliberately wrong port fails on fixtures/tiny-bytes, exactly (PORTING.md's table)
 FORWARD_WRONG = COMPUTED - CMD_SKIPPED

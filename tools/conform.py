@@ -24,10 +24,11 @@ import sys
 import time
 
 from backends.base import BackendUnavailable
+from backends.ports import PortCrashed
 from backends.protocol import PortError
 from backends.registry import BUILTIN_BACKENDS, get_backend
 from conformance.fixture import default_fixture_dirs, load_fixture
-from conformance.model_checks import TRAIN_STEPS, run_model
+from conformance.model_checks import TRAIN_STEPS, NotRun, check_names, run_model
 from conformance.port_lists import apply_to_not_run, apply_to_results, read_list
 from conformance.report import format_table, suite_meta, summary, write_json, write_markdown
 from tools.options import (
@@ -71,9 +72,12 @@ def main(argv=None):
 
 
 def _usage(what, action, *args):
-    """action(*args), its bad-input exceptions turned into a UsageError naming `what`."""
+    """action(*args), its bad-input exceptions turned into a UsageError naming `what` (a port that crashed
+    or hung, PortCrashed, is no bad input: it goes on, to be the ERROR of that port's checks)."""
     try:
         return action(*args)
+    except PortCrashed:
+        raise
     except (OSError, ValueError, PortError) as e:   # a missing file, a FormatError, a bad list line, a bad name
         raise UsageError(f"{what}: {e}") from e
 
@@ -82,13 +86,17 @@ def conform(args):
     skips = [entry for path in args.port_skips for entry in _usage(f"--port-skips {path}", read_list, path)]
     xfails = [entry for path in args.port_xfails for entry in _usage(f"--port-xfails {path}", read_list, path)]
 
-    backends, described = [], {}
+    backends, described, broken = [], {}, {}
     for name in chosen_backends(args, BUILTIN_BACKENDS):
         try:
             backend = _usage(f"--backend {name}", get_backend, name)
         except BackendUnavailable as e:
             described[name] = f"unavailable: {e}"
             print(f"backend {name}: unavailable: {e}")
+            continue
+        except PortCrashed as e:        # loading the port killed it: each of its checks is an ERROR
+            described[name] = broken[name] = f"{type(e).__name__}: {e}"
+            print(f"backend {name}: ERROR: {e}")
             continue
         backends.append(backend)
         described[backend.name] = backend.description or backend.name
@@ -107,6 +115,8 @@ def conform(args):
     for path in args.fixture or default_fixture_dirs():
         fixture = _usage(f"--fixture {path}", load_fixture, path)   # one in memory at a time: gpt2_124M's is 1.3 GB
         expected = [float(v) for v in fixture.expected_losses]
+        for name, reason in broken.items():
+            not_run += [NotRun(check, name, "ERROR", reason) for check in check_names(fixture)]
         for backend in backends:
             start = time.perf_counter()
             run = run_model(backend, fixture)     # its checks so far count; the rest are ERROR (or skipped)
