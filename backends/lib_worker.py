@@ -18,7 +18,6 @@ may print what it likes, and the harness shows the log's last lines when the pro
     ("set_num_threads", n)                    None
 A reply is ("ok", value) or ("error", exception class name, message, LlmcError's code and message or None).
 """
-import faulthandler
 from multiprocessing.connection import Connection
 import os
 import pickle
@@ -193,7 +192,6 @@ def serve(requests, replies, path):
 
 def main(argv):
     request_fd, reply_fd, path = int(argv[0]), int(argv[1]), argv[2]
-    faulthandler.enable()           # a crash prints the Python stack (which call) into the log
     serve(Connection(request_fd, writable=False), Connection(reply_fd, readable=False), path)
 
 

@@ -5,8 +5,9 @@
 --backend (repeatable) defaults to every builtin backend; one that cannot run here is SKIPPED with its
 reason, never passed. --fixture (repeatable) defaults to the committed fixtures plus fixtures/gpt2_124M
 where `make fixtures` made it; any llm.c-format directory works, with or without manifest.json.
-Every check a test makes goes through the `recorder` fixture; the session ends with a table of all of
-them, and the JSON / markdown reports when asked for (written also after each backend x fixture's model
+Every check result is recorded (the model checks as each backend x fixture run finishes, the kernel checks
+through the `recorder` fixture); the session ends with a table of all of them and of the checks that did
+not run, and the JSON / markdown reports when asked for (written also after each backend x fixture's model
 checks, so what was judged survives whatever happens later).
 """
 from pathlib import Path
