@@ -32,9 +32,13 @@ include native/cpu.mk
 include native/cuda.mk
 
 FIXTURE_124M := fixtures/gpt2_124M
-fixtures: $(FIXTURE_124M)/manifest.json
+fixtures: $(FIXTURE_124M)/manifest.json $(FIXTURE_124M)/trajectories.npz
 $(FIXTURE_124M)/manifest.json: | venv
 	$(PY) -m tools.make_fixtures --model d12 -B 4 -T 64 $(FIXTURE_124M)
+# the float64 trajectories the model checks judge every update by (make_fixtures writes them with a new
+# fixture; this adds them to one made before)
+$(FIXTURE_124M)/trajectories.npz: $(FIXTURE_124M)/manifest.json
+	$(PY) -m tools.make_fixtures --trajectories $(FIXTURE_124M)
 
 test: all fixtures
 	$(PY) -m pytest conformance/ tests/

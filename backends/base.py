@@ -64,6 +64,7 @@ class ModelHandle(Protocol):
 class Backend:
     name = "?"
     precision = "fp32"          # the tolerance class its results are judged by (conformance/tolerances.py)
+    deterministic = False       # declared bit-reproducible: the rerun checks fail on a difference (else report it)
     kernels: object | None = None   # an object with the KERNEL_NAMES methods it has
     description = ""            # library / device / build, for reports
 
@@ -75,3 +76,14 @@ class Backend:
 
     def has_kernel(self, name: str) -> bool:
         return self.kernels is not None and hasattr(self.kernels, name)
+
+    def missing_kernel_reason(self, name: str) -> str | None:
+        """Why kernel `name` cannot be checked (the skip reason), or None when the backend has it."""
+        return None if self.has_kernel(name) else f"backend {self.name} has no kernel {name}"
+
+    def unsupported(self, feature: str) -> str | None:
+        """Why a model-level feature the checks exercise is not the backend's own to judge (the skip reason),
+        or None. Features: "accumulate" (gradients summed over two backwards), "model_config" (the model
+        reports its own configuration and parameter count, as llmc_model_config does), "from_checkpoint"
+        and "set_params" (the backend's own loading and setting of parameters)."""
+        return None

@@ -1,5 +1,5 @@
-"""libllmc (native/) behind the backend interface: the backends cpu, cuda and cuda-tf32, and the base
-of lib:PATH ports (backends/ports.py)."""
+"""libllmc (native/) behind the backend interface: the backends cpu, cuda and cuda-tf32. (lib:PATH ports
+run in a child process of their own: backends/ports.py.)"""
 from __future__ import annotations
 
 from os import PathLike
@@ -28,6 +28,8 @@ BUILTIN = {"cpu": ("cpu", "fp32", 0), "cuda": ("cuda", "fp32", 0), "cuda-tf32": 
 class NativeBackend(Backend):
     """A Library behind the Backend interface. mode is its precision mode (llmc_set_precision),
     precision the tolerance class its results are judged by."""
+
+    deterministic = True        # libllmc: fixed reduction orders (CPU: for a given thread count)
 
     def __init__(self, library: Library, name: str, precision: str = "fp32", mode: int = 0):
         self.library = library

@@ -145,10 +145,16 @@ class ReferenceModel:
 class ReferenceBackend(Backend):
     name = "reference"
     precision = "fp32"
+    deterministic = True
     description = "numpy GPT-2 (reference/), float32"
 
     def __init__(self):
         self.kernels = ReferenceKernels()
+
+    def unsupported(self, feature):
+        if feature == "model_config":
+            return "the reference model is built from the configuration it is given: nothing of its own to report"
+        return None
 
     def model(self, config, params, max_B, max_T):
         return ReferenceModel(config, params, max_B, max_T)

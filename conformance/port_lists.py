@@ -104,6 +104,11 @@ def apply_to_results(results, skips=(), xfails=()):
     return kept, notes
 
 
+def apply_to_not_run(not_run, skips=()):
+    """For tools.conform: the checks that did not run, less those a skip list leaves out."""
+    return [n for n in not_run if not first_match(skips, n.check, f"{n.backend}:{n.check}")]
+
+
 # ----------------------------------------------------------------------------- pytest hooks
 def pytest_addoption(parser):
     group = parser.getgroup("llmc-ports", "llmc port lists")

@@ -28,7 +28,8 @@ errors, where they occurred, and with_margin() of them: the measurement behind e
 Quantities: logits, loss, losses10 (each of test_gpt2.c's 10 training losses, abs only), grad:<dname>
 (each of the 16 gradients), grad_key_bias (dqkvb's key third: zero in exact arithmetic, judged against
 the norm of the whole dqkvb), padding (wte's padded rows, their gradient, the logits' padded columns:
-exactly zero), rerun (two identical runs: exactly equal), grad_norm (the global gradient norm),
+exactly zero), rerun (two identical runs: exactly equal), exact (copies: exactly equal), grad_norm (the
+global gradient norm an update returns), params, m, v (the parameters and AdamW state after an update),
 kernel:<kernel>.<output>, finite_difference and torch_crosscheck (fp64).
 """
 from dataclasses import dataclass
@@ -113,11 +114,7 @@ _TF32_MEASURED = {
 for _p in ("fp32", "tf32", "bf16"):
     _entry("padding", _p, 0.0, 0.0, "exact: wte's padded rows are zero, so are their gradient and the logits they make")
     _entry("rerun", _p, 0.0, 0.0, "exact: the same build on the same inputs gives the same bits (no order-dependent sums)")
-# the global gradient norm AdamW clips by (tools/cuda_check.py, L2-NH4-C64-V256 after one step, 2-D decay + clip)
-_entry("grad_norm", "fp32", 2e-7, 2e-7,
-       "worst 1.77e-08 abs, 1.40e-08 rel (libllmc cuda on an NVIDIA H100; cpu 1.8e-08 abs); 10x rounded up")
-_entry("grad_norm", "tf32", 2e-4, 2e-4,
-       "worst 1.99e-05 abs, 1.57e-05 rel (libllmc cuda-tf32 on an NVIDIA H100); 10x rounded up")
+# the global gradient norm AdamW clips by: its own block below (it is judged after every update now)
 
 # ----------------------------------------------------------------------------- kernels, fp32
 # kernel output: (max abs, rel norm) worst over reference and cpu, 300 random shapes + 2 GPT-2-like ones
@@ -239,6 +236,46 @@ for _k, (_abs, _rel) in _KERNEL_MEASURED.items():
                f"worst {_abs:.2e} abs, {_rel:.2e} rel ({MEASURED_BF16_KERNELS}); {BF16_MARGIN}x rounded up", BF16_DATE)
     else:
         _entry(f"kernel:{_k}", "bf16", 5e-1, 3e-2, PROVISIONAL_BF16)
+
+# ----------------------------------------------------------------------------- after every update (model checks)
+# What an AdamW update returns or leaves, judged after each of test_gpt2.c's 10 updates in both conventions
+# (conformance/model_checks.py: grad_norm/<k>, params/<k>, m/<k>, v/<k>, decay_2d_clip/..., abi/resume/...),
+# against reference/oracle.py's float64 trajectory (gpt2_124M: at 4096 positions per tensor). Measured with
+# `python -m tools.measure_errors --backend reference cpu --kernel-shapes 0` (2026-11-30): reference fp32 and
+# libllmc cpu (2 OpenMP threads) on tiny-bytes, tiny-gpt2 and gpt2_124M, every update of both conventions.
+# The worst errors are all gpt2_124M's late steps: its random-init loss curve jumps (10.98, 9.00, 8.06,
+# 10.87, 7.14, ...), so fp32 rounding, amplified by Adam's m/sqrt(v) on near-zero gradients, grows along
+# the trajectory, as for losses10; after the first update every error is 10-100x smaller.
+MEASURED_UPDATES = "reference+cpu, tiny-bytes, tiny-gpt2, gpt2_124M, every update of both conventions"
+_UPDATE_MEASURED = {  # quantity: (worst max abs, where; worst rel norm, where)
+    "grad_norm": (1.12e-3, "cpu gpt2_124M decay_2d_clip step 9", 4.55e-5, "cpu gpt2_124M decay_2d_clip step 9"),
+    "params": (6.18e-6, "cpu gpt2_124M step 9", 3.22e-7, "reference tiny-gpt2 step 9"),
+    "m": (3.82e-6, "reference gpt2_124M step 9", 4.94e-5, "reference gpt2_124M step 8"),
+    "v": (1.30e-7, "reference gpt2_124M step 9", 4.21e-5, "reference gpt2_124M step 9"),
+}
+_UPDATE_NOTES = {
+    "grad_norm": "; was 2e-7 / 2e-7 from one update of a small model (tools/cuda_check.py), which cannot hold "
+                 "along a trajectory",
+    "v": "; from the first update on, 1.29e-5 of it is systematic: an fp32 implementation's 1 - beta2 with "
+         "beta2 = float32(0.999) is 0.00099998713 (llm.c computes it so), the oracle's 0.001",
+}
+for _q, (_abs, _abs_at, _rel, _rel_at) in _UPDATE_MEASURED.items():
+    _entry(_q, "fp32", with_margin(_abs), with_margin(_rel),
+           f"worst {_abs:.2e} abs ({_abs_at}), {_rel:.2e} rel ({_rel_at}); {MEASURED_UPDATES}; 10x rounded up"
+           + _UPDATE_NOTES.get(_q, ""))
+# tf32 and bf16: PROVISIONAL, not measured (no GPU and no bf16 implementation in this session): the fp32
+# worst errors times how much larger the class's worst losses10 error is, the trajectory's divergence being
+# what both measure (tf32: 1.14e-3 measured on an H100 / fp32's 2.68e-5 = 43x; bf16: the ratio of the
+# table's provisional losses10 bounds, 1000x), then 10x rounded up, at most 1 relative.
+# `python -m tools.measure_errors --backend cuda-tf32` on a GPU replaces them with measurements.
+for _p, _ratio in (("tf32", 1.14e-3 / 2.68e-5), ("bf16", 1e-1 / 1e-4)):
+    for _q, (_abs, _abs_at, _rel, _rel_at) in _UPDATE_MEASURED.items():
+        _entry(_q, _p, with_margin(_abs * _ratio), min(1.0, with_margin(_rel * _ratio)),
+               f"PROVISIONAL, not measured: fp32's worst ({_abs:.2e} abs, {_rel:.2e} rel) x {_ratio:.0f} (the "
+               f"{_p} / fp32 ratio of losses10), 10x rounded up; measure with tools.measure_errors")
+for _p in ("fp32", "tf32", "bf16"):
+    _entry("exact", _p, 0.0, 0.0, "exact: copies, not arithmetic (a checkpoint's parameters read back, "
+                                  "set_params, the model's configuration)")
 
 # ----------------------------------------------------------------------------- the oracle's proofs, fp64
 _entry("finite_difference", "fp64", 3e-8, 6e-5,

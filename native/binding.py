@@ -172,8 +172,9 @@ class Library:
     def build_info(self):
         return self.ffi.string(self.lib.llmc_build_info()).decode() if self.has("llmc_build_info") else "no build info"
 
-    def model_from_params(self, config, params, max_B, max_T, mode=0):
-        """A NativeModel of config with the flat float32 params (num_parameters values, llm.c's order)."""
+    def model_from_params(self, config, params, max_B, max_T, mode=0, model_class=None):
+        """A NativeModel (or model_class(library, handle, mode)) of config with the flat float32 params
+        (num_parameters values, llm.c's order)."""
         params = np.ascontiguousarray(params, np.float32)
         if params.shape != (config.num_parameters,):
             raise ValueError(f"params: shape {params.shape}, expected ({config.num_parameters},) for {config}")
@@ -185,14 +186,15 @@ class Library:
         self.activate(mode)
         self.check(self.lib.llmc_model_from_params(cfg, self.ffi.from_buffer("float[]", params),
                                                    int(max_B), int(max_T), out))
-        return NativeModel(self, out[0], mode)
+        return (model_class or NativeModel)(self, out[0], mode)
 
-    def model_from_checkpoint(self, path, max_B, max_T, mode=0):
-        """A NativeModel read by the library itself from an llm.c checkpoint file."""
+    def model_from_checkpoint(self, path, max_B, max_T, mode=0, model_class=None):
+        """A NativeModel (or model_class(library, handle, mode)) read by the library itself from an llm.c
+        checkpoint file."""
         out = self.ffi.new("llmc_model**")
         self.activate(mode)
         self.check(self.lib.llmc_model_from_checkpoint(os.fsencode(path), int(max_B), int(max_T), out))
-        return NativeModel(self, out[0], mode)
+        return (model_class or NativeModel)(self, out[0], mode)
 
 
 _libraries = {}

@@ -29,7 +29,9 @@ enum {
     LLMC_ERR_TOKEN = 5,       /* a token id outside [0, V) */
     LLMC_ERR_STATE = 6,       /* e.g. backward without a forward with targets */
     LLMC_ERR_DEVICE = 7,      /* a CUDA or cuBLAS call failed */
-    LLMC_ERR_UNSUPPORTED = 8  /* e.g. TF32 on the CPU library */
+    LLMC_ERR_UNSUPPORTED = 8, /* e.g. TF32 on the CPU library; the suite skips what needs it, with the message */
+    LLMC_ERR_INTERNAL = 9     /* the implementation failed internally (a bug, an exception of a port's own
+                                 runtime caught at the boundary): an error of the check, never a skip */
 };
 
 typedef struct {
@@ -53,8 +55,10 @@ typedef struct {
 
 typedef struct llmc_model llmc_model;
 
-/* Library identity and settings. */
-const char* llmc_backend_name(void);           /* "cpu" or "cuda" */
+/* Library identity and settings. A port exports what it has: the suite judges every function here that a
+ * library exports and skips, naming it, what needs one it does not (PORTING.md). */
+const char* llmc_backend_name(void);           /* the implementation's own name, shown in reports: ours say "cpu"
+                                                  or "cuda", a port its own ("llm.c", "myport"), not ours */
 const char* llmc_build_info(void);             /* compiler, BLAS / cuBLAS it linked, OpenMP, arch */
 int llmc_set_num_threads(int n);               /* n >= 1. CPU: the OpenMP threads, clamped to 4 per processor
                                                   and 1024 at most; CUDA: checked and ignored */
@@ -65,7 +69,9 @@ const char* llmc_last_error(void);             /* message of the last failed cal
 int llmc_last_error_code(void);                /* code of the last failed call, LLMC_OK after success */
 int llmc_init(void);                           /* CPU: LLMC_OK; CUDA: LLMC_ERR_DEVICE (with the reason) when no usable GPU */
 
-/* Model API. max_B, max_T size the activations once; forward then accepts any B <= max_B, T <= max_T. */
+/* Model API. max_B, max_T size the activations once; forward then accepts any B <= max_B, T <= max_T, and
+ * a later forward may change B or T (the suite checks both). A port that can only read checkpoint files
+ * exports llmc_model_from_checkpoint alone (llm.c's shape): the suite then writes parameters to a file. */
 int llmc_model_from_checkpoint(const char* path, int max_B, int max_T, llmc_model** out);
 int llmc_model_from_params(const llmc_config* config, const float* params, int max_B, int max_T,
                            llmc_model** out);
@@ -73,9 +79,17 @@ void llmc_model_free(llmc_model* model);
 int llmc_model_config(const llmc_model* model, llmc_config* out);
 size_t llmc_model_num_parameters(const llmc_model* model);   /* padded count, llm.c's order */
 
+/* mean_loss (may be NULL): the mean cross-entropy over the B*T positions; with targets NULL there is no
+ * loss and it is set to -1.0f (llm.c's "no targets"). */
 int llmc_forward(llmc_model* model, const int* inputs, const int* targets, int B, int T, float* mean_loss);
 int llmc_zero_grad(llmc_model* model);
-int llmc_backward(llmc_model* model);          /* needs a forward with targets; accumulates into grads */
+/* Needs a forward with targets. Adds that forward's gradient to the parameter gradients, and only those
+ * accumulate until llmc_zero_grad: the activation gradients start from zero in every backward (llm.c's
+ * gpt2_backward does not reset them; native/llmc_adapter.c does). Forward + backward twice after one
+ * zero_grad leaves twice the gradient. */
+int llmc_backward(llmc_model* model);
+/* One AdamW step t >= 1 (bias correction by t). grad_norm (may be NULL): the global L2 norm of the gradient
+ * BEFORE clipping, also when grad_clip > 0 scales the gradient down first. */
 int llmc_update(llmc_model* model, const llmc_adamw* opt, int t, float* grad_norm);
 
 /* Copies between the model and host memory, num_parameters floats each (logits: B*T*Vp of the last forward). */

@@ -60,23 +60,23 @@ class BuildError(RuntimeError):
     pass
 
 
-def build_command(llmc_dir, out, defines=(), cc=None):
+def build_command(llmc_dir, out, defines=(), cc=None, link=()):
     cc = cc or os.environ.get("CC", "cc")
     # -z nodelete: the library is never unloaded (cffi dlcloses it at interpreter exit), so OpenMP's idle
     # worker threads never find their code gone; without it the exit is a segfault, now and then
     return [cc, "-O2", "-fPIC", "-shared", "-fopenmp", "-DOMP", *(f"-D{d}" for d in defines),
             "-I", str(REPO_ROOT / "native"), "-I", str(llmc_dir), str(ADAPTER), *map(str, CORE_SOURCES),
-            "-o", str(out), "-lm",
-            "-Wl,-z,nodelete"]
+            "-o", str(out), "-lm", "-Wl,-z,nodelete", *link]
 
 
-def build_adapter(llmc_dir, out=DEFAULT_LIB, defines=(), cc=None):
+def build_adapter(llmc_dir, out=DEFAULT_LIB, defines=(), cc=None, link=()):
     """Compile native/llmc_adapter.c against llmc_dir/train_gpt2.c into the shared library `out`
-    (written under a temporary name, then renamed: a failed build leaves the old library in place)."""
+    (written under a temporary name, then renamed: a failed build leaves the old library in place).
+    link: extra linker arguments (the harness's tests hide functions with a version script)."""
     llmc_dir, out = Path(llmc_dir), Path(out)
     if not (llmc_dir / "train_gpt2.c").is_file():
         raise BuildError(f"{llmc_dir}: no train_gpt2.c here; give the root of an llm.c checkout")
-    return _compile(lambda tmp: build_command(llmc_dir, tmp, defines, cc), out)
+    return _compile(lambda tmp: build_command(llmc_dir, tmp, defines, cc, link), out)
 
 
 def _compile(command_for, out):

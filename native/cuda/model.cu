@@ -406,6 +406,9 @@ int llmc_backward(llmc_model* model) {
     CHECK_MODEL(model, "llmc_backward");
     if (!model->forward_done || !model->has_targets)
         return set_error(LLMC_ERR_STATE, "llmc_backward: needs a forward with targets first");
+    if (model->dist && model->zero_stage == 1 && model->grads_synced)   // the other shards are no sums any more
+        return set_error(LLMC_ERR_UNSUPPORTED, "llmc_backward: under ZeRO-1 the gradients were reduce-scattered "
+                         "(llmc_dist_sync_grads); accumulate before they are, or zero_grad first");
     if (model->mixed)
         TRY(mixed_backward(model->mixed, model->params_memory, model->grads_memory, model->targets, &model->buckets,
                            model->B, model->T));
