@@ -74,6 +74,12 @@ class Backend:
     def model_from_checkpoint(self, path: str | PathLike, max_B: int, max_T: int) -> ModelHandle:
         raise NotImplementedError
 
+    data_parallel = False       # whether its models can join a data-parallel group (dist_join); see native.py
+
+    def dist_unique_id(self) -> bytes:
+        """The id a data-parallel group's ranks join with, made on rank 0."""
+        raise NotImplementedError
+
     def has_kernel(self, name: str) -> bool:
         return self.kernels is not None and hasattr(self.kernels, name)
 

@@ -76,7 +76,7 @@ class DataParallelBackend(Backend):
         return B // self.world_size
 
     def _join(self, models):
-        unique_id = self.ranks[0].request("making the NCCL id", "dist_unique_id")
+        unique_id = self.ranks[0].dist_unique_id()
         _collective(models, "dist_join", lambda r: (unique_id, r, self.world_size, self.zero_stage))
         return DataParallelModel(self, models)
 

@@ -31,12 +31,17 @@ class NativeBackend(Backend):
 
     deterministic = True        # libllmc: fixed reduction orders (CPU: for a given thread count)
 
-    def __init__(self, library: Library, name: str, precision: str = "fp32", mode: int = 0):
+    def __init__(self, library: Library, name: str, precision: str = "fp32", mode: int = 0,
+                 device: int | None = None):
         self.library = library
         self.name = name
         self.precision = precision
         self.mode = mode
         try:
+            if device is not None:     # a data-parallel rank's GPU, before anything touches one
+                if not library.has("llmc_set_device"):
+                    raise BackendUnavailable(f"{name}: {library.path} has no llmc_set_device (one device only)")
+                library.set_device(device)
             library.init()
             library.activate(mode)     # fails here, not later, when the library refuses the mode
         except (LibraryUnavailable, LlmcError) as e:   # LlmcError: the library refuses the mode
@@ -48,6 +53,14 @@ class NativeBackend(Backend):
 
     def set_num_threads(self, n: int) -> None:
         self.library.set_num_threads(n)
+
+    @property
+    def data_parallel(self) -> bool:
+        """Whether its models can join a data-parallel group (llmc_dist_join: the CUDA library with NCCL)."""
+        return self.library.has("llmc_dist_join")
+
+    def dist_unique_id(self) -> bytes:
+        return self.library.dist_unique_id()
 
     def model(self, config: GPT2Config, params: np.ndarray | None, max_B: int, max_T: int) -> NativeModel:
         if params is None:
@@ -66,7 +79,7 @@ def open_library(path) -> Library:
         raise BackendUnavailable(str(e)) from e
 
 
-def native_backend(name: str) -> NativeBackend:
+def native_backend(name: str, device: int | None = None) -> NativeBackend:
     if name not in BUILTIN:
         raise ValueError(f"unknown native backend {name!r}: use one of {', '.join(BUILTIN)}")
     kind, precision, mode = BUILTIN[name]
@@ -74,4 +87,4 @@ def native_backend(name: str) -> NativeBackend:
     if not path.is_file():
         shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
         raise BackendUnavailable(f"{shown} not found: run make")
-    return NativeBackend(open_library(path), name, precision, mode)
+    return NativeBackend(open_library(path), name, precision, mode, device)

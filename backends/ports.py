@@ -90,7 +90,7 @@ def port_deterministic():
     return value == "1"
 
 
-def port_backend(name):
+def port_backend(name, device=None):
     """lib:PATH or cmd:COMMAND -> a Backend; BackendUnavailable (with the reason) when it cannot run."""
     kind, _, target = name.partition(":")
     if not target:
@@ -98,7 +98,7 @@ def port_backend(name):
     if kind == "lib":
         if not Path(target).is_file():
             raise BackendUnavailable(f"{target}: no such shared library")
-        return LibBackend(name, target, port_precision(), port_deterministic())
+        return LibBackend(name, target, port_precision(), port_deterministic(), device)
     if kind == "cmd":
         return CmdBackend(name, target)
     raise ValueError(f"backend {name!r}: ports are lib:PATH or cmd:COMMAND")
@@ -286,6 +286,13 @@ class LibBackend(Backend):
 
     def set_num_threads(self, n):
         self.request(f"llmc_set_num_threads({n})", "set_num_threads", int(n))
+
+    @property
+    def data_parallel(self):
+        return "llmc_dist_join" in self.exports
+
+    def dist_unique_id(self):
+        return self.request("making the NCCL id", "dist_unique_id")
 
     def _require_model_api(self):
         if not self.exports & {"llmc_model_from_params", "llmc_model_from_checkpoint"}:

@@ -17,15 +17,15 @@ BACKEND_OPTION_HELP = (f"backend (repeatable): {', '.join(BUILTIN_BACKENDS)}, li
                        f"{', '.join(SUITE_BACKENDS)}")
 
 
-def get_backend(name: str) -> Backend:
+def get_backend(name: str, device: int | None = None) -> Backend:
     """A backend by name; raises BackendUnavailable (with the reason) when it cannot run here, ValueError
-    for a name that is no backend."""
+    for a name that is no backend. device: the GPU a data-parallel rank uses (native and lib: backends)."""
     if name == "reference":
         return ReferenceBackend()
     if name in NATIVE_BUILTIN:
-        return native_backend(name)
+        return native_backend(name, device)
     if name.startswith(("lib:", "cmd:")):
-        return port_backend(name)
+        return port_backend(name, device)
     if name.startswith("dp"):
         return data_parallel_backend(name)
     raise ValueError(f"unknown backend {name!r}: use one of {', '.join(BUILTIN_BACKENDS)}, lib:PATH or cmd:COMMAND")

@@ -577,19 +577,26 @@ def read_trainer_state(path, num_parameters):
 # OUTPUT_DIR/model_STEP.bin (write_checkpoint), state_STEP.bin (write_trainer_state) and DONE_STEP (empty),
 # STEP as %08d, llm.c's layout (train_gpt2.cu). Written in that order, each atomically, so a crash at any
 # point leaves every DONE-marked step complete.
-def checkpoint_paths(outdir, step):
-    """-> (model, trainer state, DONE marker) paths of `step`."""
+def checkpoint_paths(outdir, step, rank=0):
+    """-> (model, trainer state, DONE marker) paths of `step`; a data-parallel rank > 0 has a state file of its
+    own (its data loader's place), beside rank 0's."""
     outdir = Path(outdir)
-    return outdir / f"model_{step:08d}.bin", outdir / f"state_{step:08d}.bin", outdir / f"DONE_{step:08d}"
+    state = f"state_{step:08d}.bin" if rank == 0 else f"state_{step:08d}_rank{rank}.bin"
+    return outdir / f"model_{step:08d}.bin", outdir / state, outdir / f"DONE_{step:08d}"
 
 
 def write_training_checkpoint(outdir, config, params, state):
-    """The model, the trainer state, then the DONE marker of step state.step."""
+    """The model, the trainer state, then the DONE marker of step state.step (rank 0's part: the other ranks
+    write their states with write_rank_state before it)."""
     model_path, state_path, done_path = checkpoint_paths(outdir, state.step)
     write_checkpoint(model_path, config, params)
     write_trainer_state(state_path, state)
     with atomic_write(done_path):
         pass
+
+
+def write_rank_state(outdir, rank, state):
+    write_trainer_state(checkpoint_paths(outdir, state.step, rank)[1], state)
 
 
 def done_steps(outdir):
@@ -608,5 +615,5 @@ def delete_old_checkpoints(outdir, keep):
     """All but the newest `keep` DONE steps go, their DONE marker first (a half-deleted one is incomplete)."""
     for step in done_steps(outdir)[:-keep]:
         model_path, state_path, done_path = checkpoint_paths(outdir, step)
-        for path in (done_path, model_path, state_path):
+        for path in (done_path, model_path, state_path, *Path(outdir).glob(f"state_{step:08d}_rank*.bin")):
             path.unlink(missing_ok=True)
