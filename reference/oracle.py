@@ -85,9 +85,11 @@ def trajectory_index(config, seed=0):
     return np.concatenate(picks)
 
 
-def expected_trajectory(config, params, x, y, settings, steps=10, index=None):
+def expected_trajectory(config, params, x, y, settings, steps=10, index=None, first_step=None):
     """test_gpt2.c's loop from the fp32 params (widened exactly), in float64, `steps` updates with
-    AdamWSettings `settings`, then one more forward -> Trajectory recorded at `index` (None: all)."""
+    AdamWSettings `settings`, then one more forward -> Trajectory recorded at `index` (None: all).
+    first_step: a dict that receives step 0's logits (B,T,V), loss and gradients (the debug state's), so a
+    fixture's expected outputs and its trajectory come from one run."""
     model = GPT2(config, params, dtype=np.float64)
     optimizer = AdamW(settings, config, np.float64)
     pick = (lambda a: a.astype(np.float32)) if index is None else (lambda a: a[index].astype(np.float32))
@@ -96,6 +98,9 @@ def expected_trajectory(config, params, x, y, settings, steps=10, index=None):
         losses.append(float(model.forward(x, y)))
         model.zero_grad()
         model.backward()
+        if step == 0 and first_step is not None:
+            first_step.update(logits=model.logits[:, :, :config.vocab_size].copy(), loss=losses[0],
+                              grads=model.grads_memory.copy())
         norms.append(optimizer.step(model.params_memory, model.grads_memory, step + 1))
         for name, values in (("params", model.params_memory), ("m", optimizer.m), ("v", optimizer.v)):
             states[name].append(pick(values))

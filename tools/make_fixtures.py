@@ -33,7 +33,7 @@ import numpy as np
 
 from conformance.fixture import load_fixture, write_trajectories
 from conformance.model_checks import CONVENTIONS, TRAIN_STEPS, convention_settings
-from reference.adamw import TEST_GPT2_SETTINGS
+from reference.adamw import TEST_GPT2_SETTINGS, AdamWSettings
 from reference.formats import (
     MODEL_MAGIC,
     STATE_MAGIC,
@@ -46,7 +46,7 @@ from reference.formats import (
     write_debug_state,
 )
 from reference.model import GPT2_VOCAB, GPT2Config, init_params
-from reference.oracle import expected_outputs, expected_trajectory, trajectory_index
+from reference.oracle import ExpectedOutputs, expected_outputs, expected_trajectory, trajectory_index
 from tools.prepare_data import TINYSHAKESPEARE_TEXT, ensure_tinyshakespeare
 
 GENERATOR_VERSION = 1
@@ -92,7 +92,15 @@ def make_fixture(outdir, descriptor, B, T, seed=42):
     params = init_params(config, seed, np.float32)
     tokens, batch_source = batch_tokens(config, B, T)
     x, y = tokens[:-1].reshape(B, T), tokens[1:].reshape(B, T)
-    expected = expected_outputs(config, params, x, y, steps=STEPS, settings=TEST_GPT2_SETTINGS)
+    trajectories = {}
+    if config.num_parameters > TRAJECTORIES_FROM:   # the first convention's run gives the expected outputs too
+        first = {}
+        trajectories["train"] = timed(outdir, "train", expected_trajectory, config, params, x, y,
+                                      AdamWSettings(**TEST_GPT2_SETTINGS), STEPS, trajectory_index(config), first)
+        expected = ExpectedOutputs(first["logits"], first["loss"], first["grads"],
+                                   list(trajectories["train"].losses[:STEPS]))
+    else:
+        expected = expected_outputs(config, params, x, y, steps=STEPS, settings=TEST_GPT2_SETTINGS)
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -119,21 +127,28 @@ def make_fixture(outdir, descriptor, B, T, seed=42):
     with atomic_write(outdir / MANIFEST, "w") as f:
         json.dump(manifest, f, indent=2)
         f.write("\n")
-    if config.num_parameters > TRAJECTORIES_FROM:
-        make_trajectories(outdir)
+    if trajectories:
+        make_trajectories(outdir, trajectories)
     return manifest
 
 
-def make_trajectories(fixture_dir):
-    """Compute and write fixture_dir/trajectories.npz: the float64 trajectories of both AdamW conventions."""
+def timed(fixture_dir, name, compute, *args):
+    start = time.perf_counter()
+    result = compute(*args)
+    print(f"{fixture_dir}: trajectory {name} in {time.perf_counter() - start:.1f} s", flush=True)
+    return result
+
+
+def make_trajectories(fixture_dir, done=None):
+    """Compute and write fixture_dir/trajectories.npz: the float64 trajectories of both AdamW conventions
+    (done: those already computed, by name)."""
     fixture = load_fixture(fixture_dir)
     index = trajectory_index(fixture.config)
-    trajectories = {}
+    trajectories = dict(done or {})
     for name in CONVENTIONS:
-        start = time.perf_counter()
-        trajectories[name] = expected_trajectory(fixture.config, fixture.params, fixture.x, fixture.y,
-                                                 convention_settings(fixture, name), TRAIN_STEPS, index)
-        print(f"{fixture_dir}: trajectory {name} in {time.perf_counter() - start:.1f} s", flush=True)
+        if name not in trajectories:
+            trajectories[name] = timed(fixture_dir, name, expected_trajectory, fixture.config, fixture.params,
+                                       fixture.x, fixture.y, convention_settings(fixture, name), TRAIN_STEPS, index)
     write_trajectories(fixture, trajectories)
 
 
