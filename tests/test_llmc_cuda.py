@@ -27,9 +27,10 @@ from reference.layers import KERNEL_NAMES
 from tools.validate_llmc import CUDA_VARIANTS, REPO_ROOT, STANDIN, BuildError, build_cuda_adapter
 
 LLMC_SRC = Path(os.environ.get("LLMC_SRC", REPO_ROOT / ".dev-llmc" / "llm.c"))
-# every llmc_* function llmc.h declares, but data parallelism (llm.c's multi-GPU path is MPI/NCCL, not built here)
+# every llmc_* function llmc.h declares, but data parallelism (llm.c's multi-GPU path is MPI/NCCL, not built
+# here) and the library's own checkpoint writer (llm.c writes its checkpoints from its training program)
 API = sorted(name for name in set(re.findall(r"\b(llmc_\w+)\s*\(", read_cdef()))
-             if not name.startswith(("llmc_dist_", "llmc_set_device", "llmc_device_count")))
+             if not name.startswith(("llmc_dist_", "llmc_set_device", "llmc_device_count", "llmc_save_checkpoint")))
 CODE = {name.removeprefix("LLMC_ERR_").removeprefix("LLMC_").lower(): code for name, code in ERROR_CODES.items()}
 RESULT = "RESULT "   # the child's line with its JSON (llm.c's own printf output may come after it)
 TINY_BYTES = FIXTURES_DIR / "tiny-bytes"

