@@ -152,8 +152,10 @@ class DataParallelModel:
         _collective(self.models, "set_optimizer_state", lambda r: (m, v))
 
     def close(self):
-        for model in self.models:
-            model.close()
+        """Every rank at once: freeing a joined model ends its NCCL communicator, which waits for the others."""
+        closing = [model for model in self.models if model.begin_close()]
+        for model in closing:
+            model.end_close()
 
     def _agree(self, values, what):
         """Every rank must hold the same bits: the same all-reduced gradients, the same updated parameters."""

@@ -413,11 +413,26 @@ class RemoteModel:
         self._call("set_optimizer_state", np.ascontiguousarray(m, np.float32), np.ascontiguousarray(v, np.float32))
 
     def close(self):
+        if self.begin_close():
+            self.end_close()
+
+    def begin_close(self):
+        """The first half of close(): sent, not waited for. -> whether end_close() has a reply to wait for.
+        (The models of a data-parallel group close together: freeing a joined model is collective.)"""
         if self._id is not None and self._generation == self._backend._generation and self._backend._process:
             try:
-                self._backend.request("closing a model", "close", self._id)
+                self._backend.post("closing a model", "close", self._id)
+                return True
             except PortError:
                 pass                # it died: nothing left to free
+        self._id = None
+        return False
+
+    def end_close(self):
+        try:
+            self._backend.collect("closing a model")
+        except PortError:
+            pass
         self._id = None
 
 

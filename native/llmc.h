@@ -120,6 +120,9 @@ int llmc_dist_sync_grads(llmc_model* model);   /* (collective) average the gradi
                                                   when not yet done); zero_stage 1: on this rank's shard only */
 int llmc_dist_shard(const llmc_model* model, size_t* offset, size_t* count);   /* the parameters this rank updates */
 int llmc_dist_mean(llmc_model* model, float* values, int n);   /* (collective) host floats averaged over the ranks */
+/* Also collective once joined: llmc_update, llmc_get_optimizer_state under ZeRO-1 (it gathers the shards), and
+ * llmc_model_free (it ends the NCCL communicator, which waits for the other ranks): a harness driving the
+ * ranks from one process sends each such call to every rank before waiting for any of them. */
 
 /* Layer kernels: llm.c's CPU signatures. Shapes: B batch, T time, C channels, OC output channels,
  * NH heads, V vocab, Vp padded vocab, N element count. */

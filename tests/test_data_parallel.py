@@ -39,8 +39,9 @@ class FakeRank:
             value = self.group.after_update(self, value)
         return value
 
-    def close(self):
+    def begin_close(self):
         self.model.close()
+        return False
 
 
 class FakeGroup:
