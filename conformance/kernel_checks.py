@@ -134,7 +134,7 @@ def _layernorm_forward(case, k, s):
     out, mean, rstd = case.unwritten(s.B, s.T, s.C), case.unwritten(s.B, s.T), case.unwritten(s.B, s.T)
     k.layernorm_forward(out, mean, rstd, inp, weight, bias)
     want = layers.layernorm_forward(inp.astype(f64), weight.astype(f64), bias.astype(f64))
-    for output, got, w in zip(("out", "mean", "rstd"), (out, mean, rstd), want):
+    for output, got, w in zip(("out", "mean", "rstd"), (out, mean, rstd), want, strict=False):
         case.judge(output, got, w)
 
 
@@ -152,7 +152,7 @@ def _layernorm_backward(case, k, s):
     # (C = 2 leaves only eps's trace), so its rounding is judged against the terms cancelled, not the result
     dnorm = dout.astype(f64) * weight * rstd[..., None]
     dinp_scale = np.sqrt(np.sum(np.square(before[0], dtype=f64)) + np.sum(np.square(dnorm)))
-    for output, g, b, w in zip(("dinp", "dweight", "dbias"), got, before, want):
+    for output, g, b, w in zip(("dinp", "dweight", "dbias"), got, before, want, strict=False):
         case.judge(output, g, b + w, dinp_scale if output == "dinp" else None)
 
 

@@ -119,7 +119,8 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
-    for option, make_marker in (("port_skips", lambda e: pytest.mark.skip(reason=f"port skip list {e.source}: {e.reason}")),
+    for option, make_marker in (("port_skips",
+                                 lambda e: pytest.mark.skip(reason=f"port skip list {e.source}: {e.reason}")),
                                 ("port_xfails", lambda e: pytest.mark.xfail(
                                     reason=f"port expected failure {e.source}: {e.reason}", strict=True))):
         entries = [e for path in config.getoption(option) for e in read_list(path)]
@@ -130,4 +131,4 @@ def pytest_collection_modifyitems(config, items):
             if entry:
                 item.add_marker(make_marker(entry))
         for e in unmatched(entries, [n for item in items for n in (item.nodeid, item.name)]):
-            warnings.warn(PortListWarning(f"{e.source}: {e.pattern!r} matches no collected test"))
+            warnings.warn(PortListWarning(f"{e.source}: {e.pattern!r} matches no collected test"), stacklevel=2)

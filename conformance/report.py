@@ -93,7 +93,7 @@ def format_table(results, not_run=()):
     for number, (backend, verdict, _, checks) in enumerate(groups, 1):
         lines += [(check, backend, "-", "-", "-", "-", f"{verdict} [{number}]") for check in checks]
     widths = [max(len(cells[i]) for cells in [header] + lines) for i in range(len(header))]
-    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=False)).rstrip()
     table = [fmt(header), fmt(["-" * w for w in widths])] + [fmt(cells) for cells in lines]
     return "\n".join(table + [f"[{number}] {verdict}, {len(checks)} checks of {backend}: {reason}"
                               for number, (backend, verdict, reason, checks) in enumerate(groups, 1)])

@@ -113,7 +113,8 @@ _TF32_MEASURED = {
 
 for _p in ("fp32", "tf32", "bf16"):
     _entry("padding", _p, 0.0, 0.0, "exact: wte's padded rows are zero, so are their gradient and the logits they make")
-    _entry("rerun", _p, 0.0, 0.0, "exact: the same build on the same inputs gives the same bits (no order-dependent sums)")
+    _entry("rerun", _p, 0.0, 0.0,
+           "exact: the same build on the same inputs gives the same bits (no order-dependent sums)")
 # the global gradient norm AdamW clips by: its own block below (it is judged after every update now)
 
 # ----------------------------------------------------------------------------- kernels, fp32

@@ -136,7 +136,7 @@ def from_flat(config, flat, dtype=torch.float32, device="cpu", flash=False):
     with torch.no_grad():
         for name, tensors in _llmc_tensors(model).items():
             source = views[name].reshape((len(tensors),) + tuple(tensors[0].shape))
-            for tensor, value in zip(tensors, source):
+            for tensor, value in zip(tensors, source, strict=False):
                 tensor.copy_(torch.from_numpy(np.ascontiguousarray(value)))   # copy_ casts to the model dtype
     return model
 

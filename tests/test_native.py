@@ -283,7 +283,7 @@ def train_twice(native, steps=2):
 
 
 def assert_bitwise_equal(a, b):
-    flat_a, flat_b = np.concatenate([np.ravel(v) for v in _leaves(a)]), np.concatenate([np.ravel(v) for v in _leaves(b)])
+    flat_a, flat_b = (np.concatenate([np.ravel(v) for v in _leaves(x)]) for x in (a, b))
     assert flat_a.tobytes() == flat_b.tobytes()
 
 

@@ -15,7 +15,8 @@ test_gpt2.c's AdamW convention only. This adds:
     (unless --quick or --no-torch).
 Every number becomes a verdict through conformance.checks.compare under conformance/tolerances.py
 at the backend's precision. The backend "torch-bf16" (PyTorch autocast bf16, tools/measure_errors.py) gets the
-model check in the other AdamW convention only: the second bf16 measurement of the gradient norm. Prints the table, writes DIR/cuda_check.json, exits 1 if any check fails.
+model check in the other AdamW convention only: the second bf16 measurement of the gradient norm. Prints the
+table, writes the JSON report (--report-json), exits 1 if any check fails.
 """
 import dataclasses
 import sys
@@ -28,7 +29,7 @@ from backends.registry import get_backend
 from conformance.checks import compare
 from conformance.kernel_checks import KernelShape, run_kernel_check
 from conformance.report import format_table, suite_meta, write_json
-from native.binding import LlmcError
+from native.binding import ERROR_CODES, LlmcError
 from reference.adamw import AdamW, AdamWSettings
 from reference.layers import KERNEL_NAMES
 from reference.model import GPT2, PARAM_NAMES, GPT2Config, init_params, split_params
@@ -37,7 +38,7 @@ from tools.options import Parser, add_backend_option, add_report_options, chosen
 GPU_KERNEL_SHAPES = (KernelShape(B=2, T=512, C=256, NH=4, OC=384, V=1000, Vp=1024),
                      KernelShape(B=1, T=1024, C=768, NH=12, OC=768, V=1000, Vp=1024))
 SMALL = "L2-NH4-C64-V256-T64"
-LLMC_ERR_ALLOC = 4   # llmc.h
+LLMC_ERR_ALLOC = ERROR_CODES["LLMC_ERR_ALLOC"]
 # PyTorch's convention (llm.c's CUDA trainer): the suite's fixtures train with test_gpt2.c's instead
 DECAY_2D_CLIP = AdamWSettings(learning_rate=1e-3, beta1=0.9, beta2=0.95, weight_decay=0.1, decay_all=False,
                               grad_clip=1.0)
@@ -152,7 +153,8 @@ def check_out_of_memory(backend, descriptor=SMALL, B=4, T=64):
         model.close()
     alloc = compare(f"{tag}/huge_model_refused_with_LLMC_ERR_ALLOC", backend.name,
                     1.0 if code == LLMC_ERR_ALLOC else 0.0, 1.0, ("rerun", backend.precision))
-    alloc = dataclasses.replace(alloc, detail=f"the huge model's error code: {code} (LLMC_ERR_ALLOC is {LLMC_ERR_ALLOC})")
+    alloc = dataclasses.replace(alloc,
+                                detail=f"the huge model's error code: {code} (LLMC_ERR_ALLOC is {LLMC_ERR_ALLOC})")
     return [alloc] + [compare(f"{tag}/model_made_before_still_trains/{key}", backend.name, after[key],
                               undisturbed[key], ("rerun", backend.precision)) for key in undisturbed]
 
