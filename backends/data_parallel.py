@@ -51,7 +51,7 @@ class DataParallelBackend(Backend):
         self.ranks = [LibBackend(f"{name} rank {r}", path, precision, deterministic, device=r)
                       for r in range(world_size)]   # rank r on GPU r: BackendUnavailable where it is missing
         missing = [f for f in ("llmc_set_device", "llmc_dist_unique_id", "llmc_dist_join", "llmc_dist_sync_grads",
-                               "llmc_dist_shard") if f not in self.ranks[0].exports]
+                               "llmc_dist_shard", "llmc_dist_mean") if f not in self.ranks[0].exports]
         if missing:
             raise BackendUnavailable(f"{name}: {path} does not export {', '.join(missing)} (data parallelism)")
         self.description = (f"{world_size} ranks, one per GPU, ZeRO-{zero_stage}, NCCL; each rank: "
@@ -107,7 +107,12 @@ class DataParallelModel:
     def forward(self, inputs, targets=None):
         parts = list(zip(self._split(inputs), self._split(targets), strict=True))
         losses = _collective(self.models, "forward", lambda r: parts[r])
-        return None if targets is None else float(np.mean(losses))   # equal rows: the mean of the whole batch
+        if targets is None:
+            return None
+        # equal rows: the whole batch's loss is the ranks' mean, taken by llmc_dist_mean as training logs it
+        means = _collective(self.models, "dist_mean", lambda r: (np.array([losses[r]], np.float32),))
+        self._agree(means, "mean losses")
+        return float(means[0][0])
 
     def logits(self):
         return np.concatenate(_collective(self.models, "logits"))

@@ -35,6 +35,7 @@ METHOD_FUNCTIONS = {
     "optimizer_state": ("llmc_get_optimizer_state",), "set_optimizer_state": ("llmc_set_optimizer_state",),
     "save_checkpoint": ("llmc_save_checkpoint",), "dist_join": ("llmc_dist_join",),
     "dist_sync_grads": ("llmc_dist_sync_grads",), "dist_shard": ("llmc_dist_shard",),
+    "dist_mean": ("llmc_dist_mean",),
 }
 
 

@@ -88,6 +88,7 @@ JUDGED_BY = {
     ("llmc_get_optimizer_state", "v"): "v/0",
     ("llmc_model_config", "out"): "abi/model_config",
     ("llmc_model_num_parameters", "return"): "abi/model_config",
+    ("llmc_dist_mean", "values"): "loss",                     # under dpN:BASE, the whole batch's loss
 }
 
 

@@ -73,6 +73,10 @@ class FakeGroup:
     def dist_sync_grads(self, rank):
         self.sync()
 
+    def dist_mean(self, rank, values):
+        posted = [r.pending[1][0] for r in self.ranks]      # every rank posted before the first collect
+        return np.sum(posted, axis=0) / (1 if self.mistake == "loss-sum" else self.world_size)
+
     def dist_shard(self, rank):
         return self.shard(rank.num_parameters)[rank.rank] if self.zero_stage else (0, rank.num_parameters)
 
@@ -128,6 +132,13 @@ def test_summing_instead_of_averaging_is_caught(tiny):
     run = run_model(FakeDataParallel(2, 0, mistake="sum"), tiny)
     failed = {r.check.split("/", 1)[1] for r in run.results if not r.passed}
     assert {f"grad/d{name}" for name in ("wte", "wpe", "qkvw", "fcw", "lnfb")} <= failed, failed
+
+
+def test_a_mean_loss_that_sums_is_caught(tiny):
+    """llmc_dist_mean's output (the whole batch's loss) is judged by the loss checks."""
+    run = run_model(FakeDataParallel(2, 0, mistake="loss-sum"), tiny)
+    failed = {r.check.split("/", 1)[1] for r in run.results if not r.passed}
+    assert {"loss", "train_loss/1"} <= failed, failed
 
 
 def test_ranks_that_drift_apart_are_an_error(tiny):
