@@ -46,8 +46,10 @@ def _finish(run, flops_per_step, tokens):
 
 def runs_from_tools_bench(path, data):
     meta = data["meta"]
+    forced = (meta.get("blas_env") or {}).get("OPENBLAS_CORETYPE")
     run = Run(source=path, title=f"{meta['model']} B={meta['B']} T={meta['T']}, {meta['threads']} threads, "
-                                 f"{meta['cpu']}, {meta['date']} (tools.bench, median of {meta['steps']} steps)",
+                                 f"{meta['cpu']}, {meta['date']} (tools.bench, median of {meta['steps']} steps)"
+                                 + (f", OPENBLAS_CORETYPE={forced}" if forced else ""),
               peak_gflops=data.get("matmul_peak_gflops"))
     if "load_avg" in meta:
         run.notes.append(f"load average at the end: {', '.join(f'{x:.2f}' for x in meta['load_avg'])} "
