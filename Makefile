@@ -3,6 +3,8 @@
 # make conform    : everything (the 124M fixture too), then the main job: model-level checks of every available backend
 # make fixtures   : the GPT-2 124M-shape fixture (fixtures/gpt2_124M/, ignored by git)
 # make bench      : the pytest-benchmark suite for every available backend, JSON under out/bench/
+# make asan       : the CPU library under AddressSanitizer + UBSan (build/asan/), the native, kernel and model tests
+#                   of the cpu backend and 20 s of tools.fuzz against it
 # CONSTRAINTS     : the pinned versions .venv gets (.ci/constraints.txt); `make test CONSTRAINTS=` takes the newest
 PYTHON ?= python3
 CONSTRAINTS ?= .ci/constraints.txt
@@ -10,9 +12,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BUILD := build
 NVCC ?= $(shell command -v nvcc 2>/dev/null)
-EXTRAS := $(if $(NVCC),[cuda],)
+CUDA_EXTRAS := [cuda,nccl]
+EXTRAS := $(if $(NVCC),$(CUDA_EXTRAS),)
 
-.PHONY: all venv native fixtures test conform bench clean
+.PHONY: all venv native fixtures test conform bench asan clean
 all: venv native
 
 venv: $(VENV)/.installed
@@ -29,9 +32,13 @@ include native/cpu.mk
 include native/cuda.mk
 
 FIXTURE_124M := fixtures/gpt2_124M
-fixtures: $(FIXTURE_124M)/manifest.json
+fixtures: $(FIXTURE_124M)/manifest.json $(FIXTURE_124M)/trajectories.npz
 $(FIXTURE_124M)/manifest.json: | venv
 	$(PY) -m tools.make_fixtures --model d12 -B 4 -T 64 $(FIXTURE_124M)
+# the float64 trajectories the model checks judge every update by (make_fixtures writes them with a new
+# fixture; this adds them to one made before)
+$(FIXTURE_124M)/trajectories.npz: $(FIXTURE_124M)/manifest.json
+	$(PY) -m tools.make_fixtures --trajectories $(FIXTURE_124M)
 
 test: all fixtures
 	$(PY) -m pytest conformance/ tests/
@@ -42,6 +49,19 @@ conform: all fixtures
 bench: all fixtures
 	mkdir -p out/bench
 	$(PY) -m pytest tests/test_bench.py --benchmark-only --benchmark-json=out/bench/bench.json
+
+# The sanitizer build replaces build/libllmc_cpu.so through LLMC_CPU_LIB (child processes inherit it). Python is
+# not instrumented, so libasan goes first into the process by LD_PRELOAD. ASAN_OPTIONS: detect_leaks=0, since
+# the interpreter's own allocations at exit would bury the report (the library's are freed by llmc_model_free,
+# which the tests call); a refused huge allocation returns NULL (the library's LLMC_ERR_ALLOC) instead of
+# ending the run. Every finding ends the process (-fno-sanitize-recover=all), which fails the test.
+ASAN_TESTS := tests/test_native.py conformance/test_kernels.py conformance/test_model.py
+ASAN_ENV = LLMC_CPU_LIB=$(BUILD)/asan/libllmc_cpu.so LD_PRELOAD="$$($(CC) -print-file-name=libasan.so)" \
+	ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:max_allocation_size_mb=4096 \
+	UBSAN_OPTIONS=print_stacktrace=1
+asan: venv fixtures $(BUILD)/asan/libllmc_cpu.so
+	$(ASAN_ENV) $(PY) -m pytest $(ASAN_TESTS) --backend cpu -p no:cacheprovider -q
+	$(ASAN_ENV) $(PY) -m tools.fuzz --seconds 20
 
 clean:
 	rm -rf $(BUILD)

@@ -54,12 +54,17 @@ class ModelHandle(Protocol):
 
     def set_optimizer_state(self, m: np.ndarray, v: np.ndarray) -> None: ...
 
+    def save_checkpoint(self, path: str | PathLike, dtype: str = "fp32") -> None:
+        """The parameters as an llm.c checkpoint (fp32: version 3; bf16: version 5), written atomically.
+        Optional: a backend without it lacks the attribute."""
+
     def close(self) -> None: ...
 
 
 class Backend:
     name = "?"
     precision = "fp32"          # the tolerance class its results are judged by (conformance/tolerances.py)
+    deterministic = False       # declared bit-reproducible: the rerun checks fail on a difference (else report it)
     kernels: object | None = None   # an object with the KERNEL_NAMES methods it has
     description = ""            # library / device / build, for reports
 
@@ -69,5 +74,22 @@ class Backend:
     def model_from_checkpoint(self, path: str | PathLike, max_B: int, max_T: int) -> ModelHandle:
         raise NotImplementedError
 
+    data_parallel = False       # whether its models can join a data-parallel group (dist_join); see native.py
+
+    def dist_unique_id(self) -> bytes:
+        """The id a data-parallel group's ranks join with, made on rank 0."""
+        raise NotImplementedError
+
     def has_kernel(self, name: str) -> bool:
         return self.kernels is not None and hasattr(self.kernels, name)
+
+    def missing_kernel_reason(self, name: str) -> str | None:
+        """Why kernel `name` cannot be checked (the skip reason), or None when the backend has it."""
+        return None if self.has_kernel(name) else f"backend {self.name} has no kernel {name}"
+
+    def unsupported(self, feature: str) -> str | None:
+        """Why a model-level feature the checks exercise is not the backend's own to judge (the skip reason),
+        or None. Features: "accumulate" (gradients summed over two backwards), "model_config" (the model
+        reports its own configuration and parameter count, as llmc_model_config does), "from_checkpoint"
+        and "set_params" (the backend's own loading and setting of parameters)."""
+        return None

@@ -1,5 +1,5 @@
-"""libllmc (native/) behind the backend interface: the backends cpu, cuda and cuda-tf32, and the base
-of lib:PATH ports (backends/ports.py)."""
+"""libllmc (native/) behind the backend interface: the backends cpu, cuda and cuda-tf32. (lib:PATH ports
+run in a child process of their own: backends/ports.py.)"""
 from __future__ import annotations
 
 from os import PathLike
@@ -21,19 +21,27 @@ from native.binding import (
 from reference.model import GPT2Config, init_params
 
 # name -> (library kind, tolerance class, precision mode of llmc_set_precision)
-BUILTIN = {"cpu": ("cpu", "fp32", 0), "cuda": ("cuda", "fp32", 0), "cuda-tf32": ("cuda", "tf32", 1)}
+BUILTIN = {"cpu": ("cpu", "fp32", 0), "cuda": ("cuda", "fp32", 0), "cuda-tf32": ("cuda", "tf32", 1),
+           "cuda-bf16": ("cuda", "bf16", 2)}
 
 
 class NativeBackend(Backend):
     """A Library behind the Backend interface. mode is its precision mode (llmc_set_precision),
     precision the tolerance class its results are judged by."""
 
-    def __init__(self, library: Library, name: str, precision: str = "fp32", mode: int = 0):
+    deterministic = True        # libllmc: fixed reduction orders (CPU: for a given thread count)
+
+    def __init__(self, library: Library, name: str, precision: str = "fp32", mode: int = 0,
+                 device: int | None = None):
         self.library = library
         self.name = name
         self.precision = precision
         self.mode = mode
         try:
+            if device is not None:     # a data-parallel rank's GPU, before anything touches one
+                if not library.has("llmc_set_device"):
+                    raise BackendUnavailable(f"{name}: {library.path} has no llmc_set_device (one device only)")
+                library.set_device(device)
             library.init()
             library.activate(mode)     # fails here, not later, when the library refuses the mode
         except (LibraryUnavailable, LlmcError) as e:   # LlmcError: the library refuses the mode
@@ -45,6 +53,14 @@ class NativeBackend(Backend):
 
     def set_num_threads(self, n: int) -> None:
         self.library.set_num_threads(n)
+
+    @property
+    def data_parallel(self) -> bool:
+        """Whether its models can join a data-parallel group (llmc_dist_join: the CUDA library with NCCL)."""
+        return self.library.has("llmc_dist_join")
+
+    def dist_unique_id(self) -> bytes:
+        return self.library.dist_unique_id()
 
     def model(self, config: GPT2Config, params: np.ndarray | None, max_B: int, max_T: int) -> NativeModel:
         if params is None:
@@ -63,7 +79,7 @@ def open_library(path) -> Library:
         raise BackendUnavailable(str(e)) from e
 
 
-def native_backend(name: str) -> NativeBackend:
+def native_backend(name: str, device: int | None = None) -> NativeBackend:
     if name not in BUILTIN:
         raise ValueError(f"unknown native backend {name!r}: use one of {', '.join(BUILTIN)}")
     kind, precision, mode = BUILTIN[name]
@@ -71,4 +87,4 @@ def native_backend(name: str) -> NativeBackend:
     if not path.is_file():
         shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
         raise BackendUnavailable(f"{shown} not found: run make")
-    return NativeBackend(open_library(path), name, precision, mode)
+    return NativeBackend(open_library(path), name, precision, mode, device)

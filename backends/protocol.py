@@ -1,6 +1,10 @@
-"""The command-line protocol's files (PORTING.md): named arrays, and what a port's exit status means.
+"""The command-line protocol's files (PORTING.md): named arrays, what each call replies, and what a port's
+exit status means.
 
 Shared by the cmd: backend (backends/ports.py) and any port written in Python (tools/port_example.py).
+REPLIES is the one specification of what a call writes to its OUT.bin: the cmd: backend reads exactly
+these arrays (read_reply), and the harness's self-test (tests/test_meta.py) perturbs each of them to prove
+that some check judges it, so an output added here is covered without further ado.
 """
 import math
 from pathlib import Path
@@ -15,6 +19,15 @@ ARRAYS_VERSION = 1
 DTYPES = {1: np.dtype("<f4"), 2: np.dtype("<i4")}   # code -> dtype: float32, int32
 DTYPE_CODES = {np.dtype(np.float32): 1, np.dtype(np.int32): 2}
 EXIT_UNSUPPORTED = 3             # a port's exit status for "this request is not supported"
+MAX_ARRAYS = 64                  # more arrays than any call sends or replies: a corrupt count, not a file
+
+# call -> {array: shape} of its OUT.bin, float32, in the sizes B, T (the batch), Vp (padded vocabulary),
+# P (num_parameters) and N (--steps). `forward` is sent inputs only (no targets), so it replies logits only.
+REPLIES = {
+    "forward": {"logits": ("B", "T", "Vp")},
+    "backward": {"logits": ("B", "T", "Vp"), "loss": (), "grads": ("P",)},
+    "train": {"losses": ("N",), "grad_norms": ("N",), "params": ("P",), "m": ("P",), "v": ("P",)},
+}
 
 
 class PortError(RuntimeError):
@@ -63,12 +76,19 @@ def read_arrays(path):
         raise PortError(f"{path}: header magic is {magic}, expected {ARRAYS_MAGIC} (an array file)")
     if version != ARRAYS_VERSION:
         raise PortError(f"{path}: header version is {version}, expected {ARRAYS_VERSION}")
+    if not 0 <= count <= MAX_ARRAYS:
+        raise PortError(f"{path}: header count is {count}, expected 0 to {MAX_ARRAYS} arrays")
     arrays = {}
     for i in range(count):
         (name_len,) = ints(1, f"array {i} name length")
         if not 0 < name_len <= 256 or pos + name_len > len(data):
             raise PortError(f"{path}: array {i} name length {name_len} is invalid")
-        name = data[pos:pos + name_len].decode("utf-8", errors="replace")
+        try:
+            name = data[pos:pos + name_len].decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise PortError(f"{path}: array {i} name is not UTF-8: {e}") from e
+        if name in arrays:
+            raise PortError(f"{path}: array {i} is named {name!r}, like an earlier one (names must be unique)")
         pos += name_len
         code, ndim = ints(2, f"array {name!r} dtype and ndim")
         if code not in DTYPES:
@@ -103,3 +123,11 @@ def expect_array(arrays, path, name, shape, dtype=np.float32):
     if value.shape != tuple(shape):
         raise PortError(f"{path}: array {name!r} has shape {value.shape}, expected {tuple(shape)}")
     return value
+
+
+def read_reply(path, op, sizes):
+    """OUT.bin of the call `op` -> {name: float32 array} of exactly REPLIES[op], each checked for its shape.
+    sizes: {"B", "T", "Vp", "P", "N": int} (those the call's shapes use)."""
+    arrays = read_arrays(path)
+    return {name: expect_array(arrays, path, name, tuple(sizes[d] for d in shape)).copy()
+            for name, shape in REPLIES[op].items()}

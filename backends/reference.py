@@ -4,7 +4,7 @@ import numpy as np
 from backends.base import Backend
 from reference import layers
 from reference.adamw import AdamW, AdamWSettings
-from reference.formats import read_checkpoint
+from reference.formats import read_checkpoint, write_checkpoint
 from reference.model import GPT2
 
 
@@ -135,6 +135,9 @@ class ReferenceModel:
             self.optimizer = AdamW(AdamWSettings(), self.config, self.gpt.dtype)
         self.optimizer.m[:], self.optimizer.v[:] = m, v
 
+    def save_checkpoint(self, path, dtype="fp32"):
+        write_checkpoint(path, self.config, self.gpt.params_memory.astype(np.float32), dtype)
+
     def close(self):
         self.gpt = None
 
@@ -142,10 +145,16 @@ class ReferenceModel:
 class ReferenceBackend(Backend):
     name = "reference"
     precision = "fp32"
+    deterministic = True
     description = "numpy GPT-2 (reference/), float32"
 
     def __init__(self):
         self.kernels = ReferenceKernels()
+
+    def unsupported(self, feature):
+        if feature == "model_config":
+            return "the reference model is built from the configuration it is given: nothing of its own to report"
+        return None
 
     def model(self, config, params, max_B, max_T):
         return ReferenceModel(config, params, max_B, max_T)

@@ -32,9 +32,11 @@ class CheckResult:
     detail: str = ""
     got: float | None = None    # scalar checks (a loss) keep both values: reports list the losses
     want: float | None = None
+    informational: bool = False     # a difference reported, not failed (a rerun of a backend not declared
+                                    # deterministic): passed is True, the reports show it
 
     def message(self):
-        verdict = "passed" if self.passed else "FAILED"
+        verdict = "differs (informational)" if self.informational else "passed" if self.passed else "FAILED"
         text = (f"{self.check} [{self.backend}, {self.precision}] {verdict}: max abs {self.max_abs:.3e} "
                 f"(tol {self.tol_max_abs:.1e}), rel norm {self.rel_norm:.3e} (tol {self.tol_rel_norm:.1e}) "
                 f"over {self.elements} elements")

@@ -5,8 +5,10 @@
 --backend (repeatable) defaults to every builtin backend; one that cannot run here is SKIPPED with its
 reason, never passed. --fixture (repeatable) defaults to the committed fixtures plus fixtures/gpt2_124M
 where `make fixtures` made it; any llm.c-format directory works, with or without manifest.json.
-Every check a test makes goes through the `recorder` fixture; the session ends with a table of all of
-them, and the JSON / markdown reports when asked for.
+Every check result is recorded (the model checks as each backend x fixture run finishes, the kernel checks
+through the `recorder` fixture); the session ends with a table of all of them and of the checks that did
+not run, and the JSON / markdown reports when asked for (written also after each backend x fixture's model
+checks, so what was judged survives whatever happens later).
 """
 from pathlib import Path
 
@@ -18,12 +20,11 @@ use_fixed_seeds()
 import pytest
 
 from backends.base import BackendUnavailable
-from backends.ports import is_unsupported
-from backends.registry import BACKEND_OPTION_HELP, BUILTIN_BACKENDS, get_backend
+from backends.registry import BACKEND_OPTION_HELP, SUITE_BACKENDS, get_backend
 from conformance.checks import Recorder
 from conformance.fixture import FIXTURE_OPTION_HELP, default_fixture_dirs, load_fixture
-from conformance.model_checks import ModelChecksStopped, run_model_checks
-from conformance.report import format_table, stopped_entry, suite_meta, write_json, write_markdown
+from conformance.model_checks import run_model
+from conformance.report import format_table, suite_meta, summary, write_json, write_markdown
 
 _SESSION = pytest.StashKey[dict]()
 
@@ -42,7 +43,7 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     # recorder, backends (name -> description or the reason it is unavailable), caches of loaded things
     config.stash[_SESSION] = {"recorder": Recorder(), "backends": {}, "fixtures": {}, "model_results": {},
-                               "stopped": []}
+                               "not_run": []}
 
 
 def _session(request):
@@ -52,7 +53,7 @@ def _session(request):
 @pytest.hookimpl(trylast=True)    # after @pytest.mark.parametrize: ids read test_gradient[dwte-cpu-tiny-bytes]
 def pytest_generate_tests(metafunc):
     if "backend" in metafunc.fixturenames:
-        names = metafunc.config.getoption("backend") or list(BUILTIN_BACKENDS)
+        names = metafunc.config.getoption("backend") or list(SUITE_BACKENDS)
         metafunc.parametrize("backend", names, indirect=True, scope="session")
     if "llmc_fixture" in metafunc.fixturenames:
         dirs = [Path(d) for d in (metafunc.config.getoption("fixture") or default_fixture_dirs())]
@@ -87,49 +88,58 @@ def recorder(request):
 
 
 class ModelResults(dict):
-    """check name -> CheckResult; a check the run never reached is skipped (the backend does not support
-    what it needs) or an error (the backend raised), with the cause."""
+    """check name -> CheckResult; a check the run did not make is skipped (the backend does not support
+    what it needs) or an error (the backend raised), with the reason."""
 
-    def __init__(self, results, stopped=None):
+    def __init__(self, results, not_run):
         super().__init__((r.check, r) for r in results)
-        self.stopped = stopped
+        self.not_run = {n.check: n for n in not_run}
 
     def __missing__(self, check):
-        if self.stopped is None:
+        n = self.not_run.get(check)
+        if n is None:
             raise KeyError(check)
-        if is_unsupported(self.stopped.cause):
-            pytest.skip(f"unsupported: {self.stopped.cause}")
-        raise RuntimeError(f"{check} not reached: {self.stopped}") from self.stopped.cause
+        if n.verdict == "skipped":
+            pytest.skip(n.reason)
+        raise RuntimeError(f"{check} not reached: {n.reason}")
 
 
 @pytest.fixture
 def model_results(request, backend, llmc_fixture):
-    """ModelResults of run_model_checks(backend, fixture), run once per (backend, fixture). A run that
-    stopped part way keeps its checks; the rest skip (unsupported) or error (any other exception)."""
+    """ModelResults of run_model(backend, fixture), run once per (backend, fixture). Checks that did not
+    run skip (unsupported) or error (any other exception), with the reason."""
     session = _session(request)
     key = (backend.name, str(llmc_fixture.path))
     if key not in session["model_results"]:
-        try:
-            session["model_results"][key] = ModelResults(run_model_checks(backend, llmc_fixture))
-        except ModelChecksStopped as e:
-            session["model_results"][key] = ModelResults(e.results, e)
-            session["stopped"].append(stopped_entry(e, is_unsupported(e.cause)))
+        run = run_model(backend, llmc_fixture)
+        session["model_results"][key] = ModelResults(run.results, run.not_run)
+        session["not_run"] += run.not_run
+        for result in run.results:
+            session["recorder"].add(result)
+        _write_reports(request.config, session)
     return session["model_results"][key]
+
+
+def _write_reports(config, session):
+    json_path, md_path = config.getoption("report_json"), config.getoption("report_md")
+    if not (json_path or md_path):
+        return []
+    meta = suite_meta(session["backends"], source="pytest conformance/", not_run=session["not_run"])
+    results = session["recorder"].results
+    if json_path:
+        write_json(results, json_path, meta)
+    if md_path:
+        write_markdown(results, md_path, meta)
+    return [p for p in (json_path, md_path) if p]
 
 
 def pytest_terminal_summary(terminalreporter, config):
     session = config.stash[_SESSION]
     results = session["recorder"].results
-    if not results:
+    if not results and not session["not_run"]:
         return
     terminalreporter.section("llmc conformance checks")
-    terminalreporter.write_line(format_table(results, session["stopped"]))
-    json_path, md_path = config.getoption("report_json"), config.getoption("report_md")
-    if json_path or md_path:
-        meta = suite_meta(session["backends"], source="pytest conformance/", stopped=session["stopped"])
-        if json_path:
-            write_json(results, json_path, meta)
-            terminalreporter.write_line(f"wrote {json_path}")
-        if md_path:
-            write_markdown(results, md_path, meta)
-            terminalreporter.write_line(f"wrote {md_path}")
+    terminalreporter.write_line(format_table(results, session["not_run"]))
+    terminalreporter.write_line(summary(results, session["not_run"]))
+    for path in _write_reports(config, session):
+        terminalreporter.write_line(f"wrote {path}")

@@ -5,23 +5,32 @@ Two kinds of directory:
   the 10 expected losses of test_gpt2.c's loop.
 - llm.c's own (train_gpt2.py output: gpt2_124M.bin + gpt2_124M_debug_state.bin, no manifest): the
   expected losses are computed by reference/oracle.py in float64 on first use, and losses_source says so.
+
+The float64 training trajectories the model checks judge every update against (Fixture.trajectory:
+reference.oracle.expected_trajectory, in each AdamW convention) come from the directory's
+trajectories.npz where tools.make_fixtures wrote one (the 124M fixture: minutes of float64 work per
+convention), else they are computed on first use and kept for the process (seconds for the committed
+tiny fixtures).
 """
 import dataclasses
 import functools
 import json
 import math
 from pathlib import Path
+import sys
 
 import numpy as np
 
 from conformance.model_checks import TRAIN_STEPS
 from reference.adamw import TEST_GPT2_SETTINGS, AdamWSettings
-from reference.formats import FormatError, read_checkpoint, read_debug_state, sha256_file
+from reference.formats import FormatError, atomic_write, read_checkpoint, read_debug_state, sha256_file
 from reference.model import GPT2Config
-from reference.oracle import expected_outputs
+from reference.oracle import Trajectory, expected_trajectory, trajectory_index
 
 CHECKPOINT, CHECKPOINT_BF16, DEBUG_STATE = "gpt2_124M.bin", "gpt2_124M_bf16.bin", "gpt2_124M_debug_state.bin"
 MANIFEST = "manifest.json"
+TRAJECTORIES = "trajectories.npz"      # the stored float64 trajectories (tools.make_fixtures --trajectories)
+TRAJECTORIES_VERSION = 1
 FIXTURES_DIR = Path(__file__).resolve().parents[1] / "fixtures"
 COMMITTED_FIXTURES = ("tiny-bytes", "tiny-gpt2")
 GPT2_124M_FIXTURE = FIXTURES_DIR / "gpt2_124M"   # made by `make fixtures`, ignored by git
@@ -60,12 +69,86 @@ class Fixture:
     def expected_losses(self):
         if self.manifest:
             return np.array(self.manifest["expected"]["losses"], np.float64)
-        # float64 d12 training takes minutes, hence computed only when asked for
-        outputs = expected_outputs(self.config, self.params, self.x, self.y, settings=self.optimizer)
-        return np.array(outputs.losses, np.float64)
+        # float64 d12 training takes minutes, hence computed only when asked for (the trajectory the checks
+        # after every update need anyway)
+        return self.trajectory("train", self.optimizer).losses[:TRAIN_STEPS].copy()
+
+    def trajectory(self, name, settings):
+        """The float64 Trajectory of test_gpt2.c's loop under `settings` (reference/oracle.py), `name` being
+        the convention's: from trajectories.npz when it holds that one, else computed once per process."""
+        key = (str(self.path.resolve()), _file_stamp(self.checkpoint_path), _file_stamp(self.debug_state_path),
+               name, dataclasses.astuple(settings))
+        if key not in _TRAJECTORIES:
+            stored = read_trajectories(self).get(name)
+            if stored is not None and stored.settings != settings:
+                raise FormatError(self.path / TRAJECTORIES, name, f"{name} was computed with {stored.settings}, "
+                                  f"the checks use {settings}: {REGENERATE_TRAJECTORIES.format(dir=self.path)}")
+            index = trajectory_index(self.config)
+            if stored is None and index is not None:        # a large model: minutes of float64 work
+                print(f"{self.path}: computing the float64 trajectory {name} (minutes for a model this size; "
+                      f"`python -m tools.make_fixtures --trajectories {self.path}` stores it)", file=sys.stderr)
+            _TRAJECTORIES[key] = stored or expected_trajectory(self.config, self.params, self.x, self.y, settings,
+                                                               TRAIN_STEPS, index)
+        return _TRAJECTORIES[key]
 
     def __repr__(self):
         return f"Fixture({self.name!r}, B={self.B}, T={self.T}, {self.config}, losses from {self.losses_source})"
+
+
+_TRAJECTORIES = {}
+REGENERATE_TRAJECTORIES = "regenerate it with `python -m tools.make_fixtures --trajectories {dir}`"
+
+
+def _file_stamp(path):
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _checkpoint_sha256(fixture):
+    if fixture.manifest:
+        return fixture.manifest["files"][CHECKPOINT]["sha256"]
+    return sha256_file(fixture.checkpoint_path)
+
+
+def write_trajectories(fixture, trajectories):
+    """{name: Trajectory} -> the fixture's trajectories.npz (atomically), tied to its checkpoint and batch."""
+    arrays = {"version": np.array(TRAJECTORIES_VERSION), "checkpoint_sha256": np.array(_checkpoint_sha256(fixture)),
+              "x": fixture.x, "y": fixture.y}
+    for name, t in trajectories.items():
+        arrays[f"{name}.settings"] = np.array(json.dumps(dataclasses.asdict(t.settings)))
+        arrays[f"{name}.index"] = np.array([], np.int64) if t.index is None else t.index
+        for field in ("losses", "grad_norms", "params", "m", "v"):
+            arrays[f"{name}.{field}"] = getattr(t, field)
+    with atomic_write(fixture.path / TRAJECTORIES) as f:
+        np.savez(f, **arrays)
+
+
+def read_trajectories(fixture):
+    """The fixture's trajectories.npz -> {name: Trajectory} ({} where there is none); FormatError when it
+    belongs to another checkpoint or batch."""
+    path = fixture.path / TRAJECTORIES
+    if not path.exists():
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError) as e:
+        raise FormatError(path, "npz", f"is not a readable trajectories file: {e}") from e
+    if int(arrays.get("version", -1)) != TRAJECTORIES_VERSION:
+        raise FormatError(path, "version", f"version {arrays.get('version')}, expected {TRAJECTORIES_VERSION}: "
+                          + REGENERATE_TRAJECTORIES.format(dir=fixture.path))
+    if str(arrays["checkpoint_sha256"]) != _checkpoint_sha256(fixture) or not (
+            np.array_equal(arrays["x"], fixture.x) and np.array_equal(arrays["y"], fixture.y)):
+        raise FormatError(path, "checkpoint_sha256", f"was computed from another checkpoint or batch than "
+                          f"{fixture.checkpoint_path}'s: " + REGENERATE_TRAJECTORIES.format(dir=fixture.path))
+    trajectories = {}
+    for name in {key.split(".")[0] for key in arrays if key.endswith(".settings")}:
+        index = arrays[f"{name}.index"]
+        trajectories[name] = Trajectory(AdamWSettings(**json.loads(str(arrays[f"{name}.settings"]))),
+                                        index if index.size else None,
+                                        *(arrays[f"{name}.{field}"] for field in ("losses", "grad_norms", "params",
+                                                                                  "m", "v")))
+    return trajectories
 
 
 def _load_manifest(path):
@@ -139,11 +222,38 @@ def _check_keys(path, field, entry, required=(), allowed=None):
         raise FormatError(path, field, f"{field} has unknown entry {unknown[0]!r} (known: {', '.join(allowed)})")
 
 
+FILE_ROLES = {
+    CHECKPOINT: "model checkpoint (llm.c's gpt2_124M.bin format, fp32)",
+    CHECKPOINT_BF16: "bf16 model checkpoint",
+    DEBUG_STATE: "debug state (llm.c's gpt2_124M_debug_state.bin: the batch, step-0 logits, loss and gradients)",
+    MANIFEST: "manifest",
+}
+
+
+def _how_to_make(dirpath):
+    """How the fixture directory dirpath is made, in words."""
+    dirpath = Path(dirpath).resolve()
+    if dirpath == GPT2_124M_FIXTURE.resolve():
+        return "run `make fixtures` to generate this fixture"
+    if dirpath in [(FIXTURES_DIR / n).resolve() for n in COMMITTED_FIXTURES]:
+        return (f"it is committed: `git checkout -- fixtures/{dirpath.name}`, or regenerate the committed "
+                "fixtures with `python -m tools.make_fixtures --committed`")
+    return (f"make a fixture there with `python -m tools.make_fixtures --model DESCRIPTOR {dirpath}`, or use the "
+            "output directory of llm.c's train_gpt2.py")
+
+
+def _missing_file(dirpath, name, listed_in=None):
+    """FileNotFoundError saying which file of the fixture dirpath is missing, what it holds, and how to make it."""
+    listed = f" (listed in {listed_in})" if listed_in else ""
+    return FileNotFoundError(f"{Path(dirpath) / name}: the fixture's {FILE_ROLES.get(name, 'file')} is "
+                             f"missing{listed}; {_how_to_make(dirpath)}")
+
+
 def _verify_files(dirpath, manifest_path, manifest):
     for name, entry in manifest["files"].items():
         path = dirpath / name
         if not path.exists():
-            raise FormatError(path, "missing", f"is listed in {manifest_path} but does not exist")
+            raise _missing_file(dirpath, name, listed_in=manifest_path)
         size = path.stat().st_size
         if size != entry["size"]:
             raise FormatError(path, "size", f"is {size} bytes, {manifest_path} says {entry['size']}")
@@ -156,11 +266,14 @@ def load_fixture(dirpath, verify=True):
     """-> Fixture. verify: check every file listed in manifest.json against its size and sha256."""
     dirpath = Path(dirpath)
     if not dirpath.is_dir():
-        raise FileNotFoundError(f"{dirpath}: no such fixture directory")
+        raise FileNotFoundError(f"{dirpath}: no such fixture directory; {_how_to_make(dirpath)}")
     manifest_path = dirpath / MANIFEST
     manifest = _load_manifest(manifest_path) if manifest_path.exists() else None
     if manifest and verify:
         _verify_files(dirpath, manifest_path, manifest)
+    for name in (CHECKPOINT, DEBUG_STATE):
+        if not (dirpath / name).is_file():
+            raise _missing_file(dirpath, name)
     config, params = read_checkpoint(dirpath / CHECKPOINT)
     if manifest and GPT2Config(**manifest["config"]) != config:
         raise FormatError(dirpath / CHECKPOINT, "config", f"header config {config} differs from {manifest_path}'s "

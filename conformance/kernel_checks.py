@@ -1,7 +1,9 @@
 """Kernel-level checks: one backend kernel call on random float32 inputs vs reference.layers in float64.
 
 Each kernel gets the same inputs twice: as float32 arrays through the backend's llm.c calling
-convention, and upcast to float64 through reference.layers. Outputs a kernel must write are filled
+convention, and upcast to float64 through reference.layers. For a backend of the bf16 class the random
+inputs are bf16 values (float32 arrays rounded to bf16), so a bf16 kernel's input rounding is exact and
+what is judged is its own arithmetic against float64 on those same inputs. Outputs a kernel must write are filled
 with NaN first (an element it forgets fails); gradient outputs are pre-filled with random values at
 the scale of the expected gradient (a kernel that overwrites instead of accumulating with += fails).
 
@@ -13,6 +15,7 @@ import numpy as np
 
 from conformance.checks import compare
 from reference import layers
+from reference.formats import bf16_bits_to_fp32, fp32_to_bf16_bits
 
 f32, f64 = np.float32, np.float64
 
@@ -74,9 +77,11 @@ class _Case:
         self.backend, self.name = backend, name
         self.rng = np.random.default_rng(seed)
         self.results = []
+        self.bf16_inputs = backend.precision == "bf16"
 
     def normal(self, *shape, scale=1.0, offset=0.0):
-        return (self.rng.standard_normal(shape) * scale + offset).astype(f32)
+        values = (self.rng.standard_normal(shape) * scale + offset).astype(f32)
+        return bf16_bits_to_fp32(fp32_to_bf16_bits(values)).reshape(shape) if self.bf16_inputs else values
 
     def tokens(self, B, T, V):
         return self.rng.integers(0, V, (B, T)).astype(np.int32)
@@ -129,7 +134,7 @@ def _layernorm_forward(case, k, s):
     out, mean, rstd = case.unwritten(s.B, s.T, s.C), case.unwritten(s.B, s.T), case.unwritten(s.B, s.T)
     k.layernorm_forward(out, mean, rstd, inp, weight, bias)
     want = layers.layernorm_forward(inp.astype(f64), weight.astype(f64), bias.astype(f64))
-    for output, got, w in zip(("out", "mean", "rstd"), (out, mean, rstd), want):
+    for output, got, w in zip(("out", "mean", "rstd"), (out, mean, rstd), want, strict=False):
         case.judge(output, got, w)
 
 
@@ -147,7 +152,7 @@ def _layernorm_backward(case, k, s):
     # (C = 2 leaves only eps's trace), so its rounding is judged against the terms cancelled, not the result
     dnorm = dout.astype(f64) * weight * rstd[..., None]
     dinp_scale = np.sqrt(np.sum(np.square(before[0], dtype=f64)) + np.sum(np.square(dnorm)))
-    for output, g, b, w in zip(("dinp", "dweight", "dbias"), got, before, want):
+    for output, g, b, w in zip(("dinp", "dweight", "dbias"), got, before, want, strict=False):
         case.judge(output, g, b + w, dinp_scale if output == "dinp" else None)
 
 

@@ -104,6 +104,11 @@ def apply_to_results(results, skips=(), xfails=()):
     return kept, notes
 
 
+def apply_to_not_run(not_run, skips=()):
+    """For tools.conform: the checks that did not run, less those a skip list leaves out."""
+    return [n for n in not_run if not first_match(skips, n.check, f"{n.backend}:{n.check}")]
+
+
 # ----------------------------------------------------------------------------- pytest hooks
 def pytest_addoption(parser):
     group = parser.getgroup("llmc-ports", "llmc port lists")
@@ -114,7 +119,8 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
-    for option, make_marker in (("port_skips", lambda e: pytest.mark.skip(reason=f"port skip list {e.source}: {e.reason}")),
+    for option, make_marker in (("port_skips",
+                                 lambda e: pytest.mark.skip(reason=f"port skip list {e.source}: {e.reason}")),
                                 ("port_xfails", lambda e: pytest.mark.xfail(
                                     reason=f"port expected failure {e.source}: {e.reason}", strict=True))):
         entries = [e for path in config.getoption(option) for e in read_list(path)]
@@ -125,4 +131,4 @@ def pytest_collection_modifyitems(config, items):
             if entry:
                 item.add_marker(make_marker(entry))
         for e in unmatched(entries, [n for item in items for n in (item.nodeid, item.name)]):
-            warnings.warn(PortListWarning(f"{e.source}: {e.pattern!r} matches no collected test"))
+            warnings.warn(PortListWarning(f"{e.source}: {e.pattern!r} matches no collected test"), stacklevel=2)

@@ -20,8 +20,9 @@ kernel_shapes = st.builds(make_shape, bias=st.booleans(),
 
 @pytest.mark.parametrize("name", KERNEL_NAMES)
 def test_kernel(backend, recorder, name):
-    if not backend.has_kernel(name):
-        pytest.skip(f"backend {backend.name} has no kernel {name}")
+    reason = backend.missing_kernel_reason(name)
+    if reason:
+        pytest.skip(reason)
 
     @settings(max_examples=EXAMPLES_PER_KERNEL)
     @given(shape=kernel_shapes, seed=st.integers(0, 2**32 - 1))

@@ -34,6 +34,7 @@ if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER = Path(__file__).resolve().with_name("llmc.h")
+CORE_HEADER = Path(__file__).resolve().with_name("core") / "core.h"
 
 LIBRARY_ENV = {"cpu": "LLMC_CPU_LIB", "cuda": "LLMC_CUDA_LIB"}
 
@@ -48,17 +49,40 @@ def read_cdef(header=HEADER):
     return re.sub(r"/\*.*?\*/", "", body, flags=re.S)
 
 
-def _error_codes():
-    """{name: value} of llmc.h's LLMC_* enum as cffi parses it (constants need no library loaded)."""
+def _header_constants():
+    """{name: value} of llmc.h's LLMC_* constants (the error codes, the id size) as cffi parses them: constants
+    need no library loaded."""
     ffi = FFI()
     ffi.cdef(read_cdef())
     constants = ffi.dlopen(None)
     return {name: getattr(constants, name) for name in dir(constants) if name.startswith("LLMC_")}
 
 
-ERROR_CODES = _error_codes()
+HEADER_CONSTANTS = _header_constants()
+ERROR_CODES = {name: value for name, value in HEADER_CONSTANTS.items() if name == "LLMC_OK" or "_ERR_" in name}
+DIST_ID_BYTES = HEADER_CONSTANTS["LLMC_DIST_ID_BYTES"]
 ERROR_NAMES = {code: name for name, code in ERROR_CODES.items()}
 LLMC_OK = ERROR_CODES["LLMC_OK"]
+
+
+def _define(header, name):
+    """The integer value of `#define name VALUE` in a C header."""
+    match = re.search(rf"^#define {name} (\d+)", Path(header).read_text(), flags=re.M)
+    if match is None:
+        raise ValueError(f"{header}: no #define {name}")
+    return int(match.group(1))
+
+
+# The most threads a thread count may ask for: what llmc_set_num_threads clamps to on the largest machine.
+# Larger is taken for a mistake (LLMC_THREADS=100000 once crashed libgomp) and refused here.
+MAX_THREADS = _define(CORE_HEADER, "LLMC_MAX_THREADS")
+
+
+def check_threads(n, name="n"):
+    """n as an int, if it is a thread count in [1, MAX_THREADS]; ValueError naming `name` otherwise."""
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"{name} = {n!r}: a thread count must be an integer in [1, {MAX_THREADS}]")
+    return int(n)
 
 
 class LibraryUnavailable(Exception):
@@ -101,7 +125,8 @@ class Library:
         """Raises LlmcError for a nonzero return code."""
         if rc != LLMC_OK:
             message = self.ffi.string(self.lib.llmc_last_error()).decode(errors="replace")
-            cls = LlmcArgumentError if rc in (ERROR_CODES["LLMC_ERR_ARGUMENT"], ERROR_CODES["LLMC_ERR_TOKEN"]) else LlmcError
+            caller_wrong = rc in (ERROR_CODES["LLMC_ERR_ARGUMENT"], ERROR_CODES["LLMC_ERR_TOKEN"])
+            cls = LlmcArgumentError if caller_wrong else LlmcError
             raise cls(rc, message)
 
     def last_error(self):
@@ -127,13 +152,29 @@ class Library:
                 self.check(code)
 
     def set_num_threads(self, n):
-        self.check(self.lib.llmc_set_num_threads(int(n)))
+        self.check(self.lib.llmc_set_num_threads(check_threads(n)))
+
+    def device_count(self):
+        count = self.ffi.new("int*")
+        self.check(self.lib.llmc_device_count(count))
+        return int(count[0])
+
+    def set_device(self, device):
+        """The GPU of this process (a data-parallel rank's local rank); before init and the first model."""
+        self.check(self.lib.llmc_set_device(int(device)))
+
+    def dist_unique_id(self):
+        """The id every rank joins with (rank 0 makes it, the launcher shares it)."""
+        out = self.ffi.new("unsigned char[]", DIST_ID_BYTES)
+        self.check(self.lib.llmc_dist_unique_id(out))
+        return bytes(self.ffi.buffer(out))
 
     def build_info(self):
         return self.ffi.string(self.lib.llmc_build_info()).decode() if self.has("llmc_build_info") else "no build info"
 
-    def model_from_params(self, config, params, max_B, max_T, mode=0):
-        """A NativeModel of config with the flat float32 params (num_parameters values, llm.c's order)."""
+    def model_from_params(self, config, params, max_B, max_T, mode=0, model_class=None):
+        """A NativeModel (or model_class(library, handle, mode)) of config with the flat float32 params
+        (num_parameters values, llm.c's order)."""
         params = np.ascontiguousarray(params, np.float32)
         if params.shape != (config.num_parameters,):
             raise ValueError(f"params: shape {params.shape}, expected ({config.num_parameters},) for {config}")
@@ -145,14 +186,15 @@ class Library:
         self.activate(mode)
         self.check(self.lib.llmc_model_from_params(cfg, self.ffi.from_buffer("float[]", params),
                                                    int(max_B), int(max_T), out))
-        return NativeModel(self, out[0], mode)
+        return (model_class or NativeModel)(self, out[0], mode)
 
-    def model_from_checkpoint(self, path, max_B, max_T, mode=0):
-        """A NativeModel read by the library itself from an llm.c checkpoint file."""
+    def model_from_checkpoint(self, path, max_B, max_T, mode=0, model_class=None):
+        """A NativeModel (or model_class(library, handle, mode)) read by the library itself from an llm.c
+        checkpoint file."""
         out = self.ffi.new("llmc_model**")
         self.activate(mode)
         self.check(self.lib.llmc_model_from_checkpoint(os.fsencode(path), int(max_B), int(max_T), out))
-        return NativeModel(self, out[0], mode)
+        return (model_class or NativeModel)(self, out[0], mode)
 
 
 _libraries = {}
@@ -431,6 +473,37 @@ class NativeModel:
         self._call("llmc_set_optimizer_state", self._flat("m", np.ascontiguousarray(m, np.float32)),
                    self._flat("v", np.ascontiguousarray(v, np.float32)))
 
+    def save_checkpoint(self, path, dtype="fp32"):
+        """The parameters as an llm.c checkpoint (dtype "fp32": version 3, "bf16": version 5), written
+        whole or not at all, by the library itself."""
+        versions = {"fp32": 3, "bf16": 5}
+        if dtype not in versions:
+            raise ValueError(f"dtype: {dtype!r}, expected 'fp32' or 'bf16'")
+        self._call("llmc_save_checkpoint", os.fsencode(path), versions[dtype])
+
+    def dist_join(self, unique_id, rank, world_size, zero_stage):
+        """Joins the data-parallel group (collective: every rank, the same id); llmc_update then averages."""
+        if len(unique_id) != DIST_ID_BYTES:
+            raise ValueError(f"unique_id: {len(unique_id)} bytes, expected {DIST_ID_BYTES}")
+        self._call("llmc_dist_join", self._ffi.from_buffer("unsigned char[]", unique_id), int(rank),
+                   int(world_size), int(zero_stage))
+
+    def dist_sync_grads(self):
+        """The gradients averaged over the ranks now (collective); ZeRO-1: valid on this rank's shard."""
+        self._call("llmc_dist_sync_grads")
+
+    def dist_shard(self):
+        """(offset, count): the parameters this rank updates."""
+        offset, count = self._ffi.new("size_t*"), self._ffi.new("size_t*")
+        self._call("llmc_dist_shard", offset, count)
+        return int(offset[0]), int(count[0])
+
+    def dist_mean(self, values):
+        """Host floats averaged over the ranks (collective)."""
+        values = np.ascontiguousarray(values, np.float32).copy()
+        self._call("llmc_dist_mean", self._ffi.from_buffer("float[]", values), values.size)
+        return values
+
     def close(self):
         if self._handle is not None:
             self._ffi.release(self._handle)   # runs llmc_model_free now
@@ -453,7 +526,15 @@ def _token_array(name, a):
 
 # ----------------------------------------------------------------------------- our own libraries
 def default_threads():
-    return int(os.environ.get("LLMC_THREADS") or os.cpu_count() or 1)
+    """LLMC_THREADS when set (ValueError naming it when it is not a thread count), else the CPU count."""
+    value = os.environ.get("LLMC_THREADS")
+    if not value:
+        return min(os.cpu_count() or 1, MAX_THREADS)
+    try:
+        n = int(value)
+    except ValueError:
+        n = value
+    return check_threads(n, "LLMC_THREADS")
 
 
 def library_path(kind):

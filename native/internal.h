@@ -3,6 +3,7 @@
 #define LLMC_INTERNAL_H
 #include <stddef.h>
 #include "llmc.h"
+#include "core/core.h"   /* errors, checks, the checkpoint reader: shared with the other libraries */
 
 /* none of these are exported: the ABI is llmc.h */
 #pragma GCC visibility push(hidden)
@@ -16,31 +17,10 @@
 #define LLMC_HOT
 #endif
 
-/* errors.c: every model-API call ends in llmc_ok() or llmc_fail(); kernels report nothing. */
-int llmc_fail(int code, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
-int llmc_ok(void);
-
 /* blas.c: row-major C = alpha op(A) op(B) + beta C through the BLAS that cpu.mk linked, on the
  * OpenMP threads. */
 void llmc_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float* A, int lda,
                 const float* B, int ldb, float beta, float* C, int ldc);
-
-/* model.c: the 16 parameter tensors' sizes in llm.c's order, and the config check the checkpoint
- * reader shares (where names the source in messages, e.g. "checkpoint 'x.bin'"). */
-#define LLMC_NUM_PARAM_TENSORS 16
-int llmc_check_config(const llmc_config* c, const char* where);
-void llmc_param_sizes(const llmc_config* c, size_t sizes[LLMC_NUM_PARAM_TENSORS]);
-
-/* checkpoint.c: validates the header and file size, fills *config; llmc_read_params then reads the
- * payload (fp32 v3 or bf16 v5) into params, which holds the padded parameter count. */
-typedef struct {
-    const char* path;
-    llmc_config config;
-    int version;
-    size_t num_parameters;
-} llmc_checkpoint;
-int llmc_open_checkpoint(const char* path, llmc_checkpoint* ck);
-int llmc_read_params(const llmc_checkpoint* ck, float* params);
 
 /* kernels.c: matmul_backward with each product's BLAS beta exposed (llm.c's kernel is beta 1 for both):
  * beta 0 overwrites, which spares the model zeroing its scratch gradients, and lets zero_grad leave

@@ -3,10 +3,8 @@
  * backward and update that never end the process: every call returns LLMC_OK or an error code with
  * llmc_last_error() saying what was wrong.
  */
-#include <limits.h>
 #include <math.h>
 #include <omp.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "internal.h"
@@ -28,48 +26,17 @@ const char* llmc_build_info(void) {
 
 int llmc_init(void) { return llmc_ok(); }
 
-int llmc_set_num_threads(int n) {
-    if (n < 1) return llmc_fail(LLMC_ERR_ARGUMENT, "llmc_set_num_threads: n = %d, must be at least 1", n);
-    omp_set_num_threads(n);   // the BLAS work too runs on these threads (blas.c)
-    return llmc_ok();
-}
-
 int llmc_set_precision(int mode) {
     if (mode == 0) return llmc_ok();
-    if (mode == 1) return llmc_fail(LLMC_ERR_UNSUPPORTED, "llmc_set_precision: TF32 (mode 1) needs the CUDA library; "
-                                                          "the CPU library is strict fp32 only");
-    return llmc_fail(LLMC_ERR_ARGUMENT, "llmc_set_precision: mode = %d, must be 0 (fp32) or 1 (TF32)", mode);
+    if (mode == 1 || mode == 2)
+        return llmc_fail(LLMC_ERR_UNSUPPORTED, "llmc_set_precision: %s (mode %d) needs the CUDA library; the CPU "
+                         "library is strict fp32 only", mode == 1 ? "TF32" : "bf16", mode);
+    return llmc_fail(LLMC_ERR_ARGUMENT, "llmc_set_precision: mode = %d, must be 0 (fp32), 1 (TF32) or 2 (bf16)", mode);
 }
 
-/* ----------------------------------------------------------------------------- config and parameters */
+/* ----------------------------------------------------------------------------- parameters */
+/* the sizes, names and count of the 16 tensors are the core's (core/checks.c) */
 enum { WTE, WPE, LN1W, LN1B, QKVW, QKVB, ATTPROJW, ATTPROJB, LN2W, LN2B, FCW, FCB, FCPROJW, FCPROJB, LNFW, LNFB };
-
-void llmc_param_sizes(const llmc_config* c, size_t sizes[LLMC_NUM_PARAM_TENSORS]) {
-    size_t Vp = c->padded_vocab_size, maxT = c->max_seq_len, L = c->num_layers, C = c->channels;
-    sizes[WTE] = Vp * C;
-    sizes[WPE] = maxT * C;
-    sizes[LN1W] = L * C;
-    sizes[LN1B] = L * C;
-    sizes[QKVW] = L * 3 * C * C;
-    sizes[QKVB] = L * 3 * C;
-    sizes[ATTPROJW] = L * C * C;
-    sizes[ATTPROJB] = L * C;
-    sizes[LN2W] = L * C;
-    sizes[LN2B] = L * C;
-    sizes[FCW] = L * 4 * C * C;
-    sizes[FCB] = L * 4 * C;
-    sizes[FCPROJW] = L * C * 4 * C;
-    sizes[FCPROJB] = L * C;
-    sizes[LNFW] = C;
-    sizes[LNFB] = C;
-}
-
-static size_t count_parameters(const llmc_config* c) {
-    size_t sizes[LLMC_NUM_PARAM_TENSORS], n = 0;
-    llmc_param_sizes(c, sizes);
-    for (int i = 0; i < LLMC_NUM_PARAM_TENSORS; i++) n += sizes[i];
-    return n;
-}
 
 /* The 16 tensors as pointers into one flat array (params or grads), llm.c's ParameterTensors. */
 typedef struct {
@@ -89,36 +56,6 @@ static param_tensors point_params(const llmc_config* c, float* base) {
         base += sizes[i];
     }
     return t;
-}
-
-/* where: "config" for llmc_model_from_params, "checkpoint 'path': header" for files (fields then
- * carry their header index). Bounds keep every size product far from overflow; the activations'
- * own bound is checked when they are sized. */
-int llmc_check_config(const llmc_config* c, const char* where) {
-    int is_file = strncmp(where, "checkpoint", 10) == 0;
-    int code = is_file ? LLMC_ERR_FORMAT : LLMC_ERR_ARGUMENT;
-    struct { const char* name; int header_index; int value; int max; } fields[] = {
-        {"max_seq_len", 2, c->max_seq_len, 1 << 16},
-        {"vocab_size", 3, c->vocab_size, 1 << 24},
-        {"num_layers", 4, c->num_layers, 1 << 12},
-        {"num_heads", 5, c->num_heads, 1 << 12},
-        {"channels", 6, c->channels, 1 << 16},
-        {"padded_vocab_size", 7, c->padded_vocab_size, 1 << 24},
-    };
-    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
-        char name[64];
-        if (is_file) snprintf(name, sizeof name, "[%d] %s", fields[i].header_index, fields[i].name);
-        else snprintf(name, sizeof name, ".%s", fields[i].name);
-        if (fields[i].value <= 0 || fields[i].value > fields[i].max)
-            return llmc_fail(code, "%s%s = %d: must lie in [1, %d]", where, name, fields[i].value, fields[i].max);
-    }
-    if (c->channels % c->num_heads != 0)
-        return llmc_fail(code, "%s: channels = %d is not divisible by num_heads = %d", where, c->channels,
-                         c->num_heads);
-    if (c->padded_vocab_size < c->vocab_size)
-        return llmc_fail(code, "%s: padded_vocab_size = %d is smaller than vocab_size = %d", where,
-                         c->padded_vocab_size, c->vocab_size);
-    return LLMC_OK;
 }
 
 /* ----------------------------------------------------------------------------- the model */
@@ -210,20 +147,13 @@ void llmc_model_free(llmc_model* model) {
 
 /* Allocates everything for config; params are left for the caller to fill. */
 static int model_alloc(const llmc_config* config, int max_B, int max_T, llmc_model** out) {
-    if (max_B <= 0 || max_T <= 0)
-        return llmc_fail(LLMC_ERR_ARGUMENT, "max_B = %d, max_T = %d: both must be positive", max_B, max_T);
-    if (max_T > config->max_seq_len)
-        return llmc_fail(LLMC_ERR_ARGUMENT, "max_T = %d exceeds the model's max_seq_len = %d", max_T,
-                         config->max_seq_len);
-    // kernels take element counts such as B*T*4C as int
-    if ((double)max_B * max_T * 4.0 * config->channels > INT_MAX)
-        return llmc_fail(LLMC_ERR_ARGUMENT, "max_B = %d x max_T = %d tokens of %d channels is too large "
-                         "(B*T*4C must stay below 2^31)", max_B, max_T, config->channels);
+    int rc = llmc_check_model_size(config, max_B, max_T);
+    if (rc != LLMC_OK) return rc;
     llmc_model* model = calloc(1, sizeof *model);
     if (model == NULL) return llmc_fail(LLMC_ERR_ALLOC, "out of memory allocating the model");
     model->config = *config;
     llmc_param_sizes(config, model->param_sizes);
-    model->num_parameters = count_parameters(config);
+    model->num_parameters = llmc_num_parameters(config);
     model->max_B = max_B;
     model->max_T = max_T;
     size_t n = model->num_parameters, num_acts = layout_activations(model, NULL);
@@ -250,7 +180,7 @@ int llmc_model_from_params(const llmc_config* config, const float* params, int m
     if (config == NULL || params == NULL || out == NULL)
         return llmc_fail(LLMC_ERR_ARGUMENT, "llmc_model_from_params: config, params and out must not be NULL");
     *out = NULL;
-    int rc = llmc_check_config(config, "config");
+    int rc = llmc_check_config(config, NULL);
     if (rc != LLMC_OK) return rc;
     llmc_model* model;
     if ((rc = model_alloc(config, max_B, max_T, &model)) != LLMC_OK) return rc;
@@ -264,11 +194,14 @@ int llmc_model_from_checkpoint(const char* path, int max_B, int max_T, llmc_mode
         return llmc_fail(LLMC_ERR_ARGUMENT, "llmc_model_from_checkpoint: path and out must not be NULL");
     *out = NULL;
     llmc_checkpoint ck;
-    int rc = llmc_open_checkpoint(path, &ck);
+    int rc = llmc_checkpoint_open(path, &ck);
     if (rc != LLMC_OK) return rc;
     llmc_model* model;
-    if ((rc = model_alloc(&ck.config, max_B, max_T, &model)) != LLMC_OK) return rc;
-    if ((rc = llmc_read_params(&ck, model->params)) != LLMC_OK) {
+    if ((rc = model_alloc(&ck.config, max_B, max_T, &model)) != LLMC_OK) {
+        llmc_checkpoint_close(&ck);
+        return rc;
+    }
+    if ((rc = llmc_checkpoint_read(&ck, model->params)) != LLMC_OK) {
         llmc_model_free(model);
         return rc;
     }
@@ -285,23 +218,10 @@ int llmc_model_config(const llmc_model* model, llmc_config* out) {
 size_t llmc_model_num_parameters(const llmc_model* model) { return model ? model->num_parameters : 0; }
 
 /* ----------------------------------------------------------------------------- forward */
-static int check_tokens(const int* tokens, const char* name, int B, int T, int V) {
-    for (int i = 0; i < B * T; i++) {
-        if (tokens[i] < 0 || tokens[i] >= V)
-            return llmc_fail(LLMC_ERR_TOKEN, "%s[%d][%d] = %d is outside [0, %d)", name, i / T, i % T, tokens[i], V);
-    }
-    return LLMC_OK;
-}
-
 int llmc_forward(llmc_model* model, const int* inputs, const int* targets, int B, int T, float* mean_loss) {
-    if (model == NULL || inputs == NULL) return llmc_fail(LLMC_ERR_ARGUMENT, "llmc_forward: model and inputs must not be NULL");
-    if (B <= 0 || T <= 0) return llmc_fail(LLMC_ERR_ARGUMENT, "llmc_forward: B = %d, T = %d: both must be positive", B, T);
-    if (B > model->max_B || T > model->max_T)
-        return llmc_fail(LLMC_ERR_ARGUMENT, "llmc_forward: B = %d, T = %d exceed the max_B = %d, max_T = %d the "
-                         "model was sized for", B, T, model->max_B, model->max_T);
+    if (model == NULL) return llmc_fail(LLMC_ERR_ARGUMENT, "llmc_forward: model must not be NULL");
     const llmc_config* c = &model->config;
-    int rc = check_tokens(inputs, "inputs", B, T, c->vocab_size);
-    if (rc == LLMC_OK && targets != NULL) rc = check_tokens(targets, "targets", B, T, c->vocab_size);
+    int rc = llmc_check_forward(inputs, targets, B, T, model->max_B, model->max_T, c->vocab_size);
     if (rc != LLMC_OK) return rc;
 
     int L = c->num_layers, NH = c->num_heads, C = c->channels, V = c->vocab_size, Vp = c->padded_vocab_size;
@@ -514,11 +434,9 @@ LLMC_HOT static double adamw_range(float* params, const float* grads, float* m, 
 }
 
 int llmc_update(llmc_model* model, const llmc_adamw* opt, int t, float* grad_norm) {
-    if (model == NULL || opt == NULL) return llmc_fail(LLMC_ERR_ARGUMENT, "llmc_update: model and opt must not be NULL");
-    if (t < 1) return llmc_fail(LLMC_ERR_ARGUMENT, "llmc_update: t = %d, the step count starts at 1", t);
-    if (!(opt->beta1 >= 0.0f && opt->beta1 < 1.0f) || !(opt->beta2 >= 0.0f && opt->beta2 < 1.0f))
-        return llmc_fail(LLMC_ERR_ARGUMENT, "llmc_update: beta1 = %g, beta2 = %g must lie in [0, 1)",
-                         opt->beta1, opt->beta2);
+    if (model == NULL) return llmc_fail(LLMC_ERR_ARGUMENT, "llmc_update: model must not be NULL");
+    int rc = llmc_check_update(opt, t);
+    if (rc != LLMC_OK) return rc;
     settle_grads(model);
     size_t n = model->num_parameters;
     adamw_step step = {.lr = opt->learning_rate, .beta1 = opt->beta1, .beta2 = opt->beta2, .eps = opt->eps,
@@ -530,15 +448,15 @@ int llmc_update(llmc_model* model, const llmc_adamw* opt, int t, float* grad_nor
     float wd[LLMC_NUM_PARAM_TENSORS];
     for (int i = 0; i < LLMC_NUM_PARAM_TENSORS; i++) {
         end[i] = (o += model->param_sizes[i]);
-        int two_d = i == WTE || i == WPE || i == QKVW || i == ATTPROJW || i == FCW || i == FCPROJW;
-        wd[i] = opt->decay_all || two_d ? opt->weight_decay : 0.0f;
+        wd[i] = llmc_weight_decay(opt, i);
     }
-    int nt = omp_get_max_threads();
-    double partial[nt];   // per-thread sums of squares, added in thread order: deterministic
-    for (int k = 0; k < nt; k++) partial[k] = 0.0;
+    // per-thread sums of squares, added in thread order: deterministic. Sized at the most threads
+    // llmc_set_num_threads ever sets; num_threads holds the regions to it whoever set OpenMP's count.
+    double partial[LLMC_MAX_THREADS] = {0.0};
+    int nt = omp_get_max_threads() < LLMC_MAX_THREADS ? omp_get_max_threads() : LLMC_MAX_THREADS;
     double norm = 0.0;
     if (clip) {   // clipping needs the norm before the update: one extra read of the gradients
-        #pragma omp parallel
+        #pragma omp parallel num_threads(nt)
         {
             size_t k = omp_get_thread_num(), nth = omp_get_num_threads();
             partial[k] = sum_squares(model->grads, n * k / nth, n * (k + 1) / nth);
@@ -548,7 +466,7 @@ int llmc_update(llmc_model* model, const llmc_adamw* opt, int t, float* grad_nor
         if (norm > opt->grad_clip) step.grad_scale = (float)(opt->grad_clip / norm);
     }
     // without clipping the norm is summed in the same pass
-    #pragma omp parallel
+    #pragma omp parallel num_threads(nt)
     {
         size_t k = omp_get_thread_num(), nth = omp_get_num_threads();
         size_t lo = n * k / nth, hi = n * (k + 1) / nth;
@@ -578,6 +496,13 @@ static int copy_out(const llmc_model* model, const float* src, float* dst, const
 
 int llmc_get_params(const llmc_model* model, float* dst) {
     return copy_out(model, model ? model->params : NULL, dst, "llmc_get_params");
+}
+
+int llmc_save_checkpoint(const llmc_model* model, const char* path, int version) {
+    if (model == NULL) return llmc_fail(LLMC_ERR_ARGUMENT, "llmc_save_checkpoint: model is NULL");
+    if (path == NULL) return llmc_fail(LLMC_ERR_ARGUMENT, "llmc_save_checkpoint: path is NULL");
+    int rc = llmc_checkpoint_write(path, &model->config, model->params, version);
+    return rc == LLMC_OK ? llmc_ok() : rc;
 }
 
 int llmc_get_grads(const llmc_model* model, float* dst) {

@@ -67,12 +67,17 @@ class FormatError(ValueError):
 def atomic_write(path, mode="wb"):
     """Open a temporary file next to `path` for writing; on success fsync it and os.replace it onto
     `path`, so readers see the old file or the whole new one. On an exception nothing is left behind.
-    mode: "wb" or "w" (UTF-8 text)."""
+    mode: "wb" or "w" (UTF-8 text).
+
+    The temporary file is `.NAME.PID.RANDOM.tmp`, PID the writer's process id. A writer killed before
+    it could clean up (kill -9) leaves it behind; the next atomic_write of the same `path` removes those
+    whose writer no longer runs (a writer still running keeps its own)."""
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write: mode must be 'wb' or 'w', got {mode!r}")
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
+    _remove_stale_temporaries(directory, os.path.basename(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
     # os.open with 0o666 lets the umask decide the permissions, as a plain open() would
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
@@ -90,6 +95,35 @@ def atomic_write(path, mode="wb"):
         os.fsync(dir_fd)   # makes the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def _remove_stale_temporaries(directory, name):
+    """Removes atomic_write's `.name.PID.RANDOM.tmp` files in directory whose process PID is gone."""
+    prefix = f".{name}."
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return   # the os.open of the new temporary file reports what is wrong with the directory
+    for entry in entries:
+        if not (entry.startswith(prefix) and entry.endswith(".tmp")):
+            continue
+        match = re.fullmatch(r"(\d+)\.[0-9a-f]{12}", entry[len(prefix):-len(".tmp")])
+        if match is None or _process_running(int(match.group(1))):
+            continue
+        try:
+            os.unlink(os.path.join(directory, entry))
+        except FileNotFoundError:
+            pass   # another writer of the same path removed it first
+
+
+def _process_running(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True   # it runs, under another user
+    return True
 
 
 def _header(magic, version, *fields):
@@ -543,19 +577,26 @@ def read_trainer_state(path, num_parameters):
 # OUTPUT_DIR/model_STEP.bin (write_checkpoint), state_STEP.bin (write_trainer_state) and DONE_STEP (empty),
 # STEP as %08d, llm.c's layout (train_gpt2.cu). Written in that order, each atomically, so a crash at any
 # point leaves every DONE-marked step complete.
-def checkpoint_paths(outdir, step):
-    """-> (model, trainer state, DONE marker) paths of `step`."""
+def checkpoint_paths(outdir, step, rank=0):
+    """-> (model, trainer state, DONE marker) paths of `step`; a data-parallel rank > 0 has a state file of its
+    own (its data loader's place), beside rank 0's."""
     outdir = Path(outdir)
-    return outdir / f"model_{step:08d}.bin", outdir / f"state_{step:08d}.bin", outdir / f"DONE_{step:08d}"
+    state = f"state_{step:08d}.bin" if rank == 0 else f"state_{step:08d}_rank{rank}.bin"
+    return outdir / f"model_{step:08d}.bin", outdir / state, outdir / f"DONE_{step:08d}"
 
 
 def write_training_checkpoint(outdir, config, params, state):
-    """The model, the trainer state, then the DONE marker of step state.step."""
+    """The model, the trainer state, then the DONE marker of step state.step (rank 0's part: the other ranks
+    write their states with write_rank_state before it)."""
     model_path, state_path, done_path = checkpoint_paths(outdir, state.step)
     write_checkpoint(model_path, config, params)
     write_trainer_state(state_path, state)
     with atomic_write(done_path):
         pass
+
+
+def write_rank_state(outdir, rank, state):
+    write_trainer_state(checkpoint_paths(outdir, state.step, rank)[1], state)
 
 
 def done_steps(outdir):
@@ -574,5 +615,5 @@ def delete_old_checkpoints(outdir, keep):
     """All but the newest `keep` DONE steps go, their DONE marker first (a half-deleted one is incomplete)."""
     for step in done_steps(outdir)[:-keep]:
         model_path, state_path, done_path = checkpoint_paths(outdir, step)
-        for path in (done_path, model_path, state_path):
+        for path in (done_path, model_path, state_path, *Path(outdir).glob(f"state_{step:08d}_rank*.bin")):
             path.unlink(missing_ok=True)

@@ -33,7 +33,7 @@ def encoder_backward(dout, inp, wte_shape, wpe_shape):
     """dout (B,T,C) -> dwte (Vp,C), dwpe (maxT,C); a token seen twice gets both contributions."""
     B, T, C = dout.shape
     dwte = np.zeros(wte_shape, dout.dtype)
-    for token, row in zip(inp.reshape(-1), dout.reshape(B * T, C)):   # in order, as np.add.at but faster
+    for token, row in zip(inp.reshape(-1), dout.reshape(B * T, C), strict=False):   # in order, as np.add.at but faster
         dwte[token] += row
     dwpe = np.zeros(wpe_shape, dout.dtype)
     dwpe[:T] = dout.sum(axis=0)

@@ -77,7 +77,8 @@ class GPT2Config:
 
     def flops_per_token(self, T):
         """Training FLOPs per token (forward + backward = 3x forward): 6 per weight of every matmul,
-        the lm head over Vp included, plus attention's 6*L*C*T (llm.c's MFU estimate, its T/2 causal saving not taken)."""
+        the lm head over Vp included, plus attention's 6*L*C*T (llm.c's MFU estimate, its T/2 causal saving not
+        taken)."""
         L, C = self.num_layers, self.channels
         matmul_weights = L * 12 * C * C + self.padded_vocab_size * C
         return 6 * matmul_weights + 6 * L * C * T
@@ -151,7 +152,8 @@ class GPT2:
             a["atty"], a["att"] = layers.attention_forward(a["qkv"], cfg.num_heads)       # (B,T,C), (B,NH,T,T)
             attproj = layers.matmul_forward(a["atty"], p["attprojw"][l], p["attprojb"][l])
             a["residual2"] = layers.residual_forward(residual, attproj)
-            a["ln2"], a["ln2_mean"], a["ln2_rstd"] = layers.layernorm_forward(a["residual2"], p["ln2w"][l], p["ln2b"][l])
+            a["ln2"], a["ln2_mean"], a["ln2_rstd"] = layers.layernorm_forward(a["residual2"], p["ln2w"][l],
+                                                                               p["ln2b"][l])
             a["fch"] = layers.matmul_forward(a["ln2"], p["fcw"][l], p["fcb"][l])            # (B,T,4C)
             a["fch_gelu"] = layers.gelu_forward(a["fch"])
             fcproj = layers.matmul_forward(a["fch_gelu"], p["fcprojw"][l], p["fcprojb"][l])

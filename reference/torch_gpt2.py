@@ -136,7 +136,7 @@ def from_flat(config, flat, dtype=torch.float32, device="cpu", flash=False):
     with torch.no_grad():
         for name, tensors in _llmc_tensors(model).items():
             source = views[name].reshape((len(tensors),) + tuple(tensors[0].shape))
-            for tensor, value in zip(tensors, source):
+            for tensor, value in zip(tensors, source, strict=False):
                 tensor.copy_(torch.from_numpy(np.ascontiguousarray(value)))   # copy_ casts to the model dtype
     return model
 
@@ -155,6 +155,11 @@ def _flatten(model, pick):
 def flat_grads(model):
     """The gradients as one numpy array in llm.c's order; wte's holds both uses (embedding and lm head)."""
     return _flatten(model, lambda t: t.grad)
+
+
+def flat_params(model):
+    """The parameters as one numpy array in llm.c's order."""
+    return _flatten(model, lambda t: t)
 
 
 class AdamW:

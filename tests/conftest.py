@@ -4,6 +4,8 @@ The conformance suite (conformance/conftest.py) judges any backend named with --
 these tests prove the project itself (formats, ABI, training, the harness, the oracle) on the builtin
 backends, each skipped with its reason where it cannot run.
 """
+import os
+
 from conformance.environment import require_project_environment, use_fixed_seeds
 
 require_project_environment()   # before the imports only the project's venv provides
@@ -22,6 +24,18 @@ def backend(request):
         return get_backend(request.param)
     except BackendUnavailable as e:
         pytest.skip(f"backend {request.param} unavailable: {e}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kept_port_inputs(tmp_path_factory):
+    """The inputs of port calls that fail on purpose go to the session's temporary directory, not /tmp."""
+    previous = os.environ.get("LLMC_PORT_KEEP_DIR")
+    os.environ["LLMC_PORT_KEEP_DIR"] = str(tmp_path_factory.mktemp("failed-port-calls"))
+    yield
+    if previous is None:
+        del os.environ["LLMC_PORT_KEEP_DIR"]
+    else:
+        os.environ["LLMC_PORT_KEEP_DIR"] = previous
 
 
 @pytest.fixture(scope="session")

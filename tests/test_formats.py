@@ -541,3 +541,34 @@ def test_gpt2_124m_fixture_sizes():
     fixture = load_fixture(GPT2_124M_FIXTURE)
     assert fixture.config == D12 and (fixture.B, fixture.T) == (4, 64)
     assert fixture.x[0, :len(VAL_FIRST_TOKENS)].tolist() == VAL_FIRST_TOKENS
+
+
+def test_stored_trajectories_are_the_oracles_and_tied_to_their_fixture(tmp_path, monkeypatch):
+    """tools.make_fixtures --trajectories writes what Fixture.trajectory would compute; a file made for
+    another checkpoint or batch, or with other settings, is an error naming it and how to regenerate."""
+    from conformance import fixture as fixture_module
+    from conformance.fixture import _TRAJECTORIES, FIXTURES_DIR, TRAJECTORIES, read_trajectories
+    from conformance.model_checks import CONVENTIONS, DECAY_2D_CLIP, convention_settings
+    from tools.make_fixtures import make_trajectories
+
+    copy = tmp_path / "tiny-gpt2"
+    shutil.copytree(FIXTURES_DIR / "tiny-gpt2", copy)
+    make_trajectories(copy)
+    fixture = load_fixture(copy)
+    computed = {name: load_fixture(FIXTURES_DIR / "tiny-gpt2").trajectory(name, convention_settings(fixture, name))
+                for name in CONVENTIONS}
+    _TRAJECTORIES.clear()
+    monkeypatch.setattr(fixture_module, "expected_trajectory", None)     # read from the file, never computed
+    for name in CONVENTIONS:
+        stored = fixture.trajectory(name, convention_settings(fixture, name))
+        for field in ("losses", "grad_norms", "params", "m", "v"):
+            assert np.array_equal(getattr(stored, field), getattr(computed[name], field)), (name, field)
+    assert sorted(read_trajectories(fixture)) == sorted(CONVENTIONS)
+    _TRAJECTORIES.clear()
+    with pytest.raises(FormatError, match="decay_2d_clip was computed with"):
+        fixture.trajectory("decay_2d_clip", type(DECAY_2D_CLIP)(learning_rate=1e-3))
+    bad = tmp_path / "tiny-bytes"
+    shutil.copytree(FIXTURES_DIR / "tiny-bytes", bad)
+    shutil.copy(copy / TRAJECTORIES, bad / TRAJECTORIES)
+    with pytest.raises(FormatError, match=f"{TRAJECTORIES}.*another checkpoint.*--trajectories"):
+        read_trajectories(load_fixture(bad))

@@ -7,6 +7,7 @@ binding before C sees them. Also: a fixed thread count repeats a training step b
 """
 import os
 from pathlib import Path
+import re
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from conformance.checks import compare
 from native import binding
 from native.binding import ERROR_CODES, LlmcArgumentError, LlmcError, load_library
 from reference.adamw import TEST_GPT2_SETTINGS, AdamWSettings
-from reference.formats import bf16_bits_to_fp32, fp32_to_bf16_bits, write_checkpoint
+from reference.formats import FormatError, bf16_bits_to_fp32, fp32_to_bf16_bits, read_checkpoint, write_checkpoint
 from reference.layers import KERNEL_NAMES
 from reference.model import GPT2, PARAM_NAMES, GPT2Config, init_params, split_params
 from tests.badfiles import append, patch_header, truncate
@@ -30,7 +31,8 @@ from tests.badfiles import append, patch_header, truncate
 ROOT = Path(__file__).resolve().parent.parent
 NATIVE = tuple(NATIVE_BUILTIN)
 CONFIG = GPT2Config.from_descriptor("L2-NH4-C64-V256-T64")
-TINY = GPT2Config.from_descriptor("L1-NH2-C8-V10-T8")   # Vp 128: a 5 KB checkpoint
+TINY_DESCRIPTOR = "L1-NH2-C8-V10-T8"
+TINY = GPT2Config.from_descriptor(TINY_DESCRIPTOR)   # Vp 128: a 5 KB checkpoint
 LLMC_ERR_ARGUMENT, LLMC_ERR_FILE, LLMC_ERR_FORMAT, LLMC_ERR_TOKEN, LLMC_ERR_STATE, LLMC_ERR_UNSUPPORTED = (
     ERROR_CODES[f"LLMC_ERR_{name}"] for name in ("ARGUMENT", "FILE", "FORMAT", "TOKEN", "STATE", "UNSUPPORTED"))
 
@@ -281,7 +283,7 @@ def train_twice(native, steps=2):
 
 
 def assert_bitwise_equal(a, b):
-    flat_a, flat_b = np.concatenate([np.ravel(v) for v in _leaves(a)]), np.concatenate([np.ravel(v) for v in _leaves(b)])
+    flat_a, flat_b = (np.concatenate([np.ravel(v) for v in _leaves(x)]) for x in (a, b))
     assert flat_a.tobytes() == flat_b.tobytes()
 
 
@@ -313,16 +315,17 @@ def test_thread_count_settable(native):
     assert_within_tolerance(native, [("loss", one[0][0], two[0][0], "loss")]
                             + [(f"grad/d{name}", grads_two[name], grads_one[name], f"grad:d{name}")
                                for name in PARAM_NAMES])
-    with pytest.raises(LlmcArgumentError):
+    with pytest.raises(ValueError, match="n = 0"):
         native.set_num_threads(0)
 
 
-def test_cpu_refuses_tf32():
+def test_cpu_refuses_tf32_and_bf16():
     try:
         cpu = native_backend("cpu")
     except BackendUnavailable as e:
         pytest.skip(str(e))
     assert cpu.library.lib.llmc_set_precision(1) == LLMC_ERR_UNSUPPORTED
+    assert cpu.library.lib.llmc_set_precision(2) == LLMC_ERR_UNSUPPORTED
     assert cpu.library.lib.llmc_set_precision(0) == 0
 
 
@@ -388,3 +391,209 @@ def test_partial_library_loads(tmp_path):
     out = np.zeros(5, np.float32)
     partial.kernels.residual_forward(out, a, b)
     np.testing.assert_array_equal(out, a + b)
+
+
+# ----------------------------------------------------------------------------- the host C core, in every library
+# native/core is compiled into the CPU library, the CUDA library and the llm.c adapter; these tests hold
+# each of the three to it. The adapter is built against the stand-in llm.c (tests/standin_llmc).
+CORE_LIBRARIES = ("cpu", "cuda", "adapter")
+ADAPTER_SETTINGS = dict(decay_all=True, grad_clip=0.0)   # what llm.c's gpt2_update can do
+
+
+@pytest.fixture(scope="module")
+def adapter_path(tmp_path_factory):
+    if shutil.which(os.environ.get("CC", "cc")) is None:
+        pytest.skip("no C compiler to build the llm.c adapter")
+    from tools.validate_llmc import STANDIN, build_adapter
+    return build_adapter(STANDIN, tmp_path_factory.mktemp("adapter") / "libllmc_adapter.so")
+
+
+@pytest.fixture(scope="module", params=CORE_LIBRARIES)
+def core_library(request):
+    """A NativeBackend over one of the three libraries built with the core."""
+    if request.param != "adapter":
+        try:
+            return native_backend(request.param)
+        except BackendUnavailable as e:
+            pytest.skip(str(e))
+    return NativeBackend(load_library(request.getfixturevalue("adapter_path")), "lib:adapter")
+
+
+@pytest.fixture(scope="module", params=CORE_LIBRARIES)
+def core_library_file(request):
+    """One of the three libraries, loaded but not initialized: the CUDA library's error state and settings
+    need no GPU."""
+    if request.param == "adapter":
+        return load_library(request.getfixturevalue("adapter_path"))
+    path = binding.library_path(request.param)
+    if not path.is_file():
+        pytest.skip(f"{path} not built")
+    return load_library(path)
+
+
+def run_child(script, timeout=120):
+    """script in a fresh interpreter (a crash or a hang fails the test, not the test run) -> its stdout."""
+    code = f"import sys\nsys.path.insert(0, {str(ROOT)!r})\n" + textwrap.dedent(script)
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the child process hung for {timeout} s:\n{code}")
+    assert done.returncode == 0, f"the child process ended with {done.returncode}:\n{done.stderr}"
+    return done.stdout
+
+
+def open_library_in_child(library):
+    """Child-process code that binds `backend` to the same library as `library`."""
+    return f"""
+        from backends.native import NativeBackend
+        from native.binding import load_library
+        backend = NativeBackend(load_library({library.library.path!r}), {library.name!r})
+    """
+
+
+def test_last_error_message_survives_success(core_library_file):
+    """llmc.h: llmc_last_error() keeps the last failed call's message; llmc_last_error_code() is LLMC_OK
+    after a success (the CUDA library used to clear the message)."""
+    lib, ffi = core_library_file.lib, core_library_file.ffi
+    assert lib.llmc_set_num_threads(0) == LLMC_ERR_ARGUMENT
+    message = ffi.string(lib.llmc_last_error()).decode()
+    assert "llmc_set_num_threads" in message and lib.llmc_last_error_code() == LLMC_ERR_ARGUMENT
+    assert lib.llmc_set_precision(0) == 0 and lib.llmc_set_num_threads(1) == 0
+    assert lib.llmc_last_error_code() == 0
+    assert ffi.string(lib.llmc_last_error()).decode() == message
+    assert lib.llmc_set_num_threads(binding.default_threads()) == 0
+
+
+def test_checkpoint_fifo_does_not_block(core_library, tmp_path):
+    """A FIFO with no writer: the loader refuses it at once (it used to block in fopen forever)."""
+    fifo = tmp_path / "model.bin"
+    os.mkfifo(fifo)
+    out = run_child(open_library_in_child(core_library) + f"""
+        from native.binding import LlmcError
+        try:
+            backend.model_from_checkpoint({str(fifo)!r}, 1, 8)
+        except LlmcError as e:
+            print(e.code, e.llmc_message)
+    """, timeout=60)
+    assert out.startswith(f"{LLMC_ERR_FILE} ") and str(fifo) in out and "not a regular file" in out, out
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_checkpoint_nonfinite_parameter_rejected(core_library, tmp_path, dtype, value):
+    """As reference.formats.read_checkpoint: every parameter finite, the tensor and index named."""
+    if dtype == "bf16" and core_library.name == "lib:adapter":
+        pytest.skip("llm.c's train_gpt2.c reads fp32 checkpoints only (bf16 is LLMC_ERR_UNSUPPORTED)")
+    path = checkpoint(tmp_path / "m.bin", TINY, init_params(TINY), dtype)
+    offsets = np.cumsum([0] + [np.prod(shape) for shape in TINY.param_shapes().values()])
+    index = int(offsets[PARAM_NAMES.index("qkvw")]) + 5   # qkvw, flat index 5
+    elem = 4 if dtype == "fp32" else 2
+    bits = np.array([value], "<f4") if dtype == "fp32" else fp32_to_bf16_bits(np.array([value], np.float32))
+    data = bytearray(path.read_bytes())
+    data[1024 + elem * index:1024 + elem * (index + 1)] = bits.astype("<f4" if dtype == "fp32" else "<u2").tobytes()
+    path.write_bytes(bytes(data))
+    with pytest.raises(FormatError, match=re.escape(f"parameter {index} (qkvw, flat index 5)")):
+        read_checkpoint(path)   # the reader the C loader mirrors
+    with pytest.raises(LlmcError) as info:
+        core_library.model_from_checkpoint(path, 1, 8)
+    assert info.value.code == LLMC_ERR_FORMAT
+    for word in (str(path), f"parameter {index} (qkvw, flat index 5)", "finite"):
+        assert word in str(info.value), f"{word!r} missing from: {info.value}"
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("index", [8, 100, 255])
+def test_checkpoint_reserved_header_field_rejected(core_library, tmp_path, dtype, index):
+    path = checkpoint(tmp_path / "m.bin", TINY, init_params(TINY), dtype, header={index: -7})
+    with pytest.raises(FormatError, match=re.escape(f"header[{index}]")):
+        read_checkpoint(path)   # the reader the C loader mirrors
+    with pytest.raises(LlmcError) as info:
+        core_library.model_from_checkpoint(path, 1, 8)
+    assert info.value.code == LLMC_ERR_FORMAT, str(info.value)   # a bad file before an unsupported version
+    for word in (str(path), f"header[{index}] = -7", "reserved"):
+        assert word in str(info.value), f"{word!r} missing from: {info.value}"
+
+
+BAD_UPDATE_SETTINGS = [
+    # (field, value, words of the message)
+    *[(field, value, [field, "finite"]) for field in ("learning_rate", "beta1", "beta2", "eps", "weight_decay",
+                                                      "grad_clip")
+      for value in (np.nan, np.inf, -np.inf)],
+    ("eps", 0.0, ["eps = 0", "positive"]), ("eps", -1e-8, ["eps", "positive"]),
+    ("beta1", 1.0, ["beta1 = 1", "[0, 1)"]), ("beta1", -0.1, ["beta1", "[0, 1)"]),
+    ("beta2", 1.0, ["beta2 = 1", "[0, 1)"]), ("beta2", 1.5, ["beta2", "[0, 1)"]),
+]
+
+
+@pytest.fixture
+def tiny_trained(core_library):
+    """A TINY model of core_library after a forward and backward: ready for an update."""
+    m = core_library.model(TINY, init_params(TINY, seed=4), 1, 8)
+    rng = np.random.default_rng(0)
+    x, y = tokens(rng, (1, 8), TINY.vocab_size), tokens(rng, (1, 8), TINY.vocab_size)
+    m.forward(x, y)
+    m.zero_grad()
+    m.backward()
+    yield m
+    m.close()
+
+
+@pytest.mark.parametrize("field, value, words", BAD_UPDATE_SETTINGS,
+                         ids=[f"{f}={v}" for f, v, _ in BAD_UPDATE_SETTINGS])
+def test_update_rejects_bad_settings(tiny_trained, field, value, words):
+    """NaN / Inf settings, eps <= 0, betas outside [0, 1): LLMC_ERR_ARGUMENT, and the parameters untouched
+    (they used to come back all non-finite with LLMC_OK)."""
+    before = tiny_trained.params()
+    with pytest.raises(LlmcArgumentError) as info:
+        tiny_trained.update(AdamWSettings(**{**ADAPTER_SETTINGS, field: value}), 1)
+    assert info.value.code == LLMC_ERR_ARGUMENT
+    for word in ["llmc_update"] + words:
+        assert word in str(info.value), f"{word!r} missing from: {info.value}"
+    np.testing.assert_array_equal(tiny_trained.params(), before)
+    m, v = tiny_trained.optimizer_state()
+    assert not m.any() and not v.any()
+
+
+def test_update_accepts_edge_settings(tiny_trained):
+    """The bounds are tight: beta 0, the smallest positive eps, a negative grad_clip (no clipping) pass."""
+    tiny_trained.update(AdamWSettings(**{**ADAPTER_SETTINGS, "beta1": 0.0, "beta2": 0.0,
+                                         "eps": float(np.finfo(np.float32).tiny)}), 1)
+    tiny_trained.update(AdamWSettings(**{**ADAPTER_SETTINGS, "grad_clip": -1.0}), 2)
+    assert np.isfinite(tiny_trained.params()).all()
+
+
+@pytest.mark.parametrize("n", [2**30, 100_000, 2**31 - 1])
+def test_huge_thread_count_is_clamped(core_library, n):
+    """llmc_set_num_threads(n) takes any n >= 1 and clamps it: a forward, backward and update then run
+    (2**30 used to overflow the stack array the update summed into; 100000 crashed libgomp)."""
+    settings = {**ADAPTER_SETTINGS, "grad_clip": 0.0}
+    out = run_child(open_library_in_child(core_library) + f"""
+        import numpy as np
+        from reference.adamw import AdamWSettings
+        from reference.model import GPT2Config, init_params
+        config = GPT2Config.from_descriptor({TINY_DESCRIPTOR!r})
+        model = backend.model(config, init_params(config), 1, 8)
+        assert backend.library.lib.llmc_set_num_threads({n}) == 0
+        x = np.arange(8, dtype=np.int32).reshape(1, 8) % config.vocab_size
+        model.forward(x, x)
+        model.zero_grad()
+        model.backward()
+        norm = model.update(AdamWSettings(**{settings!r}), 1)
+        print("ok", np.isfinite(model.params()).all(), norm > 0)
+    """)
+    assert out.split() == ["ok", "True", "True"], out
+
+
+@pytest.mark.parametrize("n", [0, -1, binding.MAX_THREADS + 1, 100_000, 2.0, "2", True])
+def test_binding_refuses_absurd_thread_counts(native, n):
+    with pytest.raises(ValueError, match=f"n = {re.escape(repr(n))}: a thread count"):
+        native.set_num_threads(n)
+
+
+@pytest.mark.parametrize("value", ["100000", "0", "-2", "two", "1.5"])
+def test_llmc_threads_variable_checked(monkeypatch, value):
+    if not binding.library_path("cpu").is_file():
+        pytest.skip("build/libllmc_cpu.so not found: run make")
+    monkeypatch.setenv("LLMC_THREADS", value)
+    with pytest.raises(ValueError, match=f"LLMC_THREADS = .*{re.escape(value)}"):
+        native_backend("cpu")

@@ -136,7 +136,7 @@ def test_model_gradient_matches_finite_differences(recorder):
     model.forward(x, y)
     model.zero_grad()
     model.backward()
-    for pname, dname in zip(PARAM_NAMES, GRAD_NAMES):
+    for pname, dname in zip(PARAM_NAMES, GRAD_NAMES, strict=False):
         tensor = model.params[pname]
         rows = config.vocab_size if pname == "wte" else tensor.shape[0]   # the padded rows of wte: their own check
         population = rows * math.prod(tensor.shape[1:])
@@ -179,7 +179,7 @@ def test_reference_fp32_agrees_with_fp64(recorder, config, B, T, seed):
 
     judge("logits", m32.logits[..., :V], m64.logits[..., :V], "logits")
     judge("loss", loss32, loss64, "loss")
-    for pname, dname in zip(PARAM_NAMES, GRAD_NAMES):
+    for pname, dname in zip(PARAM_NAMES, GRAD_NAMES, strict=False):
         judge(f"grad/{dname}", m32.grads[pname], m64.grads[pname], f"grad:{dname}")
 
 
@@ -210,7 +210,7 @@ def test_reference_matches_torch(recorder, fixture_name):
     judge("logits", ours.logits[..., :V], theirs.logits.detach().numpy()[..., :V], "torch_crosscheck")
     judge("loss", loss, torch_loss.item(), "torch_crosscheck")
     torch_grads = split_params(torch_gpt2.flat_grads(theirs), config)
-    for pname, dname in zip(PARAM_NAMES, GRAD_NAMES):
+    for pname, dname in zip(PARAM_NAMES, GRAD_NAMES, strict=False):
         judge(f"grad/{dname}", ours.grads[pname], torch_grads[pname], "torch_crosscheck")
 
     # test_gpt2.c's 10 steps in both (each loss before its update)

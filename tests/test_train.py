@@ -233,8 +233,10 @@ def test_rank_and_world_size_from_the_environment(monkeypatch):
     assert (args.rank, args.world_size, args.total_batch_size) == (1, 2, 64)
     args = trainer.parse_args(["--rank", "0", "--world-size", "1"])       # an option overrides the environment
     assert (args.rank, args.world_size) == (0, 1)
-    monkeypatch.setenv("RANK", "2")
     with pytest.raises(trainer.UsageError, match=r"--rank: 2 is outside \[0, world size 2\)"):
+        trainer.parse_args(["--rank", "2"])
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(trainer.UsageError, match=r"RANK=2, WORLD_SIZE=2: need 0 <= rank < world size"):
         trainer.parse_args([])
     monkeypatch.setenv("RANK", "x")
     with pytest.raises(trainer.UsageError, match="RANK='x' is not an integer"):
@@ -260,3 +262,13 @@ def test_sharded_ranks_resume_and_refuse_other_data_settings(shards, tmp_path, c
         rest = trainer.train(trainer.parse_args(argv + ["--output-dir", split, "--resume"]), out=lambda line: None)
         assert rest.train_losses == {s: loss for s, loss in whole[rank].items() if s >= 2}
     assert all(whole[0][s] != whole[1][s] for s in whole[0])     # the two ranks train on different tokens
+
+
+def test_launched_ranks_need_a_backend_that_averages(data, tmp_path, monkeypatch):
+    """Started by a launcher (RANK / WORLD_SIZE set), the ranks train one model: a backend that cannot join a
+    data-parallel group is refused with the reason, before anything is written."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(trainer.UsageError, match="cannot average gradients over 2 processes"):
+        run(data, tmp_path / "out", "--steps", "1")
+    assert not (tmp_path / "out").exists()

@@ -9,10 +9,14 @@ test_gpt2.c's AdamW convention only. This adds:
   - 10 training steps of a small model in the other AdamW convention (PyTorch's / llm.c CUDA's: decay
     on 2-D tensors only, global-norm clipping) against reference.model.GPT2 and reference.adamw in float64;
   - bitwise determinism run to run (small model; d12 at B=4, T=1024 unless --quick);
+  - out of device memory: a model too large for the card is refused with LLMC_ERR_ALLOC, and a model made
+    before trains on, bit for bit as if nothing had happened;
   - d12 at B=16, T=1024 (past llm.c's int32 activation offsets) against PyTorch float64 on the same device
     (unless --quick or --no-torch).
 Every number becomes a verdict through conformance.checks.compare under conformance/tolerances.py
-at the backend's precision. Prints the table, writes DIR/cuda_check.json, exits 1 if any check fails.
+at the backend's precision. The backend "torch-bf16" (PyTorch autocast bf16, tools/measure_errors.py) gets the
+model check in the other AdamW convention only: the second bf16 measurement of the gradient norm. Prints the
+table, writes the JSON report (--report-json), exits 1 if any check fails.
 """
 import dataclasses
 import sys
@@ -25,6 +29,7 @@ from backends.registry import get_backend
 from conformance.checks import compare
 from conformance.kernel_checks import KernelShape, run_kernel_check
 from conformance.report import format_table, suite_meta, write_json
+from native.binding import ERROR_CODES, LlmcError
 from reference.adamw import AdamW, AdamWSettings
 from reference.layers import KERNEL_NAMES
 from reference.model import GPT2, PARAM_NAMES, GPT2Config, init_params, split_params
@@ -33,6 +38,7 @@ from tools.options import Parser, add_backend_option, add_report_options, chosen
 GPU_KERNEL_SHAPES = (KernelShape(B=2, T=512, C=256, NH=4, OC=384, V=1000, Vp=1024),
                      KernelShape(B=1, T=1024, C=768, NH=12, OC=768, V=1000, Vp=1024))
 SMALL = "L2-NH4-C64-V256-T64"
+LLMC_ERR_ALLOC = ERROR_CODES["LLMC_ERR_ALLOC"]
 # PyTorch's convention (llm.c's CUDA trainer): the suite's fixtures train with test_gpt2.c's instead
 DECAY_2D_CLIP = AdamWSettings(learning_rate=1e-3, beta1=0.9, beta2=0.95, weight_decay=0.1, decay_all=False,
                               grad_clip=1.0)
@@ -119,6 +125,40 @@ def check_determinism(backend, descriptor, B, T, steps=3):
                     ("rerun", backend.precision)) for key in run1]
 
 
+def check_out_of_memory(backend, descriptor=SMALL, B=4, T=64):
+    """A d12 model for 4096 x 1024 tokens (terabytes of activations) fails with LLMC_ERR_ALLOC; a small model
+    made before it trains on and reproduces an undisturbed run exactly."""
+    config = GPT2Config.from_descriptor(descriptor)
+    undisturbed = train_fingerprint(backend, config, B, T, steps=2)
+    rng = np.random.default_rng(7)
+    inputs = rng.integers(0, config.vocab_size, (B, T)).astype(np.int32)
+    targets = rng.integers(0, config.vocab_size, (B, T)).astype(np.int32)
+    model = backend.model(config, init_params(config, seed=7), B, T)
+    tag = f"out-of-memory/{backend.name}"
+    try:
+        d12 = GPT2Config.from_descriptor("d12")
+        try:
+            backend.model(d12, init_params(d12, seed=1), 4096, 1024).close()
+            code = None
+        except LlmcError as e:
+            code = e.code
+        losses = []
+        for step in range(2):
+            losses.append(model.forward(inputs, targets))
+            model.zero_grad()
+            model.backward()
+            model.update(DECAY_2D_CLIP, step + 1)
+        after = dict(losses=np.array(losses, np.float32), params=model.params(), grads=model.grads())
+    finally:
+        model.close()
+    alloc = compare(f"{tag}/huge_model_refused_with_LLMC_ERR_ALLOC", backend.name,
+                    1.0 if code == LLMC_ERR_ALLOC else 0.0, 1.0, ("rerun", backend.precision))
+    alloc = dataclasses.replace(alloc,
+                                detail=f"the huge model's error code: {code} (LLMC_ERR_ALLOC is {LLMC_ERR_ALLOC})")
+    return [alloc] + [compare(f"{tag}/model_made_before_still_trains/{key}", backend.name, after[key],
+                              undisturbed[key], ("rerun", backend.precision)) for key in undisturbed]
+
+
 def check_against_torch(backend, descriptor="d12", B=16, T=1024):
     """Loss and gradients of one step against PyTorch float64 on the same device; d12 at B=16, T=1024
     puts B*T*4C and L*B*T*C past 2^31 (llm.c's fp32 trainer overflows its int offsets there)."""
@@ -157,7 +197,7 @@ def check_against_torch(backend, descriptor="d12", B=16, T=1024):
 
 def main(argv=None):
     parser = Parser(prog="python -m tools.cuda_check", description=__doc__.splitlines()[0])
-    add_backend_option(parser, default=["cuda", "cuda-tf32"])
+    add_backend_option(parser, default=["cuda", "cuda-tf32", "cuda-bf16"])
     add_report_options(parser, json_default="out/cuda_check.json", markdown=False)
     parser.add_argument("--no-torch", action="store_true", help="skip the d12 cross-check against PyTorch")
     parser.add_argument("--quick", action="store_true", help="no d12 (neither its determinism nor PyTorch)")
@@ -168,16 +208,25 @@ def check(args):
     results, described = [], {}
     for name in chosen_backends(args, ()):
         try:
-            backend = get_backend(name)
+            if name == "torch-bf16":
+                from tools.measure_errors import TorchAutocastBackend
+                backend = TorchAutocastBackend()
+            else:
+                backend = get_backend(name)
         except BackendUnavailable as e:
             print(f"{name}: unavailable: {e}")
             return 1
         described[name] = backend.description or name
         print(f"{name}: {backend.description}", flush=True)
         t0 = time.time()
+        if name == "torch-bf16":
+            results += check_model_adamw(backend)
+            continue
         results += check_kernels(backend)
         results += check_model_adamw(backend)
         results += check_determinism(backend, SMALL, 4, 64)
+        if name != "cpu":   # the CPU library would try to allocate the terabytes in host memory
+            results += check_out_of_memory(backend)
         if not args.quick:
             results += check_determinism(backend, "d12", 4, 1024)
         if not (args.quick or args.no_torch):

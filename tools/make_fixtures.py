@@ -9,7 +9,13 @@ OUTDIR gets, whatever the model (so llm.c's own test_gpt2 can read any fixture d
   gpt2_124M_debug_state.bin   batch x, y and the fp32 model's step-0 logits, loss and gradients
   manifest.json               what the model really is, the batch source, the optimizer, the 10 expected
                               losses of test_gpt2.c's loop, and the sha256 and size of every file
+  trajectories.npz            for a model too large to train in float64 in a test session (over
+                              TRAJECTORIES_FROM parameters): the float64 trajectory of test_gpt2.c's loop in both
+                              AdamW conventions the model checks judge (conformance/model_checks.py), at a
+                              fixed sample of positions per tensor. Smaller fixtures compute theirs on demand.
 Expected values are computed in float64 by reference/oracle.py from the fp32 parameters and stored as fp32.
+
+    python -m tools.make_fixtures --trajectories DIR   # (re)write DIR/trajectories.npz of an existing fixture
 
 The batch is the first B*T+1 tokens of tiny Shakespeare: for a model with GPT-2's vocabulary, the
 tiny_shakespeare_val.bin split (tools/prepare_data.py, as llm.c's train_gpt2.py uses); for a smaller
@@ -25,7 +31,9 @@ import time
 
 import numpy as np
 
-from reference.adamw import TEST_GPT2_SETTINGS
+from conformance.fixture import load_fixture, write_trajectories
+from conformance.model_checks import CONVENTIONS, TRAIN_STEPS, convention_settings
+from reference.adamw import TEST_GPT2_SETTINGS, AdamWSettings
 from reference.formats import (
     MODEL_MAGIC,
     STATE_MAGIC,
@@ -38,7 +46,7 @@ from reference.formats import (
     write_debug_state,
 )
 from reference.model import GPT2_VOCAB, GPT2Config, init_params
-from reference.oracle import expected_outputs
+from reference.oracle import ExpectedOutputs, expected_outputs, expected_trajectory, trajectory_index
 from tools.prepare_data import TINYSHAKESPEARE_TEXT, ensure_tinyshakespeare
 
 GENERATOR_VERSION = 1
@@ -51,6 +59,7 @@ FILE_FORMATS = {
     DEBUG_STATE: {"format": "llm.c debug state", "magic": STATE_MAGIC, "version": STATE_VERSION},
 }
 
+TRAJECTORIES_FROM = 1 << 24   # parameters: d12 takes minutes per convention in float64, the tiny ones seconds
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = {  # name -> make_fixture arguments; each file < 4 MB
     "tiny-bytes": dict(descriptor="L2-NH4-C64-V200-T64", B=4, T=32),
@@ -67,8 +76,8 @@ def batch_tokens(config, B, T):
         source = f"tiny_shakespeare_val.bin (tools/prepare_data.py): its first {n} GPT-2 tokens"
     else:
         path = TINYSHAKESPEARE_TEXT
-        text = np.frombuffer(path.read_bytes()[:n], np.uint8)
-        tokens = (text % config.vocab_size).astype(np.int32)
+        text = np.frombuffer(path.read_bytes()[:n], np.uint8).astype(np.int32)   # V may exceed uint8's range
+        tokens = text % config.vocab_size
         source = (f"reference/data/tinyshakespeare.txt: its first {n} UTF-8 bytes, "
                   f"byte b as token id b % {config.vocab_size}")
     check_tokens(tokens, config.vocab_size, path, B, T)
@@ -83,7 +92,15 @@ def make_fixture(outdir, descriptor, B, T, seed=42):
     params = init_params(config, seed, np.float32)
     tokens, batch_source = batch_tokens(config, B, T)
     x, y = tokens[:-1].reshape(B, T), tokens[1:].reshape(B, T)
-    expected = expected_outputs(config, params, x, y, steps=STEPS, settings=TEST_GPT2_SETTINGS)
+    trajectories = {}
+    if config.num_parameters > TRAJECTORIES_FROM:   # the first convention's run gives the expected outputs too
+        first = {}
+        trajectories["train"] = timed(outdir, "train", expected_trajectory, config, params, x, y,
+                                      AdamWSettings(**TEST_GPT2_SETTINGS), STEPS, trajectory_index(config), first)
+        expected = ExpectedOutputs(first["logits"], first["loss"], first["grads"],
+                                   list(trajectories["train"].losses[:STEPS]))
+    else:
+        expected = expected_outputs(config, params, x, y, steps=STEPS, settings=TEST_GPT2_SETTINGS)
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -110,7 +127,29 @@ def make_fixture(outdir, descriptor, B, T, seed=42):
     with atomic_write(outdir / MANIFEST, "w") as f:
         json.dump(manifest, f, indent=2)
         f.write("\n")
+    if trajectories:
+        make_trajectories(outdir, trajectories)
     return manifest
+
+
+def timed(fixture_dir, name, compute, *args):
+    start = time.perf_counter()
+    result = compute(*args)
+    print(f"{fixture_dir}: trajectory {name} in {time.perf_counter() - start:.1f} s", flush=True)
+    return result
+
+
+def make_trajectories(fixture_dir, done=None):
+    """Compute and write fixture_dir/trajectories.npz: the float64 trajectories of both AdamW conventions
+    (done: those already computed, by name)."""
+    fixture = load_fixture(fixture_dir)
+    index = trajectory_index(fixture.config)
+    trajectories = dict(done or {})
+    for name in CONVENTIONS:
+        if name not in trajectories:
+            trajectories[name] = timed(fixture_dir, name, expected_trajectory, fixture.config, fixture.params,
+                                       fixture.x, fixture.y, convention_settings(fixture, name), TRAIN_STEPS, index)
+    write_trajectories(fixture, trajectories)
 
 
 def main(argv=None):
@@ -120,8 +159,12 @@ def main(argv=None):
     parser.add_argument("-T", type=int, default=64)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--committed", action="store_true", help="regenerate the fixtures committed under fixtures/")
+    parser.add_argument("--trajectories", metavar="DIR", help="(re)write DIR/trajectories.npz of an existing fixture")
     parser.add_argument("outdir", nargs="?")
     args = parser.parse_args(argv)
+    if args.trajectories:
+        make_trajectories(Path(args.trajectories))
+        return
     if args.committed:
         jobs = [(REPO_ROOT / "fixtures" / name, dict(kwargs, seed=42)) for name, kwargs in COMMITTED.items()]
     elif args.model and args.outdir:

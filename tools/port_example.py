@@ -13,19 +13,28 @@ The protocol calls (the suite appends them to the command):
     train    --model M.bin --batch X.bin --out OUT.bin --steps N --first-step T [--state S.bin]
              --learning-rate LR --beta1 B1 --beta2 B2 --eps EPS --weight-decay WD --decay-all 0|1 --grad-clip G
 
---bug NAME (with --backend reference) makes it a deliberately wrong port, so the suite's self-test
-(conformance/test_ports.py) can prove each mistake is caught. The bugs patch reference/'s math in this
-process only.
+--bug NAME makes it a deliberately wrong port, so the suite's self-test (tests/test_ports.py) can prove
+each mistake is caught: the math bugs patch reference/'s numpy code in this process only (so they need
+--backend reference); the output bugs (doubled-grad-norms, zeroed-optimizer-state, params-one-step-behind)
+change what `train` replies, on any backend. Two more flags replay a real port's habits: --noise makes
+it not bit-reproducible (random changes of the last bit of some outputs; info then says "deterministic":
+false), --chatty prints to stdout and stderr on every call, as a port's runtime may. --precision CLASS
+makes `info` report another tolerance class than the backend's (fp32, tf32, bf16): a wrong port judged
+under a looser class shows whether that class still catches the mistake.
 """
 import argparse
+import contextlib
 import functools
+import io
 import json
 import math
+import os
 import sys
 
 import numpy as np
 
 from backends.base import BackendUnavailable
+from backends.ports import PRECISIONS
 from backends.protocol import EXIT_UNSUPPORTED, PROTOCOL_VERSION, expect_array, read_arrays, write_arrays
 from backends.registry import get_backend
 from reference import adamw, layers
@@ -65,6 +74,16 @@ def _softmax_over_padding(logits, V):
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
+# what `train` replies, made wrong: {name: (description, change(reply, params before the last update))}
+OUTPUT_BUGS = {
+    "doubled-grad-norms": ("grad_norms twice the gradient's norm",
+                           lambda reply, before: reply.update(grad_norms=2 * reply["grad_norms"])),
+    "zeroed-optimizer-state": ("m and v replied as zeros",
+                               lambda reply, before: reply.update(m=0 * reply["m"], v=0 * reply["v"])),
+    "params-one-step-behind": ("params as they were before the last update",
+                               lambda reply, before: reply.update(params=before)),
+}
+
 BUGS = {
     "gelu-constant": ("GELU's tanh argument scaled by 2/pi instead of sqrt(2/pi)",
                       lambda: setattr(layers, "GELU_SCALE", 2.0 / math.pi)),
@@ -98,6 +117,22 @@ def read_batch(path, config, need_targets):
     return x, y
 
 
+def _noisy(arrays):
+    """--noise: the last bit of about one float output element in a hundred flipped, differently every
+    call (a port whose sums run in a thread-dependent order)."""
+    rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
+    for name, value in arrays.items():
+        value = np.asarray(value)
+        if value.dtype == np.float32 and value.ndim:
+            flip = (rng.random(value.shape) < 0.01) & (value != 0)    # a sum's order never makes a zero
+            arrays[name] = np.where(flip, (value.view(np.uint32) ^ np.uint32(1)).view(np.float32), value)
+    return arrays
+
+
+def write_reply(args, arrays):
+    write_arrays(args.out, _noisy(arrays) if args.noise else arrays)
+
+
 def op_forward(backend, args, with_backward):
     config, params = read_checkpoint(args.model)
     x, y = read_batch(args.batch, config, need_targets=with_backward)
@@ -113,7 +148,7 @@ def op_forward(backend, args, with_backward):
             out["grads"] = model.grads()
     finally:
         model.close()
-    write_arrays(args.out, out)
+    write_reply(args, out)
 
 
 def op_train(backend, args):
@@ -134,10 +169,14 @@ def op_train(backend, args):
             losses.append(model.forward(x, y))
             model.zero_grad()
             model.backward()
+            before = model.params()
             norms.append(model.update(settings, args.first_step + step))
         m, v = model.optimizer_state()
-        write_arrays(args.out, {"losses": np.array(losses, np.float32), "grad_norms": np.array(norms, np.float32),
-                                "params": model.params(), "m": m, "v": v})
+        reply = {"losses": np.array(losses, np.float32), "grad_norms": np.array(norms, np.float32),
+                 "params": model.params(), "m": m, "v": v}
+        if args.bug in OUTPUT_BUGS:
+            OUTPUT_BUGS[args.bug][1](reply, before)
+        write_reply(args, reply)
     finally:
         model.close()
 
@@ -145,7 +184,11 @@ def op_train(backend, args):
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m tools.port_example", description=__doc__.split("\n")[0])
     p.add_argument("--backend", default="cpu", help="the suite backend doing the work (default: cpu)")
-    p.add_argument("--bug", choices=sorted(BUGS), help="make a deliberately wrong port (needs --backend reference)")
+    p.add_argument("--bug", choices=sorted(BUGS) + sorted(OUTPUT_BUGS),
+                   help="make a deliberately wrong port (the math bugs need --backend reference)")
+    p.add_argument("--precision", choices=PRECISIONS, help="the tolerance class info reports (default: the backend's)")
+    p.add_argument("--noise", action="store_true", help="not bit-reproducible: random last-bit changes of outputs")
+    p.add_argument("--chatty", action="store_true", help="print to stdout and stderr on every call")
     ops = p.add_subparsers(dest="op", required=True)
     ops.add_parser("info")
     for name in ("forward", "backward", "train"):
@@ -167,24 +210,47 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+def run_in_process(argv):
+    """One protocol call of this port inside the calling process -> (exit status, stdout, stderr), as
+    backends.ports.CmdBackend's runner: the harness's self-tests call it many times without starting a
+    process each time. argv is the command line after the program (what follows `python -m
+    tools.port_example`); a math bug's patches are undone after the call, so the caller's reference (the
+    oracle) is never touched."""
+    saved = dict(vars(layers)), adamw.AdamW.step
+    stdout, stderr = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            code = main(list(argv))
+    except SystemExit as e:                     # argparse
+        code = e.code if isinstance(e.code, int) else 2
+    finally:
+        vars(layers).update(saved[0])
+        adamw.AdamW.step = saved[1]
+    return code, stdout.getvalue().encode(), stderr.getvalue().encode()
+
+
 def main(argv=None):
     args = parse_args(argv)
-    if args.bug and args.backend != "reference":
+    if args.bug in BUGS and args.backend != "reference":
         print(f"--bug {args.bug} patches reference/'s numpy math: use it with --backend reference", file=sys.stderr)
         return 2
+    if args.chatty:
+        print(f"port_example {VERSION}: {args.op} on backend {args.backend}, config read from the checkpoint")
+        print("port_example: chatty on stderr too", file=sys.stderr)
     try:
         backend = get_backend(args.backend)
     except BackendUnavailable as e:
         print(f"backend {args.backend} unavailable: {e}", file=sys.stderr)
         return 1
-    if args.bug:
+    if args.bug in BUGS:
         BUGS[args.bug][1]()
     if args.op == "info":
         what = f"backend {backend.name}: {backend.description}"
         if args.bug:
-            what += f"; deliberate bug {args.bug}: {BUGS[args.bug][0]}"
+            what += f"; deliberate bug {args.bug}: {(BUGS | OUTPUT_BUGS)[args.bug][0]}"
         print(json.dumps({"protocol": PROTOCOL_VERSION, "name": "port_example" + (f"[{args.bug}]" if args.bug else ""),
-                          "version": VERSION, "precision": backend.precision, "description": what}))
+                          "version": VERSION, "precision": args.precision or backend.precision,
+                          "deterministic": backend.deterministic and not args.noise, "description": what}))
         return 0
     try:
         if args.op == "train":

@@ -10,9 +10,18 @@ installed the end of a run draws OUTPUT_DIR/loss.png (tools.plot_losses).
 
 Data (reference.data.DataLoader, llm.c's loader): --train-data and --val-data are token files or globs of
 shards. The train batches are shuffled as llm.c shuffles them (its mt19937, seeded 42 + rank; --no-shuffle
-reads them in file order); validation always reads in order. --rank / --world-size (default: the
-environment's RANK / WORLD_SIZE, else 0 / 1) choose this process's disjoint slice of every sample; for
-now they split the data only (each process trains on its own slice alone).
+reads them in file order); validation always reads in order. --rank / --world-size (default: what the
+launcher set: torchrun-style RANK / WORLD_SIZE, or mpirun's; else 0 / 1) choose this process's disjoint
+slice of every sample.
+
+Data parallelism, one process per GPU, as llm.c: launched by `python -m tools.launch --nproc N -- python -m
+tools.train ...`, `mpirun -np N python -m tools.train ...` or torchrun's variables. Each rank runs on GPU
+LOCAL_RANK, rank 0 makes the NCCL id and --rendezvous shares it (tcp: MASTER_ADDR:MASTER_PORT; file:PATH;
+mpi), every rank's model joins (--zero-stage 0: all-reduce; 1: ZeRO-1, AdamW's state sharded), and each
+update averages the gradients over the ranks. Losses are averaged over the ranks; rank 0 logs, validates,
+samples and writes the model; every rank writes its own data loader's place (state_STEP_rankR.bin), so a
+resume restores every rank. A backend that cannot join (no NCCL, the CPU backends) trains each rank alone
+on its slice.
 
 Gradient accumulation: every backward() seeds its loss gradient with 1/(B*T) and accumulates, so after
 grad_accum micro-batches the gradient is grad_accum times the gradient of the whole batch's mean loss.
@@ -47,6 +56,7 @@ import time
 import numpy as np
 
 from backends.base import BackendUnavailable
+from backends.distributed import RendezvousError, keep_multicast_off, process_group, share_id
 from backends.registry import get_backend
 from reference import tokenizer
 from reference.adamw import SCHEDULES, AdamWSettings, LearningRateSchedule
@@ -60,6 +70,7 @@ from reference.formats import (
     newest_checkpoint,
     read_checkpoint,
     read_trainer_state,
+    write_rank_state,
     write_training_checkpoint,
 )
 from reference.model import GPT2Config, init_params
@@ -67,16 +78,6 @@ from reference.sampling import Sampler, generate
 from tools.options import Parser, UsageError, add_backend_option
 from tools.plot_losses import plot_losses
 from tools.prepare_data import ensure_tinyshakespeare
-
-
-def _env_int(name, default):
-    value = os.environ.get(name)
-    if value is None:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise UsageError(f"environment variable {name}={value!r} is not an integer") from None
 
 
 def parse_args(argv):
@@ -93,6 +94,10 @@ def parse_args(argv):
                    help="shuffle the train batches as llm.c does (validation is never shuffled)")
     p.add_argument("--rank", type=int, help="this process's slice of the data (default: $RANK, else 0)")
     p.add_argument("--world-size", type=int, help="processes sharing the data (default: $WORLD_SIZE, else 1)")
+    p.add_argument("--zero-stage", type=int, choices=(0, 1), default=0,
+                   help="data parallelism: 0 all-reduces the gradients, 1 shards AdamW's state (ZeRO-1)")
+    p.add_argument("--rendezvous", default="tcp", metavar="tcp|file:PATH|mpi",
+                   help="how rank 0's NCCL id reaches the other ranks (backends/distributed.py)")
     p.add_argument("-B", "--batch-size", type=int, default=4, help="micro-batch size")
     p.add_argument("-T", "--seq-len", type=int, default=64, help="sequence length")
     p.add_argument("--total-batch-size", type=int, help="tokens per optimizer step over all processes (default "
@@ -144,10 +149,15 @@ def parse_args(argv):
         raise UsageError(f"--stop-at: must be >= 0, got {args.stop_at}")
     if args.threads is not None and args.threads <= 0:
         raise UsageError(f"--threads: must be positive, got {args.threads}")
+    try:
+        group = process_group()
+    except RendezvousError as e:
+        raise UsageError(str(e)) from e
     if args.world_size is None:
-        args.world_size = _env_int("WORLD_SIZE", 1)
+        args.world_size = group.world_size
     if args.rank is None:
-        args.rank = _env_int("RANK", 0)
+        args.rank = group.rank
+    args.local_rank = group.local_rank if (group.rank, group.world_size) == (args.rank, args.world_size) else 0
     if args.world_size <= 0:
         raise UsageError(f"--world-size: must be positive, got {args.world_size}")
     if not 0 <= args.rank < args.world_size:
@@ -201,6 +211,10 @@ def train(args, out=print):
     B, T = args.batch_size, args.seq_len
     grad_accum = args.total_batch_size // (B * T * args.world_size)
 
+    # one process per rank, started by a launcher: the ranks train one model together (data parallelism); else
+    # --rank / --world-size only choose this process's slice of the data, and it trains alone
+    launched = args.world_size > 1 and process_group().world_size == args.world_size
+    state_rank = args.rank if launched else 0
     state = None
     if args.resume:
         if not outdir.is_dir():
@@ -208,7 +222,7 @@ def train(args, out=print):
         resume_step = newest_checkpoint(outdir)
         if resume_step is None:
             raise UsageError(f"--resume: no complete checkpoint (DONE_*) in {outdir}")
-        model_path, state_path, _ = checkpoint_paths(outdir, resume_step)
+        model_path, state_path, _ = checkpoint_paths(outdir, resume_step, state_rank)
         config, params = read_checkpoint(model_path)
         state = read_trainer_state(state_path, config.num_parameters)
         if (state.B, state.T, state.grad_accum) != (B, T, grad_accum):
@@ -235,10 +249,17 @@ def train(args, out=print):
     schedule = LearningRateSchedule(args.lr, total_steps, args.warmup, args.final_lr_frac, args.schedule)
     can_sample = config.vocab_size <= tokenizer.VOCAB_SIZE
 
+    if launched:
+        keep_multicast_off()
     try:
-        backend = get_backend(args.backend)
+        backend = get_backend(args.backend, device=args.local_rank if launched else None)
     except (BackendUnavailable, ValueError) as e:
         raise UsageError(f"--backend {args.backend}: {e}") from e
+    if launched and not backend.data_parallel:
+        raise UsageError(f"--backend {args.backend}: cannot average gradients over {args.world_size} processes "
+                         "(data parallelism needs a CUDA backend built with NCCL); to train each rank alone on its "
+                         "slice, start them without a launcher, with --rank, --world-size and an --output-dir each")
+    data_parallel = launched
     if args.threads is not None:
         library = getattr(backend, "library", None)   # native and lib: backends; a lib: port may lack the symbol
         if library is None or not library.has("llmc_set_num_threads"):
@@ -247,50 +268,73 @@ def train(args, out=print):
 
     outdir.mkdir(parents=True, exist_ok=True)
     model = backend.model(config, params, B, T)
+    if data_parallel:
+        group = process_group()
+        try:
+            unique_id = share_id(group, backend.dist_unique_id, args.rendezvous)
+        except RendezvousError as e:
+            raise UsageError(f"--rendezvous {args.rendezvous}: {e}") from e
+        model.dist_join(unique_id, args.rank, args.world_size, args.zero_stage)
+
+    def mean_over_ranks(value):
+        return float(model.dist_mean([value])[0]) if data_parallel else value
+
+    main = args.rank == 0 or not data_parallel     # logs, samples, writes the model
+    if not main:
+        out = _silent
     sampler = Sampler()
     log_path = outdir / "main.log"
     if state is None:
         start_step = 0
-        log_path.write_text("")
+        if main:
+            log_path.write_text("")
     else:
         start_step = state.step
         model.set_optimizer_state(state.m, state.v)
         sampler.state = state.sampler_state
-        kept = [line for line in log_path.read_text().splitlines(keepends=True)
-                if int(re.match(r"s:(\d+)", line)[1]) < start_step] if log_path.exists() else []
-        with atomic_write(log_path, "w") as f:
-            f.writelines(kept)
+        if main:
+            kept = [line for line in log_path.read_text().splitlines(keepends=True)
+                    if int(re.match(r"s:(\d+)", line)[1]) < start_step] if log_path.exists() else []
+            with atomic_write(log_path, "w") as f:
+                f.writelines(kept)
         out(f"resuming from step {start_step} ({outdir})")
     out(f"model {args.model}: {config.num_parameters:,} parameters (L={config.num_layers}, NH={config.num_heads}, "
         f"C={config.channels}, V={config.vocab_size}) | backend {backend.name} | B={B} T={T} "
         f"grad_accum={grad_accum} | {total_steps} steps | train {train_loader.num_tokens:,} tokens in "
         f"{len(train_loader.paths)} shard(s), {'shuffled' if args.shuffle else 'in order'}, rank {args.rank} of "
-        f"{args.world_size} | val {val_batches} batches")
+        f"{args.world_size}{f', data parallel (ZeRO-{args.zero_stage})' if data_parallel else ''} | val "
+        f"{val_batches} batches")
 
     result = TrainResult()
     step_times = []
-    with open(log_path, "a") as log:
+    with open(log_path if main else os.devnull, "a") as log:
         for step in range(start_step, total_steps + 1):
             last_step = step == total_steps
             if args.val_every and (step % args.val_every == 0 or last_step):
                 val_loader.reset()
                 val_loss = sum(model.forward(*val_loader.next_batch()) for _ in range(val_batches)) / val_batches
+                val_loss = mean_over_ranks(val_loss)
                 result.val_losses[step] = val_loss
                 log.write(f"s:{step} tel:{val_loss:f}\n")
                 log.flush()
                 out(f"val loss {val_loss:.6f}")
-            if can_sample and args.sample_every and ((step > 0 and step % args.sample_every == 0) or last_step):
+            if main and can_sample and args.sample_every and ((step > 0 and step % args.sample_every == 0)
+                                                              or last_step):
                 ids = generate(model, config, T, args.gen_tokens, sampler)
                 out(f"generating:\n---\n{tokenizer.decode(ids)}\n---")
             if args.checkpoint_every and ((step > 0 and step % args.checkpoint_every == 0) or last_step) \
                     and step != start_step:
-                m, v = model.optimizer_state()
-                write_training_checkpoint(outdir, config, model.params(),
-                                          TrainerState(step, B, T, grad_accum, sampler.state, m, v,
-                                                       train_loader.state()))
-                if args.keep_last:
-                    delete_old_checkpoints(outdir, args.keep_last)
-                out(f"checkpoint {step} -> {outdir}")
+                m, v = model.optimizer_state()      # collective under ZeRO-1: every rank asks
+                trainer_state = TrainerState(step, B, T, grad_accum, sampler.state, m, v, train_loader.state())
+                if not main:
+                    write_rank_state(outdir, args.rank, trainer_state)
+                if data_parallel:
+                    mean_over_ranks(0.0)            # every rank's state is written before rank 0 marks DONE
+                if main:
+                    write_training_checkpoint(outdir, config, model.params(), trainer_state)
+                    if args.keep_last:
+                        delete_old_checkpoints(outdir, args.keep_last)
+                    out(f"checkpoint {step} -> {outdir}")
             result.last_step = step
             if last_step or step == args.stop_at:
                 break
@@ -301,7 +345,7 @@ def train(args, out=print):
             for _ in range(grad_accum):
                 loss += model.forward(*train_loader.next_batch())
                 model.backward()
-            loss /= grad_accum
+            loss = mean_over_ranks(loss / grad_accum)
             lr = schedule.at(step)
             settings = AdamWSettings(learning_rate=lr, beta1=args.beta1, beta2=args.beta2,
                                      eps=args.eps * grad_accum, weight_decay=args.weight_decay,
@@ -318,8 +362,13 @@ def train(args, out=print):
                     f"{1000 * step_times[-1]:7.1f} ms | {args.total_batch_size / args.world_size / dt:8.0f} tok/s | "
                     f"eta {_format_eta(dt * (total_steps - step - 1))}")
     model.close()
-    out(plot_losses(log_path, outdir / "loss.png"))
+    if main:
+        out(plot_losses(log_path, outdir / "loss.png"))
     return result
+
+
+def _silent(line):
+    """The print of a data-parallel rank other than 0."""
 
 
 def main(argv=None):

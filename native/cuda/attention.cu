@@ -19,7 +19,9 @@
 //    shared memory (cp.async); operands rounded to TF32 (cvt.rna) as cuBLAS's TF32 GEMMs do.
 //  - everything else (strict fp32, other head sizes up to 128, unaligned tensors): plain fp32 FFMA,
 //    one thread per row (or 2-4 threads per row splitting the head dimension above 32), so strict mode
-//    keeps fp32 accuracy (relative errors ~3e-7 against float64).
+//    keeps fp32 accuracy (relative errors ~3e-7 against float64). Templated on the storage type, these
+//    are also bf16 mixed precision's fallback (bf16 in and out, fp32 inside).
+// bf16 mixed precision's tensor-core kernels (head size 64) are in attention_bf16.cu.
 // q, k, v are read in place from qkv (B,T,3C) and the outputs land in (B,T,C) / (B,T,3C) directly.
 // The kernel-level entry points also want att (B,NH,T,T): attention_probs_gpu writes it from q, k and
 // the logsumexp; the model never does.
@@ -40,20 +42,22 @@ __device__ inline size_t btc_offset(int b, int h, int T, int C, int hs) {
 
 // ----------------------------------------------------------------------------- delta = rowsum(dout * out)
 // One warp per (b, t, h) row; delta is (B,NH,T).
-__global__ void attention_delta_kernel(float* delta, const float* dout, const float* out, int B, int T, int C,
-                                       int NH) {
+template <typename E>
+__global__ void attention_delta_kernel(float* delta, const E* dout, const E* out, int B, int T, int C, int NH) {
     size_t row = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     int lane = threadIdx.x % 32, hs = C / NH;
     if (row >= (size_t)B * NH * T) return;
     int t = row % T, h = (row / T) % NH, b = row / ((size_t)T * NH);
     size_t at = btc_offset(b, h, T, C, hs) + (size_t)t * C;
     float s = 0.0f;
-    for (int d = lane; d < hs; d += 32) s += dout[at + d] * out[at + d];
+    for (int d = lane; d < hs; d += 32) s += to_f32(dout[at + d]) * to_f32(out[at + d]);
     for (int offset = 16; offset > 0; offset /= 2) s += __shfl_xor_sync(0xffffffff, s, offset);
     if (lane == 0) delta[row] = s;
 }
 
 // ============================================================================= fp32 (FFMA) kernels
+// E, the storage type of q, k, v and the outputs: float, or bf16 (bf16 mixed precision's fallback for head
+// sizes other than 64), computed in fp32 either way.
 // HS_MAX: head sizes up to it (zero-padded); each row's head dimension is split over PARTS threads of
 // DPT dims, whose partial dot products meet through shuffles. Tiles: ROWS rows per block, TILE rows
 // of the other operand per shared-memory tile, each stored [TILE][PARTS][DPT + 4] (the +4 keeps the
@@ -76,25 +80,25 @@ __device__ inline float part_sum(float x) {
 }
 
 // rows [r0, r0+TILE) of a (T, stride) matrix, head dims [0, hs), into smem; zeros beyond T and hs
-template <int HS_MAX>
-__device__ inline void simt_load_tile(float* tile, const float* src, size_t stride, int r0, int T, int hs) {
+template <int HS_MAX, typename E>
+__device__ inline void simt_load_tile(float* tile, const E* src, size_t stride, int r0, int T, int hs) {
     using S = Simt<HS_MAX>;
     for (int i = threadIdx.x; i < S::TILE * HS_MAX; i += S::THREADS) {
         int r = i / HS_MAX, d = i % HS_MAX;
-        float x = (r0 + r < T && d < hs) ? src[(size_t)(r0 + r) * stride + d] : 0.0f;
+        float x = (r0 + r < T && d < hs) ? to_f32(src[(size_t)(r0 + r) * stride + d]) : 0.0f;
         tile[(r * S::PARTS + d / S::DPT) * S::LD + d % S::DPT] = x;
     }
 }
 
 // this thread's DPT dims of row r, scaled; zeros beyond T and hs
-template <int HS_MAX>
-__device__ inline void simt_load_row(float* x, const float* src, size_t stride, int r, int part, int T, int hs,
+template <int HS_MAX, typename E>
+__device__ inline void simt_load_row(float* x, const E* src, size_t stride, int r, int part, int T, int hs,
                                      float scale) {
     using S = Simt<HS_MAX>;
 #pragma unroll
     for (int i = 0; i < S::DPT; i++) {
         int d = part * S::DPT + i;
-        x[i] = (r < T && d < hs) ? scale * src[(size_t)r * stride + d] : 0.0f;
+        x[i] = (r < T && d < hs) ? scale * to_f32(src[(size_t)r * stride + d]) : 0.0f;
     }
 }
 
@@ -128,8 +132,8 @@ __device__ inline void simt_axpy(float* acc, float p, const float* tile, int j, 
 }
 
 // this thread's dims of row r: dst = x * scale, or dst += x * scale
-template <int HS_MAX>
-__device__ inline void simt_store_row(float* dst, size_t stride, const float* x, int r, int part, int T, int hs,
+template <int HS_MAX, typename E>
+__device__ inline void simt_store_row(E* dst, size_t stride, const float* x, int r, int part, int T, int hs,
                                       float scale, bool accumulate) {
     using S = Simt<HS_MAX>;
     if (r >= T) return;
@@ -137,23 +141,23 @@ __device__ inline void simt_store_row(float* dst, size_t stride, const float* x,
     for (int i = 0; i < S::DPT; i++) {
         int d = part * S::DPT + i;
         if (d < hs) {
-            float* p = dst + (size_t)r * stride + d;
-            *p = accumulate ? *p + scale * x[i] : scale * x[i];
+            E* p = dst + (size_t)r * stride + d;
+            *p = from_f32<E>(accumulate ? to_f32(*p) + scale * x[i] : scale * x[i]);
         }
     }
 }
 
 // grid (B*NH, query tiles, heaviest first); inp (B,T,3C) -> out (B,T,C), lse (B,NH,T)
-template <int HS_MAX>
+template <int HS_MAX, typename E>
 __global__ void __launch_bounds__(Simt<HS_MAX>::THREADS)
-attention_forward_simt(float* out, float* lse, const float* inp, int T, int C, int NH, float scale) {
+attention_forward_simt(E* out, float* lse, const E* inp, int T, int C, int NH, float scale) {
     using S = Simt<HS_MAX>;
     __shared__ __align__(16) float ks[S::TILE_FLOATS];
     __shared__ __align__(16) float vs[S::TILE_FLOATS];
     int bh = blockIdx.x, b = bh / NH, h = bh % NH, hs = C / NH;
     int q0 = (gridDim.y - 1 - blockIdx.y) * S::ROWS;
     int i = q0 + threadIdx.x / S::PARTS, part = threadIdx.x % S::PARTS;
-    const float* q = inp + qkv_offset(b, h, T, C, hs);
+    const E* q = inp + qkv_offset(b, h, T, C, hs);
     size_t C3 = 3 * (size_t)C;
     float x[S::DPT], acc[S::DPT];
     simt_load_row<HS_MAX>(x, q, C3, i, part, T, hs, scale);
@@ -192,10 +196,10 @@ attention_forward_simt(float* out, float* lse, const float* inp, int T, int C, i
 }
 
 // grid (B*NH, key tiles): dk, dv of a key tile from all the queries at or after it
-template <int HS_MAX>
+template <int HS_MAX, typename E>
 __global__ void __launch_bounds__(Simt<HS_MAX>::THREADS)
-attention_backward_dkdv_simt(float* dinp, const float* dout, const float* inp, const float* lse, const float* delta,
-                             int T, int C, int NH, float scale, bool accumulate) {
+attention_backward_dkdv_simt(E* dinp, const E* dout, const E* inp, const float* lse, const float* delta, int T, int C,
+                             int NH, float scale, bool accumulate) {
     using S = Simt<HS_MAX>;
     __shared__ __align__(16) float qs[S::TILE_FLOATS];
     __shared__ __align__(16) float dos[S::TILE_FLOATS];
@@ -204,7 +208,7 @@ attention_backward_dkdv_simt(float* dinp, const float* dout, const float* inp, c
     int k0 = blockIdx.y * S::ROWS;
     int j = k0 + threadIdx.x / S::PARTS, part = threadIdx.x % S::PARTS;
     size_t C3 = 3 * (size_t)C, at = qkv_offset(b, h, T, C, hs);
-    const float* dy = dout + btc_offset(b, h, T, C, hs);
+    const E* dy = dout + btc_offset(b, h, T, C, hs);
     float k[S::DPT], v[S::DPT], dk[S::DPT], dv[S::DPT];
     simt_load_row<HS_MAX>(k, inp + at + C, C3, j, part, T, hs, scale);
     simt_load_row<HS_MAX>(v, inp + at + 2 * C, C3, j, part, T, hs, 1.0f);
@@ -233,10 +237,10 @@ attention_backward_dkdv_simt(float* dinp, const float* dout, const float* inp, c
 }
 
 // grid (B*NH, query tiles, heaviest first): dq of a query tile from the keys up to it
-template <int HS_MAX>
+template <int HS_MAX, typename E>
 __global__ void __launch_bounds__(Simt<HS_MAX>::THREADS)
-attention_backward_dq_simt(float* dinp, const float* dout, const float* inp, const float* lse, const float* delta,
-                           int T, int C, int NH, float scale, bool accumulate) {
+attention_backward_dq_simt(E* dinp, const E* dout, const E* inp, const float* lse, const float* delta, int T, int C,
+                           int NH, float scale, bool accumulate) {
     using S = Simt<HS_MAX>;
     __shared__ __align__(16) float ks[S::TILE_FLOATS];
     __shared__ __align__(16) float vs[S::TILE_FLOATS];
@@ -600,7 +604,7 @@ static bool use_tf32_kernels(int hs, const void* a, const void* b, const void* c
            aligned16(c);
 }
 
-static int check_head_size(int hs) {
+int check_attention_head_size(int hs) {
     if (hs > ATTENTION_MAX_HEAD_SIZE)
         return set_error(LLMC_ERR_ARGUMENT, "head size C/NH = %d: the CUDA attention supports at most %d", hs,
                          ATTENTION_MAX_HEAD_SIZE);
@@ -608,42 +612,73 @@ static int check_head_size(int hs) {
 }
 
 // The smallest fp32 instantiation that covers hs.
-#define DISPATCH_HEAD_SIZE(hs, KERNEL, grid, ...)                                                           \
+#define DISPATCH_HEAD_SIZE(hs, KERNEL, E, grid, ...)                                                        \
     do {                                                                                                    \
-        if (hs <= 16) KERNEL<16><<<grid, Simt<16>::THREADS>>>(__VA_ARGS__);                                 \
-        else if (hs <= 32) KERNEL<32><<<grid, Simt<32>::THREADS>>>(__VA_ARGS__);                            \
-        else if (hs <= 64) KERNEL<64><<<grid, Simt<64>::THREADS>>>(__VA_ARGS__);                            \
-        else KERNEL<128><<<grid, Simt<128>::THREADS>>>(__VA_ARGS__);                                        \
+        if (hs <= 16) KERNEL<16, E><<<grid, Simt<16>::THREADS>>>(__VA_ARGS__);                              \
+        else if (hs <= 32) KERNEL<32, E><<<grid, Simt<32>::THREADS>>>(__VA_ARGS__);                         \
+        else if (hs <= 64) KERNEL<64, E><<<grid, Simt<64>::THREADS>>>(__VA_ARGS__);                         \
+        else KERNEL<128, E><<<grid, Simt<128>::THREADS>>>(__VA_ARGS__);                                     \
         LAUNCH_CHECK();                                                                                     \
     } while (0)
+
+template <typename E>
+int attention_forward_simt_gpu(E* out, float* lse, const E* inp, int B, int T, int C, int NH) {
+    int hs = C / NH;
+    TRY(check_attention_head_size(hs));
+    dim3 grid(B * NH, ceil_div(T, SIMT_ROWS));
+    DISPATCH_HEAD_SIZE(hs, attention_forward_simt, E, grid, out, lse, inp, T, C, NH, 1.0f / sqrtf((float)hs));
+    return LLMC_OK;
+}
+
+template <typename E>
+int attention_delta_gpu(float* delta, const E* dout, const E* out, int B, int T, int C, int NH) {
+    size_t rows = (size_t)B * NH * T;
+    attention_delta_kernel<<<(unsigned)ceil_div(rows, (size_t)8), 256>>>(delta, dout, out, B, T, C, NH);
+    LAUNCH_CHECK();
+    return LLMC_OK;
+}
+
+template <typename E>
+int attention_backward_simt_gpu(E* dinp, const E* dout, const E* inp, const float* lse, const float* delta, int B,
+                                int T, int C, int NH, bool accumulate_dinp) {
+    int hs = C / NH;
+    TRY(check_attention_head_size(hs));
+    float scale = 1.0f / sqrtf((float)hs);
+    dim3 grid(B * NH, ceil_div(T, SIMT_ROWS));
+    DISPATCH_HEAD_SIZE(hs, attention_backward_dkdv_simt, E, grid, dinp, dout, inp, lse, delta, T, C, NH, scale,
+                       accumulate_dinp);
+    DISPATCH_HEAD_SIZE(hs, attention_backward_dq_simt, E, grid, dinp, dout, inp, lse, delta, T, C, NH, scale,
+                       accumulate_dinp);
+    return LLMC_OK;
+}
+
+template int attention_forward_simt_gpu<bf16>(bf16*, float*, const bf16*, int, int, int, int);
+template int attention_delta_gpu<bf16>(float*, const bf16*, const bf16*, int, int, int, int);
+template int attention_backward_simt_gpu<bf16>(bf16*, const bf16*, const bf16*, const float*, const float*, int, int,
+                                               int, int, bool);
 
 // inp (B,T,3C) -> out (B,T,C); lse (B,NH,T) saved for the backward
 int attention_forward_gpu(float* out, float* lse, const float* inp, int B, int T, int C, int NH) {
     int hs = C / NH;
-    TRY(check_head_size(hs));
-    float scale = 1.0f / sqrtf((float)hs);
+    TRY(check_attention_head_size(hs));
     if (use_tf32_kernels(hs, out, inp, inp)) {
         CUDA_TRY(cudaFuncSetAttribute(attention_forward_tf32, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       (int)TC_SMEM_BYTES));
         attention_forward_tf32<<<dim3(B * NH, ceil_div(T, TC_BLOCK_ROWS)), TC_THREADS, TC_SMEM_BYTES>>>(
-            out, lse, inp, T, C, NH, scale);
+            out, lse, inp, T, C, NH, 1.0f / sqrtf((float)hs));
         LAUNCH_CHECK();
         return LLMC_OK;
     }
-    dim3 grid(B * NH, ceil_div(T, SIMT_ROWS));
-    DISPATCH_HEAD_SIZE(hs, attention_forward_simt, grid, out, lse, inp, T, C, NH, scale);
-    return LLMC_OK;
+    return attention_forward_simt_gpu(out, lse, inp, B, T, C, NH);
 }
 
 // dout (B,T,C) -> dinp (B,T,3C) (+= or =), from the forward's inp, out and lse; delta (B,NH,T) scratch
 int attention_backward_gpu(float* dinp, float* delta, const float* dout, const float* inp, const float* out,
                            const float* lse, int B, int T, int C, int NH, bool accumulate_dinp) {
     int hs = C / NH;
-    TRY(check_head_size(hs));
+    TRY(check_attention_head_size(hs));
     float scale = 1.0f / sqrtf((float)hs);
-    size_t rows = (size_t)B * NH * T;
-    attention_delta_kernel<<<(unsigned)ceil_div(rows, (size_t)8), 256>>>(delta, dout, out, B, T, C, NH);
-    LAUNCH_CHECK();
+    TRY(attention_delta_gpu(delta, dout, out, B, T, C, NH));
     if (use_tf32_kernels(hs, dinp, inp, dout)) {
         dim3 grid(B * NH, ceil_div(T, TC_BLOCK_ROWS));
         CUDA_TRY(cudaFuncSetAttribute(attention_backward_dkdv_tf32, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -658,12 +693,7 @@ int attention_backward_gpu(float* dinp, float* delta, const float* dout, const f
         LAUNCH_CHECK();
         return LLMC_OK;
     }
-    dim3 grid(B * NH, ceil_div(T, SIMT_ROWS));
-    DISPATCH_HEAD_SIZE(hs, attention_backward_dkdv_simt, grid, dinp, dout, inp, lse, delta, T, C, NH, scale,
-                       accumulate_dinp);
-    DISPATCH_HEAD_SIZE(hs, attention_backward_dq_simt, grid, dinp, dout, inp, lse, delta, T, C, NH, scale,
-                       accumulate_dinp);
-    return LLMC_OK;
+    return attention_backward_simt_gpu(dinp, dout, inp, lse, delta, B, T, C, NH, accumulate_dinp);
 }
 
 // ----------------------------------------------------------------------------- att for the kernel-level API

@@ -1,5 +1,6 @@
-// The library's process-wide state: the last error (per thread), the device and cuBLAS handle made once,
-// the precision mode, and the growable scratch buffer. Also the identity / settings entry points of llmc.h.
+// The library's process-wide state: the device and cuBLAS handle made once, the precision mode, and the
+// growable scratch buffer. Also the identity / settings entry points of llmc.h. The error state and
+// llmc_set_num_threads are the host C core's (native/core), shared with the other libraries.
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
@@ -7,23 +8,19 @@
 #include <string>
 
 #include "common.cuh"
+#include "../core/core.h"
 
-static thread_local int g_error_code = LLMC_OK;
-static thread_local char g_error_message[1024] = "";
-
+// The CUDA sources' names for the core's error state. Every entry point starts with clear_error(), which
+// sets the code to LLMC_OK and keeps the message of the last failed call (llmc.h's promise).
 int set_error(int code, const char* fmt, ...) {
     va_list args;
     va_start(args, fmt);
-    vsnprintf(g_error_message, sizeof(g_error_message), fmt, args);
+    llmc_vfail(code, fmt, args);
     va_end(args);
-    g_error_code = code;
     return code;
 }
 
-void clear_error() {
-    g_error_code = LLMC_OK;
-    g_error_message[0] = '\0';
-}
+void clear_error() { llmc_ok(); }
 
 // ----------------------------------------------------------------------------- device and cuBLAS
 static std::once_flag g_init_once;
@@ -33,9 +30,10 @@ static cublasHandle_t g_cublas = nullptr;
 static cublasLtHandle_t g_cublaslt = nullptr;
 static void* g_lt_workspace = nullptr;
 constexpr size_t LT_WORKSPACE_BYTES = 32u << 20;   // cuBLASLt's recommendation for Hopper
-static int g_precision = 0;   // 0 strict fp32, 1 TF32 matmuls
+static int g_precision = PRECISION_FP32;   // llmc_set_precision's mode
 static void* g_scratch = nullptr;
 static size_t g_scratch_bytes = 0;
+static int g_device = 0;   // llmc_set_device's choice: a data-parallel rank's GPU
 
 static void init_device() {
     int count = 0;
@@ -46,11 +44,18 @@ static void init_device() {
                  err != cudaSuccess ? cudaGetErrorString(err) : "cudaGetDeviceCount found 0 devices");
         return;
     }
-    err = cudaSetDevice(0);
+    if (g_device >= count) {
+        g_init_code = LLMC_ERR_DEVICE;
+        snprintf(g_init_message, sizeof(g_init_message), "CUDA device %d asked for (llmc_set_device), %d visible",
+                 g_device, count);
+        return;
+    }
+    err = cudaSetDevice(g_device);
     if (err == cudaSuccess) err = cudaFree(nullptr);   // creates the context now, so failures surface here
     if (err != cudaSuccess) {
         g_init_code = LLMC_ERR_DEVICE;
-        snprintf(g_init_message, sizeof(g_init_message), "cannot use CUDA device 0: %s", cudaGetErrorString(err));
+        snprintf(g_init_message, sizeof(g_init_message), "cannot use CUDA device %d: %s", g_device,
+                 cudaGetErrorString(err));
         return;
     }
     cublasStatus_t st = cublasCreate(&g_cublas);
@@ -77,6 +82,7 @@ static void init_device() {
 int ensure_device() {
     std::call_once(g_init_once, init_device);
     if (g_init_code != LLMC_OK) return set_error(g_init_code, "%s", g_init_message);
+    if (g_device != 0) CUDA_TRY(cudaSetDevice(g_device));   // the current device is per host thread
     return LLMC_OK;
 }
 
@@ -89,8 +95,10 @@ void* cublaslt_workspace(size_t* bytes) {
 }
 
 cublasComputeType_t cublas_compute_type() {
-    return g_precision == 1 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    return g_precision == PRECISION_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
 }
+
+int precision_mode() { return g_precision; }
 
 int scratch_get(size_t bytes, void** out) {
     if (bytes > g_scratch_bytes) {
@@ -110,31 +118,46 @@ extern "C" {
 const char* llmc_backend_name(void) { return "cuda"; }
 
 const char* llmc_build_info(void) {
-    static char info[256];
+    static char info[320];
     int cublas_version = 0;
     if (g_cublas) cublasGetVersion(g_cublas, &cublas_version);
-    snprintf(info, sizeof(info), "nvcc %d.%d, cudart %d (static), cuBLAS %s, arch sm_90 + compute_90 PTX",
+    snprintf(info, sizeof(info), "nvcc %d.%d, cudart %d (static), cuBLAS %s, %s, machine code sm_{%s} + PTX",
              __CUDACC_VER_MAJOR__, __CUDACC_VER_MINOR__, CUDART_VERSION,
-             cublas_version ? std::to_string(cublas_version).c_str() : "(not yet initialized)");
+             cublas_version ? std::to_string(cublas_version).c_str() : "(not yet initialized)", dist_nccl_version(),
+             LLMC_CUDA_ARCHS);
     return info;
-}
-
-int llmc_set_num_threads(int n) {
-    clear_error();
-    if (n < 1) return set_error(LLMC_ERR_ARGUMENT, "llmc_set_num_threads: n must be >= 1, got %d", n);
-    return LLMC_OK;
 }
 
 int llmc_set_precision(int mode) {
     clear_error();
-    if (mode != 0 && mode != 1)
-        return set_error(LLMC_ERR_ARGUMENT, "llmc_set_precision: mode must be 0 (fp32) or 1 (tf32), got %d", mode);
+    if (mode != PRECISION_FP32 && mode != PRECISION_TF32 && mode != PRECISION_BF16)
+        return set_error(LLMC_ERR_ARGUMENT, "llmc_set_precision: mode must be 0 (fp32), 1 (tf32) or 2 (bf16), got %d",
+                         mode);
     g_precision = mode;
     return LLMC_OK;
 }
 
-const char* llmc_last_error(void) { return g_error_message; }
-int llmc_last_error_code(void) { return g_error_code; }
+int llmc_device_count(int* count) {
+    clear_error();
+    if (!count) return set_error(LLMC_ERR_ARGUMENT, "llmc_device_count: count is NULL");
+    *count = 0;
+    cudaError_t err = cudaGetDeviceCount(count);
+    if (err != cudaSuccess) {
+        *count = 0;
+        return set_error(LLMC_ERR_DEVICE, "llmc_device_count: %s", cudaGetErrorString(err));
+    }
+    return LLMC_OK;
+}
+
+int llmc_set_device(int device) {
+    clear_error();
+    if (device < 0) return set_error(LLMC_ERR_ARGUMENT, "llmc_set_device: device %d: must be >= 0", device);
+    if (g_cublas && device != g_device)
+        return set_error(LLMC_ERR_STATE, "llmc_set_device: the library already runs on device %d; choose the "
+                         "device before llmc_init and the first model", g_device);
+    g_device = device;
+    return LLMC_OK;
+}
 
 int llmc_init(void) {
     clear_error();

@@ -1,6 +1,9 @@
 // llm.c's 15 layer kernels with their CPU signatures (host pointers, void), for the kernel-level tests:
 // copy the inputs in, run the GPU launcher, copy the outputs out. Gradient outputs are copied in too,
 // so the GPU adds to them (llm.c's +=). A failure is reported through llmc_last_error_code().
+// In bf16 mode (llmc_set_precision(2)) matmul and attention run the mixed-precision model's kernels: their
+// inputs are rounded to bf16 on the device, their bf16 outputs widened back (gradients added in fp32).
+// The other kernels compute in fp32 in every mode, as the mixed-precision model does.
 #include <algorithm>
 #include <string>
 #include <vector>
@@ -51,6 +54,12 @@ void run_kernel(const char* name, F body) {
         std::string message = llmc_last_error();
         set_error(rc, "%s: %s", name, message.c_str());
     }
+}
+
+// A bf16 copy (round to nearest even) of n device floats, owned by the scope.
+int to_bf16(DeviceScope& s, bf16** out, const float* in, size_t n) {
+    TRY(s.alloc(out, n));
+    return to_bf16_gpu(*out, in, n);
 }
 
 // Rows of an embedding table the tokens touch: [0, max token + 1). The signatures carry no vocab size.
@@ -145,7 +154,17 @@ void matmul_forward(float* out, const float* inp, const float* weight, const flo
         TRY(s.upload(&d_inp, inp, BT * C));
         TRY(s.upload(&d_weight, weight, (size_t)OC * C));
         if (bias) TRY(s.upload(&d_bias, bias, OC));
-        TRY(matmul_forward_gpu(d_out, d_inp, d_weight, d_bias, nullptr, BT, C, OC));
+        if (precision_mode() == PRECISION_BF16) {
+            bf16 *h_out = nullptr, *h_inp = nullptr, *h_weight = nullptr, *h_bias = nullptr;
+            TRY(s.alloc(&h_out, BT * OC));
+            TRY(to_bf16(s, &h_inp, d_inp, BT * C));
+            TRY(to_bf16(s, &h_weight, d_weight, (size_t)OC * C));
+            if (bias) TRY(to_bf16(s, &h_bias, d_bias, OC));
+            TRY(matmul_forward_bf16_gpu(h_out, nullptr, h_inp, h_weight, h_bias, BT, C, OC));
+            TRY(to_float_gpu(d_out, h_out, BT * OC));
+        } else {
+            TRY(matmul_forward_gpu(d_out, d_inp, d_weight, d_bias, nullptr, BT, C, OC));
+        }
         return download(out, d_out, BT * OC);
     });
 }
@@ -162,7 +181,19 @@ void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dou
         TRY(s.upload(&d_dout, dout, BT * OC));
         TRY(s.upload(&d_inp, inp, BT * C));
         TRY(s.upload(&d_weight, weight, (size_t)OC * C));
-        TRY(matmul_backward_gpu(d_dinp, d_dweight, d_dbias, d_dout, d_inp, d_weight, BT, C, OC, true));
+        if (precision_mode() == PRECISION_BF16) {
+            bf16 *h_dinp = nullptr, *h_dout = nullptr, *h_inp = nullptr, *h_weight = nullptr;
+            TRY(s.alloc(&h_dinp, BT * C));
+            TRY(to_bf16(s, &h_dout, d_dout, BT * OC));
+            TRY(to_bf16(s, &h_inp, d_inp, BT * C));
+            TRY(to_bf16(s, &h_weight, d_weight, (size_t)OC * C));
+            TRY(matmul_backward_dinp_bf16_gpu(h_dinp, h_dout, h_weight, nullptr, BT, C, OC));
+            TRY(add_bf16_gpu(d_dinp, h_dinp, BT * C));
+            TRY(matmul_backward_dweight_bf16_gpu(d_dweight, h_dout, h_inp, BT, C, OC));
+            if (dbias) TRY(column_sum_gpu(d_dbias, (const bf16*)h_dout, BT, (size_t)OC));
+        } else {
+            TRY(matmul_backward_gpu(d_dinp, d_dweight, d_dbias, d_dout, d_inp, d_weight, BT, C, OC, true));
+        }
         TRY(download(dinp, d_dinp, BT * C));
         TRY(download(dweight, d_dweight, (size_t)OC * C));
         return dbias ? download(dbias, d_dbias, OC) : LLMC_OK;
@@ -180,7 +211,16 @@ void attention_forward(float* out, float* preatt, float* att, float* inp, int B,
         TRY(s.alloc(&d_lse, (size_t)B * NH * T));
         TRY(s.alloc(&d_att, att_size));
         TRY(s.upload(&d_inp, inp, 3 * BT * C));
-        TRY(attention_forward_gpu(d_out, d_lse, d_inp, B, T, C, NH));
+        if (precision_mode() == PRECISION_BF16) {
+            bf16 *h_out = nullptr, *h_inp = nullptr;
+            TRY(s.alloc(&h_out, BT * C));
+            TRY(to_bf16(s, &h_inp, d_inp, 3 * BT * C));
+            TRY(attention_forward_bf16_gpu(h_out, d_lse, h_inp, B, T, C, NH));
+            TRY(to_float_gpu(d_out, h_out, BT * C));
+            TRY(to_float_gpu(d_inp, h_inp, 3 * BT * C));   // att from the same rounded q and k as lse
+        } else {
+            TRY(attention_forward_gpu(d_out, d_lse, d_inp, B, T, C, NH));
+        }
         TRY(attention_probs_gpu(d_att, d_inp, d_lse, B, T, C, NH));
         TRY(download(out, d_out, BT * C));
         return download(att, d_att, att_size);
@@ -204,8 +244,19 @@ void attention_backward(float* dinp, float* dpreatt, float* datt, float* dout, f
         TRY(s.alloc(&d_out, BT * C));
         TRY(s.alloc(&d_lse, rows));
         TRY(s.alloc(&d_delta, rows));
-        TRY(attention_forward_gpu(d_out, d_lse, d_inp, B, T, C, NH));
-        TRY(attention_backward_gpu(d_dinp, d_delta, d_dout, d_inp, d_out, d_lse, B, T, C, NH, true));
+        if (precision_mode() == PRECISION_BF16) {
+            bf16 *h_dinp = nullptr, *h_dout = nullptr, *h_inp = nullptr, *h_out = nullptr;
+            TRY(s.alloc(&h_dinp, 3 * BT * C));
+            TRY(s.alloc(&h_out, BT * C));
+            TRY(to_bf16(s, &h_dout, d_dout, BT * C));
+            TRY(to_bf16(s, &h_inp, d_inp, 3 * BT * C));
+            TRY(attention_forward_bf16_gpu(h_out, d_lse, h_inp, B, T, C, NH));
+            TRY(attention_backward_bf16_gpu(h_dinp, d_delta, h_dout, h_inp, h_out, d_lse, B, T, C, NH));
+            TRY(add_bf16_gpu(d_dinp, h_dinp, 3 * BT * C));
+        } else {
+            TRY(attention_forward_gpu(d_out, d_lse, d_inp, B, T, C, NH));
+            TRY(attention_backward_gpu(d_dinp, d_delta, d_dout, d_inp, d_out, d_lse, B, T, C, NH, true));
+        }
         return download(dinp, d_dinp, 3 * BT * C);
     });
 }

@@ -1,34 +1,27 @@
 // The llmc_model API of llmc.h on the GPU: GPT-2 in llm.c's layout (16 parameter tensors in one flat
 // buffer), activations sized once for (max_B, max_T), forward / backward / AdamW on the device.
 // Every entry point returns an error code and never ends the process.
-#include <sys/stat.h>
-
+// The config and argument checks, the parameter sizes and the checkpoint reader are the host C core's
+// (native/core), the same code as the CPU library's.
+// A model made in bf16 mode (llmc_set_precision(2)) keeps its fp32 parameters, gradients and AdamW state
+// here, as master weights, and hands the bf16 activations and computation to mixed.cu.
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
 #include <cstdio>
-#include <cstdint>
 #include <cstring>
-#include <memory>
 #include <new>
 #include <vector>
 
 #include "common.cuh"
+#include "../core/core.h"
 
-constexpr int NUM_PARAM_TENSORS = 16;
-constexpr int CHECKPOINT_MAGIC = 20240326;
-constexpr int VERSION_FP32 = 3;   // padded vocab, every tensor fp32
-constexpr int VERSION_BF16 = 5;   // padded vocab, every tensor bf16 (widened to fp32 on load)
-constexpr int HEADER_INTS = 256;
 constexpr size_t DLOGITS_ROWS = 8192;   // positions per chunk of the lm head's backward (1.6 GB at Vp = 50304)
 
 // llm.c's order: wte wpe ln1w ln1b qkvw qkvb attprojw attprojb ln2w ln2b fcw fcb fcprojw fcprojb lnfw lnfb
 enum { WTE, WPE, LN1W, LN1B, QKVW, QKVB, ATTPROJW, ATTPROJB, LN2W, LN2B, FCW, FCB, FCPROJW, FCPROJB, LNFW, LNFB };
-// the 2-D tensors, decayed even when decay_all is 0 (PyTorch's dim >= 2 rule; stacks of layers count as 2-D)
-static const bool IS_MATRIX[NUM_PARAM_TENSORS] = {1, 1, 0, 0, 1, 0, 1, 0, 0, 0, 1, 0, 1, 0, 0, 0};
 
 struct Params {   // views into one flat device buffer
-    float* t[NUM_PARAM_TENSORS];
+    float* t[LLMC_NUM_PARAM_TENSORS];
 };
 
 // Activations kept from forward to backward; per-layer tensors stack all L layers.
@@ -65,69 +58,39 @@ struct Activations {
 struct llmc_model {
     llmc_config config;
     int max_B, max_T;
-    size_t param_sizes[NUM_PARAM_TENSORS];
+    size_t param_sizes[LLMC_NUM_PARAM_TENSORS];
     size_t num_parameters;
     float* params_memory;
     float* grads_memory;
     float* m_memory;     // AdamW state, allocated at the first update or set_optimizer_state
     float* v_memory;
     Params params, grads;
-    Activations acts;
+    Activations acts;    // fp32 / TF32 models
     void* acts_memory;
+    MixedModel* mixed;   // bf16 mixed-precision models instead of acts
     int* inputs;         // (max_B*max_T) device
     int* targets;
     TokenBuckets buckets;
     int B, T;            // of the last forward
     bool forward_done, has_targets;
+    // data parallelism (llmc_dist_join); dist NULL: one GPU. ZeRO-1 pads the flat buffers to world_size equal
+    // shards (the padding stays zero) and keeps m and v for this rank's shard only.
+    DistComm* dist;
+    int zero_stage, dist_world;
+    size_t shard_offset, shard_count, shard_stride;   // this rank's parameters; stride: the padded shard size
+    bool grads_synced;   // the gradients are the average over the ranks (since the last backward / zero_grad)
 };
 
-static void fill_param_sizes(size_t* sizes, const llmc_config& c) {
-    size_t L = c.num_layers, C = c.channels;
-    size_t s[NUM_PARAM_TENSORS] = {(size_t)c.padded_vocab_size * C, (size_t)c.max_seq_len * C, L * C, L * C,
-                                   L * 3 * C * C, L * 3 * C, L * C * C, L * C, L * C, L * C,
-                                   L * 4 * C * C, L * 4 * C, L * C * 4 * C, L * C, C, C};
-    memcpy(sizes, s, sizeof(s));
-}
-
 static void point_params(Params* p, float* memory, const size_t* sizes) {
-    for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+    for (int i = 0; i < LLMC_NUM_PARAM_TENSORS; i++) {
         p->t[i] = memory;
         memory += sizes[i];
     }
 }
 
-// Every field in range (the limits keep every size product far from overflow), C divisible by NH,
-// Vp >= V. A checkpoint's fields are named by header index, a config's by name; the code differs too.
-static int validate_config(const llmc_config* c, const char* path) {
-    int code = path ? LLMC_ERR_FORMAT : LLMC_ERR_ARGUMENT;
-    char where[600];
-    snprintf(where, sizeof(where), path ? "checkpoint '%s': header" : "llmc_model_from_params: config", path);
-    struct { const char* name; int header_index, value, max; } fields[] = {
-        {"max_seq_len", 2, c->max_seq_len, 1 << 16}, {"vocab_size", 3, c->vocab_size, 1 << 24},
-        {"num_layers", 4, c->num_layers, 1 << 12},   {"num_heads", 5, c->num_heads, 1 << 12},
-        {"channels", 6, c->channels, 1 << 16},       {"padded_vocab_size", 7, c->padded_vocab_size, 1 << 24}};
-    for (auto& f : fields) {
-        if (f.value <= 0 || f.value > f.max) {
-            if (path)
-                return set_error(code, "%s[%d] %s = %d: must lie in [1, %d]", where, f.header_index, f.name, f.value,
-                                 f.max);
-            return set_error(code, "%s.%s = %d: must lie in [1, %d]", where, f.name, f.value, f.max);
-        }
-    }
-    if (c->channels % c->num_heads)
-        return set_error(code, "%s: channels = %d is not divisible by num_heads = %d", where, c->channels,
-                         c->num_heads);
-    if (c->padded_vocab_size < c->vocab_size)
-        return set_error(code, "%s: padded_vocab_size = %d is smaller than vocab_size = %d", where,
-                         c->padded_vocab_size, c->vocab_size);
-    return LLMC_OK;
-}
-
 // Allocates everything for (max_B, max_T); on failure frees what it made.
 static int model_create(const llmc_config* config, int max_B, int max_T, llmc_model** out) {
-    if (max_B < 1 || max_T < 1 || max_T > config->max_seq_len)
-        return set_error(LLMC_ERR_ARGUMENT, "max_B=%d, max_T=%d: need max_B >= 1 and 1 <= max_T <= max_seq_len (%d)",
-                         max_B, max_T, config->max_seq_len);
+    TRY(llmc_check_model_size(config, max_B, max_T));
     if (config->channels / config->num_heads > ATTENTION_MAX_HEAD_SIZE)
         return set_error(LLMC_ERR_ARGUMENT, "config: head size channels / num_heads = %d / %d exceeds the CUDA "
                          "attention's limit of %d", config->channels, config->num_heads, ATTENTION_MAX_HEAD_SIZE);
@@ -136,9 +99,10 @@ static int model_create(const llmc_config* config, int max_B, int max_T, llmc_mo
     model->config = *config;
     model->max_B = max_B;
     model->max_T = max_T;
-    fill_param_sizes(model->param_sizes, *config);
-    for (size_t s : model->param_sizes) model->num_parameters += s;
+    llmc_param_sizes(config, model->param_sizes);
+    model->num_parameters = llmc_num_parameters(config);
 
+    bool mixed = precision_mode() == PRECISION_BF16;
     size_t B = max_B, T = max_T, C = config->channels, L = config->num_layers, NH = config->num_heads;
     size_t Vp = config->padded_vocab_size, BT = B * T;
     Activations& a = model->acts;
@@ -154,13 +118,14 @@ static int model_create(const llmc_config* config, int max_B, int max_T, llmc_mo
     // every tensor starts 256-byte aligned (16-byte vector accesses, cuBLASLt's preferred alignment)
     auto padded = [](size_t n) { return ceil_div(n, (size_t)64) * 64; };
     size_t total = 0;
-    for (auto& [ptr, n] : layout) total += padded(n);
+    if (!mixed)
+        for (auto& [ptr, n] : layout) total += padded(n);
 
     int rc = LLMC_OK;
     size_t param_bytes = model->num_parameters * sizeof(float);
     if (cudaMalloc(&model->params_memory, param_bytes) != cudaSuccess ||
         cudaMalloc(&model->grads_memory, param_bytes) != cudaSuccess ||
-        cudaMalloc(&model->acts_memory, total * sizeof(float)) != cudaSuccess ||
+        (!mixed && cudaMalloc(&model->acts_memory, total * sizeof(float)) != cudaSuccess) ||
         cudaMalloc(&model->inputs, BT * sizeof(int)) != cudaSuccess ||
         cudaMalloc(&model->targets, BT * sizeof(int)) != cudaSuccess) {
         cudaGetLastError();   // clear the sticky-free allocation error
@@ -172,6 +137,8 @@ static int model_create(const llmc_config* config, int max_B, int max_T, llmc_mo
     } else if (cudaMemset(model->grads_memory, 0, param_bytes) != cudaSuccess) {
         rc = set_error(LLMC_ERR_DEVICE, "cudaMemset of the gradients failed: %s",
                        cudaGetErrorString(cudaGetLastError()));
+    } else if (mixed) {
+        rc = mixed_create(*config, max_B, max_T, model->param_sizes, &model->mixed);
     }
     if (rc != LLMC_OK) {
         llmc_model_free(model);
@@ -179,6 +146,7 @@ static int model_create(const llmc_config* config, int max_B, int max_T, llmc_mo
     }
     float* p = (float*)model->acts_memory;
     for (auto& [ptr, n] : layout) {
+        if (!p) break;   // a mixed-precision model: its activations are mixed.cu's
         *ptr = p;
         p += padded(n);
     }
@@ -233,15 +201,6 @@ static int forward_pass(llmc_model* model) {
     return LLMC_OK;
 }
 
-static int check_tokens(const int* tokens, int B, int T, int V, const char* what) {
-    for (size_t i = 0; i < (size_t)B * T; i++) {
-        if (tokens[i] < 0 || tokens[i] >= V)
-            return set_error(LLMC_ERR_TOKEN, "llmc_forward: %s[%zu][%zu] = %d is outside [0, %d)", what, i / T, i % T,
-                             tokens[i], V);
-    }
-    return LLMC_OK;
-}
-
 static int backward_pass(llmc_model* model) {
     const llmc_config& cfg = model->config;
     int B = model->B, T = model->T, C = cfg.channels, NH = cfg.num_heads, L = cfg.num_layers;
@@ -286,12 +245,17 @@ static int backward_pass(llmc_model* model) {
     return encoder_backward_gpu(g.t[WTE], g.t[WPE], a.dresidual, &model->buckets, B, T, C);
 }
 
+// AdamW's state covers every parameter, or under ZeRO-1 this rank's (padded) shard.
+static size_t optimizer_state_size(const llmc_model* model) {
+    return model->dist && model->zero_stage == 1 ? model->shard_stride : model->num_parameters;
+}
+
 // AdamW's m and v, zeroed, at the first update or set_optimizer_state: both or neither. A failed
 // cudaMalloc is cleared from cudaGetLastError, so the model stays usable (later launch checks would
 // otherwise report the stale error).
 static int alloc_optimizer_state(llmc_model* model, const char* fn) {
     if (model->m_memory) return LLMC_OK;
-    size_t bytes = model->num_parameters * sizeof(float);
+    size_t bytes = optimizer_state_size(model) * sizeof(float);
     float *m = nullptr, *v = nullptr;
     bool got_m = cudaMalloc(&m, bytes) == cudaSuccess;
     bool got_v = got_m && cudaMalloc(&v, bytes) == cudaSuccess;
@@ -310,6 +274,12 @@ static int alloc_optimizer_state(llmc_model* model, const char* fn) {
     return LLMC_OK;
 }
 
+// A mixed-precision model's bf16 weights after its master weights were set from outside.
+static int sync_bf16_params(llmc_model* model) {
+    if (!model->mixed) return LLMC_OK;
+    return round_params_bf16_gpu(mixed_params_bf16(model->mixed), model->params_memory, model->num_parameters);
+}
+
 // ----------------------------------------------------------------------------- llmc.h: model API
 #define CHECK_MODEL(model, fn) \
     if (!(model)) return set_error(LLMC_ERR_ARGUMENT, fn ": model is NULL")
@@ -324,7 +294,7 @@ int llmc_model_from_params(const llmc_config* config, const float* params, int m
     CHECK_PTR(params, "llmc_model_from_params");
     CHECK_PTR(out, "llmc_model_from_params");
     *out = nullptr;
-    TRY(validate_config(config, nullptr));
+    TRY(llmc_check_config(config, nullptr));
     TRY(ensure_device());
     llmc_model* model;
     TRY(model_create(config, max_B, max_T, &model));
@@ -332,6 +302,11 @@ int llmc_model_from_params(const llmc_config* config, const float* params, int m
         cudaSuccess) {
         llmc_model_free(model);
         return set_error(LLMC_ERR_DEVICE, "llmc_model_from_params: copying the parameters to the device failed");
+    }
+    int rc = sync_bf16_params(model);
+    if (rc != LLMC_OK) {
+        llmc_model_free(model);
+        return rc;
     }
     *out = model;
     return LLMC_OK;
@@ -342,54 +317,24 @@ int llmc_model_from_checkpoint(const char* path, int max_B, int max_T, llmc_mode
     CHECK_PTR(path, "llmc_model_from_checkpoint");
     CHECK_PTR(out, "llmc_model_from_checkpoint");
     *out = nullptr;
-    FILE* f = fopen(path, "rb");
-    if (!f) return set_error(LLMC_ERR_FILE, "checkpoint '%s': cannot open: %s", path, strerror(errno));
-    std::unique_ptr<FILE, int (*)(FILE*)> closer(f, fclose);
-    struct stat st;
-    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode))
-        return set_error(LLMC_ERR_FILE, "checkpoint '%s': not a regular file", path);
-    long long file_size = st.st_size;
-    int header[HEADER_INTS];
-    if (fread(header, sizeof(header), 1, f) != 1)
-        return set_error(LLMC_ERR_FORMAT, "checkpoint '%s': %lld bytes, shorter than the %zu-byte header", path,
-                         file_size, sizeof(header));
-    if (header[0] != CHECKPOINT_MAGIC)
-        return set_error(LLMC_ERR_FORMAT, "checkpoint '%s': header[0] magic = %d, expected %d (an llm.c GPT-2 model "
-                         "file)", path, header[0], CHECKPOINT_MAGIC);
-    int version = header[1];
-    if (version != VERSION_FP32 && version != VERSION_BF16)
-        return set_error(LLMC_ERR_FORMAT, "checkpoint '%s': header[1] version = %d, expected %d (fp32) or %d (bf16)",
-                         path, version, VERSION_FP32, VERSION_BF16);
-    llmc_config config = {header[2], header[3], header[7], header[4], header[5], header[6]};
-    TRY(validate_config(&config, path));
-    size_t sizes[NUM_PARAM_TENSORS], n = 0;
-    fill_param_sizes(sizes, config);
-    for (size_t size : sizes) n += size;
-    size_t elem = version == VERSION_FP32 ? 4 : 2;
-    long long expected = (long long)(sizeof(header) + n * elem);
-    if (file_size != expected)
-        return set_error(LLMC_ERR_FORMAT, "checkpoint '%s': file size %lld bytes (%s), expected %lld = %zu-byte header "
-                         "+ %zu parameters x %zu bytes for the header's config (L=%d, NH=%d, C=%d, V=%d, Vp=%d, "
-                         "maxT=%d, version %d)", path, file_size, file_size < expected ? "truncated" : "oversized",
-                         expected, sizeof(header), n, elem, config.num_layers, config.num_heads, config.channels,
-                         config.vocab_size, config.padded_vocab_size, config.max_seq_len, version);
-    if (max_T > config.max_seq_len)
-        return set_error(LLMC_ERR_ARGUMENT, "checkpoint '%s': max_T=%d exceeds its max_seq_len %d", path, max_T,
-                         config.max_seq_len);
-    std::vector<float> params(n);
-    size_t got;
-    if (version == VERSION_FP32) {
-        got = fread(params.data(), sizeof(float), n, f);
-    } else {   // bf16 is the upper half of an fp32: widen in place, from the back so nothing is overwritten early
-        uint16_t* halves = (uint16_t*)params.data();
-        got = fread(halves, sizeof(uint16_t), n, f);
-        for (size_t i = n; i-- > 0;) {
-            uint32_t bits = (uint32_t)halves[i] << 16;
-            memcpy(&params[i], &bits, sizeof(bits));
+    llmc_checkpoint ck;
+    TRY(llmc_checkpoint_open(path, &ck));
+    int rc = llmc_check_model_size(&ck.config, max_B, max_T);   // before reading the whole file
+    std::vector<float> params;
+    if (rc == LLMC_OK) {
+        try {
+            params.resize(ck.num_parameters);
+        } catch (const std::bad_alloc&) {
+            rc = set_error(LLMC_ERR_ALLOC, "checkpoint '%s': out of host memory for its %zu parameters", path,
+                           ck.num_parameters);
         }
     }
-    if (got != n) return set_error(LLMC_ERR_FILE, "checkpoint '%s': short read of the parameters", path);
-    return llmc_model_from_params(&config, params.data(), max_B, max_T, out);
+    if (rc != LLMC_OK) {
+        llmc_checkpoint_close(&ck);
+        return rc;
+    }
+    TRY(llmc_checkpoint_read(&ck, params.data()));
+    return llmc_model_from_params(&ck.config, params.data(), max_B, max_T, out);
 }
 
 void llmc_model_free(llmc_model* model) {
@@ -398,7 +343,9 @@ void llmc_model_free(llmc_model* model) {
     cudaFree(model->grads_memory);
     cudaFree(model->m_memory);
     cudaFree(model->v_memory);
+    dist_free(model->dist);
     cudaFree(model->acts_memory);
+    mixed_free(model->mixed);
     cudaFree(model->inputs);
     cudaFree(model->targets);
     token_buckets_free(&model->buckets);
@@ -418,29 +365,26 @@ size_t llmc_model_num_parameters(const llmc_model* model) { return model ? model
 int llmc_forward(llmc_model* model, const int* inputs, const int* targets, int B, int T, float* mean_loss) {
     clear_error();
     CHECK_MODEL(model, "llmc_forward");
-    CHECK_PTR(inputs, "llmc_forward");
-    if (B < 1 || T < 1 || B > model->max_B || T > model->max_T)
-        return set_error(LLMC_ERR_ARGUMENT, "llmc_forward: B=%d, T=%d outside the model's 1..max_B=%d, 1..max_T=%d",
-                         B, T, model->max_B, model->max_T);
-    size_t BT = (size_t)B * T;
     int V = model->config.vocab_size;
-    TRY(check_tokens(inputs, B, T, V, "inputs"));
-    if (targets) TRY(check_tokens(targets, B, T, V, "targets"));
+    TRY(llmc_check_forward(inputs, targets, B, T, model->max_B, model->max_T, V));
+    size_t BT = (size_t)B * T;
     CUDA_TRY(cudaMemcpy(model->inputs, inputs, BT * sizeof(int), cudaMemcpyHostToDevice));
-    if (targets) {
-        CUDA_TRY(cudaMemcpy(model->targets, targets, BT * sizeof(int), cudaMemcpyHostToDevice));
-        TRY(token_buckets_build(&model->buckets, inputs, (int)BT, V));
-    }
+    if (targets) CUDA_TRY(cudaMemcpy(model->targets, targets, BT * sizeof(int), cudaMemcpyHostToDevice));
     model->B = B;
     model->T = T;
     model->has_targets = targets != nullptr;
     model->forward_done = false;
-    TRY(forward_pass(model));
+    if (model->mixed)
+        TRY(mixed_forward(model->mixed, model->params_memory, model->inputs, targets ? model->targets : nullptr, B, T));
+    else
+        TRY(forward_pass(model));
+    // the backward's token buckets, sorted on the host while the GPU runs the forward
+    if (targets) TRY(token_buckets_build(&model->buckets, inputs, (int)BT, V));
     model->forward_done = true;
     float loss = -1.0f;   // llm.c's "no targets"
     if (targets) {
         double sum;
-        TRY(sum_gpu(&sum, model->acts.losses, BT, false));
+        TRY(sum_gpu(&sum, model->mixed ? mixed_losses(model->mixed) : model->acts.losses, BT, false));
         loss = (float)(sum / BT);
     } else {
         CUDA_TRY(cudaDeviceSynchronize());   // report asynchronous failures of the forward here
@@ -453,6 +397,7 @@ int llmc_zero_grad(llmc_model* model) {
     clear_error();
     CHECK_MODEL(model, "llmc_zero_grad");
     CUDA_TRY(cudaMemset(model->grads_memory, 0, model->num_parameters * sizeof(float)));
+    model->grads_synced = false;
     return LLMC_OK;
 }
 
@@ -461,30 +406,60 @@ int llmc_backward(llmc_model* model) {
     CHECK_MODEL(model, "llmc_backward");
     if (!model->forward_done || !model->has_targets)
         return set_error(LLMC_ERR_STATE, "llmc_backward: needs a forward with targets first");
-    TRY(backward_pass(model));
+    if (model->dist && model->zero_stage == 1 && model->grads_synced)   // the other shards are no sums any more
+        return set_error(LLMC_ERR_UNSUPPORTED, "llmc_backward: under ZeRO-1 the gradients were reduce-scattered "
+                         "(llmc_dist_sync_grads); accumulate before they are, or zero_grad first");
+    if (model->mixed)
+        TRY(mixed_backward(model->mixed, model->params_memory, model->grads_memory, model->targets, &model->buckets,
+                           model->B, model->T));
+    else
+        TRY(backward_pass(model));
     CUDA_TRY(cudaDeviceSynchronize());
+    model->grads_synced = false;
+    return LLMC_OK;
+}
+
+// The gradients averaged over the ranks: ZeRO-0 everywhere, ZeRO-1 on this rank's shard.
+static int sync_grads(llmc_model* model) {
+    if (!model->dist || model->grads_synced) return LLMC_OK;
+    if (model->zero_stage == 1)
+        TRY(dist_reduce_scatter_mean(model->dist, model->grads_memory, model->shard_stride));
+    else
+        TRY(dist_allreduce_mean(model->dist, model->grads_memory, model->num_parameters));
+    model->grads_synced = true;
     return LLMC_OK;
 }
 
 int llmc_update(llmc_model* model, const llmc_adamw* opt, int t, float* grad_norm) {
     clear_error();
     CHECK_MODEL(model, "llmc_update");
-    CHECK_PTR(opt, "llmc_update");
-    if (t < 1) return set_error(LLMC_ERR_ARGUMENT, "llmc_update: t = %d: the step count starts at 1", t);
+    TRY(llmc_check_update(opt, t));
     TRY(alloc_optimizer_state(model, "llmc_update"));
+    TRY(sync_grads(model));
+    // this rank's parameters: all of them, or its ZeRO-1 shard [begin, end) (m and v hold only that)
+    bool sharded = model->dist && model->zero_stage == 1;
+    size_t begin = sharded ? model->shard_offset : 0;
+    size_t end = begin + (sharded ? model->shard_count : model->num_parameters);
     double norm_squared;
-    TRY(sum_gpu(&norm_squared, model->grads_memory, model->num_parameters, true));
+    TRY(sum_gpu(&norm_squared, model->grads_memory + begin, end - begin, true));
+    if (sharded) TRY(dist_sum_doubles(model->dist, &norm_squared, 1));   // the global norm, the same on every rank
     double norm = sqrt(norm_squared);
     float grad_scale = (opt->grad_clip > 0.0f && norm > opt->grad_clip) ? (float)(opt->grad_clip / norm) : 1.0f;
     float bias_correction1 = (float)(1.0 - pow((double)opt->beta1, t));
     float bias_correction2 = (float)(1.0 - pow((double)opt->beta2, t));
     size_t offset = 0;
-    for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
-        float wd = (opt->decay_all || IS_MATRIX[i]) ? opt->weight_decay : 0.0f;
-        TRY(adamw_gpu(model->params_memory + offset, model->grads_memory + offset, model->m_memory + offset,
-                      model->v_memory + offset, model->param_sizes[i], opt->learning_rate, opt->beta1, opt->beta2,
-                      opt->eps, wd, bias_correction1, bias_correction2, grad_scale));
-        offset += model->param_sizes[i];
+    for (int i = 0; i < LLMC_NUM_PARAM_TENSORS; offset += model->param_sizes[i], i++) {
+        size_t lo = std::max(offset, begin), hi = std::min(offset + model->param_sizes[i], end);
+        if (lo >= hi) continue;   // the tensor lies outside this rank's shard
+        float wd = llmc_weight_decay(opt, i);
+        bf16* params_bf16 = model->mixed ? mixed_params_bf16(model->mixed) + lo : nullptr;
+        TRY(adamw_gpu(model->params_memory + lo, params_bf16, lo, model->grads_memory + lo,
+                      model->m_memory + (lo - begin), model->v_memory + (lo - begin), hi - lo, opt->learning_rate,
+                      opt->beta1, opt->beta2, opt->eps, wd, bias_correction1, bias_correction2, grad_scale));
+    }
+    if (sharded) {   // every rank's updated shard to every rank; the bf16 copy rounds as adamw_gpu did
+        TRY(dist_allgather(model->dist, model->params_memory, model->shard_stride));
+        TRY(sync_bf16_params(model));
     }
     CUDA_TRY(cudaDeviceSynchronize());
     if (grad_norm) *grad_norm = (float)norm;
@@ -508,7 +483,22 @@ int llmc_set_params(llmc_model* model, const float* src) {
     CHECK_MODEL(model, "llmc_set_params");
     CHECK_PTR(src, "llmc_set_params");
     CUDA_TRY(cudaMemcpy(model->params_memory, src, model->num_parameters * sizeof(float), cudaMemcpyHostToDevice));
-    return LLMC_OK;
+    return sync_bf16_params(model);
+}
+
+int llmc_save_checkpoint(const llmc_model* model, const char* path, int version) {
+    clear_error();
+    CHECK_MODEL(model, "llmc_save_checkpoint");
+    CHECK_PTR(path, "llmc_save_checkpoint");
+    std::vector<float> params;
+    try {
+        params.resize(model->num_parameters);
+    } catch (const std::bad_alloc&) {
+        return set_error(LLMC_ERR_ALLOC, "llmc_save_checkpoint: no host memory for %zu parameters",
+                         model->num_parameters);
+    }
+    TRY(copy_out(params.data(), model->params_memory, model->num_parameters, "llmc_save_checkpoint"));
+    return llmc_checkpoint_write(path, &model->config, params.data(), version);
 }
 
 int llmc_get_grads(const llmc_model* model, float* dst) {
@@ -522,7 +512,23 @@ int llmc_get_logits(const llmc_model* model, float* dst) {
     CHECK_MODEL(model, "llmc_get_logits");
     if (!model->forward_done) return set_error(LLMC_ERR_STATE, "llmc_get_logits: no forward has run");
     size_t n = (size_t)model->B * model->T * model->config.padded_vocab_size;
+    if (model->mixed) {
+        CHECK_PTR(dst, "llmc_get_logits");
+        return mixed_get_logits(model->mixed, dst, n);
+    }
     return copy_out(dst, model->acts.logits, n, "llmc_get_logits");
+}
+
+// Under ZeRO-1 the full m or v exists on no rank: gathered from the shards into a scratch buffer.
+static int copy_out_state(const llmc_model* model, float* dst, const float* state, const char* fn) {
+    if (!(model->dist && model->zero_stage == 1)) return copy_out(dst, state, model->num_parameters, fn);
+    size_t stride = model->shard_stride;
+    void* scratch;
+    TRY(scratch_get(stride * model->dist_world * sizeof(float), &scratch));
+    float* full = (float*)scratch;
+    CUDA_TRY(cudaMemcpy(full + model->shard_offset, state, stride * sizeof(float), cudaMemcpyDeviceToDevice));
+    TRY(dist_allgather(model->dist, full, stride));
+    return copy_out(dst, full, model->num_parameters, fn);
 }
 
 int llmc_get_optimizer_state(const llmc_model* model, float* m, float* v) {
@@ -535,8 +541,8 @@ int llmc_get_optimizer_state(const llmc_model* model, float* m, float* v) {
         memset(v, 0, model->num_parameters * sizeof(float));
         return LLMC_OK;
     }
-    TRY(copy_out(m, model->m_memory, model->num_parameters, "llmc_get_optimizer_state"));
-    return copy_out(v, model->v_memory, model->num_parameters, "llmc_get_optimizer_state");
+    TRY(copy_out_state(model, m, model->m_memory, "llmc_get_optimizer_state"));
+    return copy_out_state(model, v, model->v_memory, "llmc_get_optimizer_state");
 }
 
 int llmc_set_optimizer_state(llmc_model* model, const float* m, const float* v) {
@@ -544,11 +550,95 @@ int llmc_set_optimizer_state(llmc_model* model, const float* m, const float* v) 
     CHECK_MODEL(model, "llmc_set_optimizer_state");
     CHECK_PTR(m, "llmc_set_optimizer_state");
     CHECK_PTR(v, "llmc_set_optimizer_state");
-    size_t bytes = model->num_parameters * sizeof(float);
     TRY(alloc_optimizer_state(model, "llmc_set_optimizer_state"));
-    CUDA_TRY(cudaMemcpy(model->m_memory, m, bytes, cudaMemcpyHostToDevice));
-    CUDA_TRY(cudaMemcpy(model->v_memory, v, bytes, cudaMemcpyHostToDevice));
+    bool sharded = model->dist && model->zero_stage == 1;   // this rank keeps its shard of the full arrays
+    size_t first = sharded ? model->shard_offset : 0, count = sharded ? model->shard_count : model->num_parameters;
+    CUDA_TRY(cudaMemcpy(model->m_memory, m + first, count * sizeof(float), cudaMemcpyHostToDevice));
+    CUDA_TRY(cudaMemcpy(model->v_memory, v + first, count * sizeof(float), cudaMemcpyHostToDevice));
     return LLMC_OK;
+}
+
+// ----------------------------------------------------------------------------- llmc.h: data parallelism
+int llmc_dist_unique_id(unsigned char* id) {
+    clear_error();
+    CHECK_PTR(id, "llmc_dist_unique_id");
+    TRY(ensure_device());
+    return dist_unique_id(id);
+}
+
+// ZeRO-1's shards must be equal for NCCL: the flat parameter and gradient buffers grow to world_size shards,
+// the tail zero (it never changes: its gradient is zero and AdamW keeps a zero parameter at zero).
+static int pad_flat_buffer(float** buffer, size_t used, size_t padded) {
+    float* grown = nullptr;
+    CUDA_TRY(cudaMalloc(&grown, padded * sizeof(float)));
+    cudaError_t err = cudaMemcpy(grown, *buffer, used * sizeof(float), cudaMemcpyDeviceToDevice);
+    if (err == cudaSuccess) err = cudaMemset(grown + used, 0, (padded - used) * sizeof(float));
+    if (err != cudaSuccess) {
+        cudaFree(grown);
+        return set_error(LLMC_ERR_DEVICE, "padding the parameters for ZeRO-1 failed: %s", cudaGetErrorString(err));
+    }
+    cudaFree(*buffer);
+    *buffer = grown;
+    return LLMC_OK;
+}
+
+int llmc_dist_join(llmc_model* model, const unsigned char* id, int rank, int world_size, int zero_stage) {
+    clear_error();
+    CHECK_MODEL(model, "llmc_dist_join");
+    CHECK_PTR(id, "llmc_dist_join");
+    if (model->dist) return set_error(LLMC_ERR_STATE, "llmc_dist_join: this model has joined already");
+    if (world_size < 1 || rank < 0 || rank >= world_size)
+        return set_error(LLMC_ERR_ARGUMENT, "llmc_dist_join: rank %d of world_size %d: need 0 <= rank < world_size",
+                         rank, world_size);
+    if (zero_stage != 0 && zero_stage != 1)
+        return set_error(LLMC_ERR_ARGUMENT, "llmc_dist_join: zero_stage %d: 0 or 1", zero_stage);
+    if (zero_stage == 1 && model->m_memory)
+        return set_error(LLMC_ERR_STATE, "llmc_dist_join: ZeRO-1 shards AdamW's state: join before the first "
+                         "update or set_optimizer_state");
+    size_t P = model->num_parameters, stride = (P + world_size - 1) / world_size;
+    if (zero_stage == 1 && stride * world_size != P) {
+        TRY(pad_flat_buffer(&model->params_memory, P, stride * world_size));
+        TRY(pad_flat_buffer(&model->grads_memory, P, stride * world_size));
+        point_params(&model->params, model->params_memory, model->param_sizes);
+        point_params(&model->grads, model->grads_memory, model->param_sizes);
+    }
+    TRY(dist_create(id, rank, world_size, &model->dist));
+    model->zero_stage = zero_stage;
+    model->dist_world = world_size;
+    model->shard_stride = stride;
+    model->shard_offset = std::min(P, (size_t)rank * stride);
+    model->shard_count = std::min(P, model->shard_offset + stride) - model->shard_offset;
+    model->grads_synced = false;
+    return LLMC_OK;
+}
+
+int llmc_dist_sync_grads(llmc_model* model) {
+    clear_error();
+    CHECK_MODEL(model, "llmc_dist_sync_grads");
+    if (!model->dist) return set_error(LLMC_ERR_STATE, "llmc_dist_sync_grads: the model has not joined (llmc_dist_join)");
+    TRY(sync_grads(model));
+    CUDA_TRY(cudaDeviceSynchronize());
+    return LLMC_OK;
+}
+
+int llmc_dist_shard(const llmc_model* model, size_t* offset, size_t* count) {
+    clear_error();
+    CHECK_MODEL(model, "llmc_dist_shard");
+    CHECK_PTR(offset, "llmc_dist_shard");
+    CHECK_PTR(count, "llmc_dist_shard");
+    bool sharded = model->dist && model->zero_stage == 1;
+    *offset = sharded ? model->shard_offset : 0;
+    *count = sharded ? model->shard_count : model->num_parameters;
+    return LLMC_OK;
+}
+
+int llmc_dist_mean(llmc_model* model, float* values, int n) {
+    clear_error();
+    CHECK_MODEL(model, "llmc_dist_mean");
+    CHECK_PTR(values, "llmc_dist_mean");
+    if (n < 1) return set_error(LLMC_ERR_ARGUMENT, "llmc_dist_mean: n = %d: at least 1", n);
+    if (!model->dist) return LLMC_OK;   // one rank: its own mean
+    return dist_mean_floats(model->dist, values, n);
 }
 
 }  // extern "C"

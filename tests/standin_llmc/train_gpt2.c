@@ -11,10 +11,12 @@ main() behind #ifndef TESTING. It is NOT llm.c: the layers are our own CPU kerne
 proves the adapter and the harness, not llm.c. Point tools/validate_llmc.py at a real llm.c checkout
 for that.
 
-Deliberate bugs for the harness's self-test (conformance/test_ports.py), off unless defined:
+Deliberate bugs for the harness's self-test (tests/test_ports.py), off unless defined:
   STANDIN_BUG_ENCODER_OVERWRITE          encoder_backward overwrites dwte / dwpe rows instead of +=
   STANDIN_BUG_MATMUL_BACKWARD_OVERWRITE  matmul_backward overwrites dinp instead of +=
   STANDIN_BUG_ADAMW_NO_BIAS_CORRECTION   gpt2_update without AdamW's bias correction
+and, at run time, the environment variable STANDIN_CRASH makes gpt2_forward end badly, as a broken port
+would: segv (a NULL write), abort, exit (llm.c's exit(1)) or hang (it never returns).
 */
 #include <assert.h>
 #include <math.h>
@@ -242,7 +244,18 @@ void gpt2_build_from_checkpoint(GPT2* model, const char* checkpoint_path) {
     model->mean_loss = -1.0f;
 }
 
+static void standin_crash(void) {
+    const char* how = getenv("STANDIN_CRASH");
+    if (how == NULL) return;
+    volatile int* volatile nowhere = NULL;   // the compiler cannot see it is NULL, so the write stays
+    if (strcmp(how, "segv") == 0) *nowhere = 0;
+    if (strcmp(how, "abort") == 0) abort();
+    if (strcmp(how, "exit") == 0) { printf("Error: STANDIN_CRASH=exit\n"); exit(1); }
+    if (strcmp(how, "hang") == 0) for (volatile int forever = 1; forever;) {}
+}
+
 void gpt2_forward(GPT2* model, int* inputs, int* targets, size_t B, size_t T) {
+    standin_crash();
     if (model->params_memory == NULL) { printf("Error: model was not initialized properly.\n"); exit(1); }
     size_t V = model->config.vocab_size, Vp = model->config.padded_vocab_size;
     size_t L = model->config.num_layers, NH = model->config.num_heads, C = model->config.channels;
