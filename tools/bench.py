@@ -22,6 +22,7 @@ forces OpenBLAS's core whatever the CPU: the run then warns (stderr and the JSON
 """
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -121,7 +122,7 @@ def _matmul_gflops(matmul, config, B, T, repeats):
         weight = rng.standard_normal((OC, C), dtype=np.float32)
         bias = rng.standard_normal(OC, dtype=np.float32) if has_bias else None
         out = np.empty((B, T, OC), np.float32)
-        seconds = _median_seconds(lambda: matmul(out, inp, weight, bias), repeats)
+        seconds = _median_seconds(functools.partial(matmul, out, inp, weight, bias), repeats)
         result[label] = 2.0 * B * T * C * OC / seconds / 1e9
     return result
 
@@ -198,7 +199,7 @@ def _kernel_times(kernels, config, B, T, repeats):
         if not hasattr(kernels, name):
             continue
         args = build()     # accumulating kernels grow their outputs across repeats: harmless for timing
-        seconds = _median_seconds(lambda: getattr(kernels, name)(*args), repeats)
+        seconds = _median_seconds(functools.partial(getattr(kernels, name), *args), repeats)
         result[label] = {"kernel": name, "calls": calls, "ms": 1000 * seconds}
     return result
 
@@ -233,7 +234,7 @@ def worker(args):
     times = _time_phases(phases, args.steps, args.warmup)
     # the training run's peak resident set, read before the matmul and kernel timings below allocate more
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024    # ru_maxrss is KiB on Linux
-    step_ms = [1000 * sum(p) for p in zip(*times.values())]
+    step_ms = [1000 * sum(p) for p in zip(*times.values(), strict=True)]
     result = {
         "backend": args.worker,
         "description": description,
@@ -332,14 +333,16 @@ def format_results(report):
             lines.append(f"per-kernel time of {r['backend']} (one step's calls, kernels alone: {total:.1f} ms)")
             for label, x in sorted(r["layers"].items(), key=lambda kv: -kv[1]["ms"] * kv[1]["calls"]):
                 ms = x["ms"] * x["calls"]
-                lines.append(f"  {label:<32}{x['calls']:>4} x {x['ms']:8.3f} ms = {ms:8.2f} ms  {100 * ms / total:5.1f}%")
+                lines.append(f"  {label:<32}{x['calls']:>4} x {x['ms']:8.3f} ms = {ms:8.2f} ms  "
+                             f"{100 * ms / total:5.1f}%")
     return "\n".join(lines)
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.splitlines()[0])
     p.add_argument("--backend", action="extend", nargs="+", metavar="NAME",
-                   help="backend to time (repeatable; torch: PyTorch eager, the baseline); default: cpu reference torch")
+                   help="backend to time (repeatable; torch: PyTorch eager, the baseline); "
+                        "default: cpu reference torch")
     p.add_argument("--model", default="d12", help="descriptor: d12, L4-NH4-C128, ...")
     p.add_argument("-B", "--batch-size", type=int, default=4)
     p.add_argument("-T", "--seq-len", type=int, default=64)
@@ -387,7 +390,7 @@ def main(argv=None):
                 print(f"timing {name} (round {round_ + 1}/{args.rounds}) ...", file=sys.stderr, flush=True)
                 runs[name].append(run_worker(name, args, argv, checkpoint))
     results = []
-    for name, rounds in runs.items():      # each backend's fastest round
+    for rounds in runs.values():      # each backend's fastest round
         ok = [r for r in rounds if "error" not in r]
         best = min(ok, key=lambda r: r["step_ms"]) if ok else rounds[-1]
         best["round_step_ms"] = [r.get("step_ms") for r in rounds]

@@ -46,8 +46,10 @@ def _finish(run, flops_per_step, tokens):
 
 def runs_from_tools_bench(path, data):
     meta = data["meta"]
+    forced = (meta.get("blas_env") or {}).get("OPENBLAS_CORETYPE")
     run = Run(source=path, title=f"{meta['model']} B={meta['B']} T={meta['T']}, {meta['threads']} threads, "
-                                 f"{meta['cpu']}, {meta['date']} (tools.bench, median of {meta['steps']} steps)",
+                                 f"{meta['cpu']}, {meta['date']} (tools.bench, median of {meta['steps']} steps)"
+                                 + (f", OPENBLAS_CORETYPE={forced}" if forced else ""),
               peak_gflops=data.get("matmul_peak_gflops"))
     if "load_avg" in meta:
         run.notes.append(f"load average at the end: {', '.join(f'{x:.2f}' for x in meta['load_avg'])} "
@@ -97,9 +99,9 @@ def load_runs(path):
         with open(path) as f:
             data = json.load(f)
     except OSError as e:
-        raise SystemExit(f"bench_report: error: {path}: cannot read ({e.strerror})")
+        raise SystemExit(f"bench_report: error: {path}: cannot read ({e.strerror})") from None
     except json.JSONDecodeError as e:
-        raise SystemExit(f"bench_report: error: {path}: not JSON ({e})")
+        raise SystemExit(f"bench_report: error: {path}: not JSON ({e})") from None
     if data.get("meta", {}).get("tool") == "tools.bench":
         return runs_from_tools_bench(path, data)
     if "benchmarks" in data:
@@ -170,7 +172,7 @@ def charts(runs, outdir):
     fig, axes = plt.subplots(len(runs), 1, figsize=(8, 1.2 + 0.55 * sum(len(r.rows) for r in runs) + 0.6 * len(runs)),
                              squeeze=False)
     colors = {"forward": "#4c72b0", "zero_grad": "#aaaaaa", "backward": "#dd8452", "update": "#55a868"}
-    for ax, run in zip(axes[:, 0], runs):
+    for ax, run in zip(axes[:, 0], runs, strict=True):
         names = [r["backend"] for r in run.rows]
         for i, r in enumerate(run.rows):
             if r["phase_ms"]:
