@@ -9,6 +9,7 @@
 Names (backends/registry.py): reference (numpy fp32), cpu, cuda (strict fp32), cuda-tf32, and the port
 plug-ins ``lib:PATH`` and ``cmd:COMMAND`` (PORTING.md).
 """
+
 from __future__ import annotations
 
 from os import PathLike
@@ -63,10 +64,10 @@ class ModelHandle(Protocol):
 
 class Backend:
     name = "?"
-    precision = "fp32"          # the tolerance class its results are judged by (conformance/tolerances.py)
-    deterministic = False       # declared bit-reproducible: the rerun checks fail on a difference (else report it)
-    kernels: object | None = None   # an object with the KERNEL_NAMES methods it has
-    description = ""            # library / device / build, for reports
+    precision = "fp32"  # the tolerance class its results are judged by (conformance/tolerances.py)
+    deterministic = False  # declared bit-reproducible: the rerun checks fail on a difference (else report it)
+    kernels: object | None = None  # an object with the KERNEL_NAMES methods it has
+    description = ""  # library / device / build, for reports
 
     def model(self, config: GPT2Config, params: np.ndarray | None, max_B: int, max_T: int) -> ModelHandle:
         raise NotImplementedError
@@ -74,7 +75,7 @@ class Backend:
     def model_from_checkpoint(self, path: str | PathLike, max_B: int, max_T: int) -> ModelHandle:
         raise NotImplementedError
 
-    data_parallel = False       # whether its models can join a data-parallel group (dist_join); see native.py
+    data_parallel = False  # whether its models can join a data-parallel group (dist_join); see native.py
 
     def dist_unique_id(self) -> bytes:
         """The id a data-parallel group's ranks join with, made on rank 0."""

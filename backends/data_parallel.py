@@ -8,6 +8,7 @@ ZeRO-0 every rank's, ZeRO-1 each rank's shard), parameters, m and v after every 
 port whose library exports llmc.h's llmc_set_device and llmc_dist_* (PORTING.md). Each rank is a lib:
 child process (backends/lib_worker.py) on GPU r, so a crash is an ERROR, never the end of the run.
 """
+
 from __future__ import annotations
 
 import re
@@ -43,19 +44,31 @@ def data_parallel_backend(name: str) -> DataParallelBackend:
 
 
 class DataParallelBackend(Backend):
-    kernels = None     # the kernels are BASE's, judged on one GPU
+    kernels = None  # the kernels are BASE's, judged on one GPU
 
     def __init__(self, name, path, precision, deterministic, world_size, zero_stage):
         self.name, self.precision, self.deterministic = name, precision, deterministic
         self.world_size, self.zero_stage = world_size, zero_stage
-        self.ranks = [LibBackend(f"{name} rank {r}", path, precision, deterministic, device=r)
-                      for r in range(world_size)]   # rank r on GPU r: BackendUnavailable where it is missing
-        missing = [f for f in ("llmc_set_device", "llmc_dist_unique_id", "llmc_dist_join", "llmc_dist_sync_grads",
-                               "llmc_dist_shard", "llmc_dist_mean") if f not in self.ranks[0].exports]
+        self.ranks = [
+            LibBackend(f"{name} rank {r}", path, precision, deterministic, device=r) for r in range(world_size)
+        ]  # rank r on GPU r: BackendUnavailable where it is missing
+        missing = [
+            f
+            for f in (
+                "llmc_set_device",
+                "llmc_dist_unique_id",
+                "llmc_dist_join",
+                "llmc_dist_sync_grads",
+                "llmc_dist_shard",
+                "llmc_dist_mean",
+            )
+            if f not in self.ranks[0].exports
+        ]
         if missing:
             raise BackendUnavailable(f"{name}: {path} does not export {', '.join(missing)} (data parallelism)")
-        self.description = (f"{world_size} ranks, one per GPU, ZeRO-{zero_stage}, NCCL; each rank: "
-                            f"{self.ranks[0].description}")
+        self.description = (
+            f"{world_size} ranks, one per GPU, ZeRO-{zero_stage}, NCCL; each rank: {self.ranks[0].description}"
+        )
 
     def missing_kernel_reason(self, name):
         return f"{self.name}: data parallelism is judged at the model level; the kernels are the base backend's"
@@ -71,8 +84,9 @@ class DataParallelBackend(Backend):
 
     def _rows(self, B):
         if B % self.world_size:
-            raise PortUnsupported(f"{self.name}: a batch of B={B} rows does not split evenly over "
-                                  f"{self.world_size} ranks")
+            raise PortUnsupported(
+                f"{self.name}: a batch of B={B} rows does not split evenly over {self.world_size} ranks"
+            )
         return B // self.world_size
 
     def _join(self, models):
@@ -132,7 +146,7 @@ class DataParallelModel:
             return grads[0]
         whole = np.empty_like(grads[0])
         for grad, (offset, count) in zip(grads, _collective(self.models, "dist_shard"), strict=True):
-            whole[offset:offset + count] = grad[offset:offset + count]
+            whole[offset : offset + count] = grad[offset : offset + count]
         return whole
 
     def params(self):
@@ -149,7 +163,7 @@ class DataParallelModel:
         return norms[0]
 
     def optimizer_state(self):
-        states = _collective(self.models, "optimizer_state")   # ZeRO-1: gathered from the shards
+        states = _collective(self.models, "optimizer_state")  # ZeRO-1: gathered from the shards
         self._agree([np.concatenate(s) for s in states], "AdamW states")
         return states[0]
 

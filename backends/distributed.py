@@ -16,6 +16,7 @@ be reachable from them all (TCP), or PATH must be on a filesystem they share (fi
 NVLink multicast stays off in every process (NCCL_NVLS_ENABLE=0 and its peers): it can take a shared
 host's GPUs out of service; keep_multicast_off() sets the variables where the user has not.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,8 +41,8 @@ class RendezvousError(RuntimeError):
 class ProcessGroup:
     rank: int
     world_size: int
-    local_rank: int          # the GPU this process uses on its node
-    launcher: str            # "torchrun", "mpirun" or "single"
+    local_rank: int  # the GPU this process uses on its node
+    launcher: str  # "torchrun", "mpirun" or "single"
 
     @property
     def is_main(self) -> bool:
@@ -84,8 +85,13 @@ def keep_multicast_off(env=None) -> None:
         env.setdefault(name, value)
 
 
-def share_id(group: ProcessGroup, make_id: Callable[[], bytes], method: str = "tcp",
-             timeout: float = RENDEZVOUS_TIMEOUT_S, env=None) -> bytes:
+def share_id(
+    group: ProcessGroup,
+    make_id: Callable[[], bytes],
+    method: str = "tcp",
+    timeout: float = RENDEZVOUS_TIMEOUT_S,
+    env=None,
+) -> bytes:
     """make_id() on rank 0, its bytes on every rank. method: "tcp" (rank 0 serves MASTER_ADDR:MASTER_PORT),
     "file:PATH" (rank 0 writes PATH, unique to the run, on a shared filesystem) or "mpi" (mpi4py)."""
     if group.world_size == 1:
@@ -117,8 +123,9 @@ def _share_tcp(group, make_id, env, timeout):
                 try:
                     connection, _ = server.accept()
                 except socket.timeout:
-                    raise RendezvousError(f"rank 0: not every rank connected to port {port} within "
-                                          f"{timeout:g} s") from None
+                    raise RendezvousError(
+                        f"rank 0: not every rank connected to port {port} within {timeout:g} s"
+                    ) from None
                 with connection:
                     connection.sendall(struct.pack("<I", len(payload)) + payload)
         return payload
@@ -128,8 +135,9 @@ def _share_tcp(group, make_id, env, timeout):
                 return _receive(c, host, port)
         except (ConnectionRefusedError, socket.timeout, OSError) as e:
             if time.monotonic() > deadline:
-                raise RendezvousError(f"rank {group.rank}: no rank 0 at {host}:{port} within {timeout:g} s "
-                                      f"({e})") from None
+                raise RendezvousError(
+                    f"rank {group.rank}: no rank 0 at {host}:{port} within {timeout:g} s ({e})"
+                ) from None
             time.sleep(0.1)
 
 
@@ -140,7 +148,7 @@ def _receive(connection, host, port):
         if not chunk:
             raise ConnectionResetError(f"rank 0 at {host}:{port} closed the connection early")
         data += chunk
-    return data[4:4 + struct.unpack("<I", data[:4])[0]]
+    return data[4 : 4 + struct.unpack("<I", data[:4])[0]]
 
 
 def _share_file(group, make_id, path, timeout):
@@ -149,7 +157,7 @@ def _share_file(group, make_id, path, timeout):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_bytes(struct.pack("<I", len(payload)) + payload)
-        os.replace(tmp, path)           # the others never see a half-written id
+        os.replace(tmp, path)  # the others never see a half-written id
         return payload
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -169,17 +177,23 @@ def _share_mpi(group, make_id):
         raise RendezvousError("rendezvous mpi needs mpi4py (pip install mpi4py), or use tcp / file:PATH") from e
     comm = MPI.COMM_WORLD
     if (comm.Get_rank(), comm.Get_size()) != (group.rank, group.world_size):
-        raise RendezvousError(f"MPI says rank {comm.Get_rank()} of {comm.Get_size()}, the environment says "
-                              f"{group.rank} of {group.world_size}")
+        raise RendezvousError(
+            f"MPI says rank {comm.Get_rank()} of {comm.Get_size()}, the environment says "
+            f"{group.rank} of {group.world_size}"
+        )
     return comm.bcast(make_id() if group.is_main else None, root=0)
 
 
-def rank_environment(rank: int, world_size: int, local_rank: int, master_addr: str, master_port: int,
-                     env=None) -> dict:
+def rank_environment(rank: int, world_size: int, local_rank: int, master_addr: str, master_port: int, env=None) -> dict:
     """The torchrun-style variables of one rank, over env (default: this process's), multicast off."""
     child = dict(os.environ if env is None else env)
-    child.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(local_rank),
-                 MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
+    child.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(local_rank),
+        MASTER_ADDR=master_addr,
+        MASTER_PORT=str(master_port),
+    )
     keep_multicast_off(child)
     return child
 
@@ -190,16 +204,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_local(argv: list[str], nproc: int, nnodes: int = 1, node_rank: int = 0, master_addr: str = "127.0.0.1",
-                 master_port: int | None = None, timeout: float | None = None) -> int:
+def launch_local(
+    argv: list[str],
+    nproc: int,
+    nnodes: int = 1,
+    node_rank: int = 0,
+    master_addr: str = "127.0.0.1",
+    master_port: int | None = None,
+    timeout: float | None = None,
+) -> int:
     """Runs argv as nproc ranks of this node (ranks node_rank*nproc ...), each in its own process group;
     when one fails, the others are stopped. -> the first non-zero exit status, else 0."""
     import signal
     import subprocess
+
     port = master_port or free_port()
     world = nproc * nnodes
-    procs = [subprocess.Popen(argv, env=rank_environment(node_rank * nproc + i, world, i, master_addr, port),
-                              start_new_session=True) for i in range(nproc)]
+    procs = [
+        subprocess.Popen(
+            argv, env=rank_environment(node_rank * nproc + i, world, i, master_addr, port), start_new_session=True
+        )
+        for i in range(nproc)
+    ]
     deadline = None if timeout is None else time.monotonic() + timeout
     status = 0
     try:

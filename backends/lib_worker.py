@@ -22,6 +22,7 @@ may print what it likes, and the harness shows the log's last lines when the pro
     ("dist_unique_id",)                       the data-parallel group's id (bytes), made on rank 0
 A reply is ("ok", value) or ("error", exception class name, message, LlmcError's code and message or None).
 """
+
 from multiprocessing.connection import Connection
 import os
 import pickle
@@ -29,12 +30,20 @@ import sys
 
 # what each model-handle method needs from the library: a port without one gets that method skipped, by name
 METHOD_FUNCTIONS = {
-    "forward": ("llmc_forward",), "logits": ("llmc_get_logits",), "zero_grad": ("llmc_zero_grad",),
-    "backward": ("llmc_backward",), "grads": ("llmc_get_grads",), "params": ("llmc_get_params",),
-    "set_params": ("llmc_set_params",), "update": ("llmc_update",),
-    "optimizer_state": ("llmc_get_optimizer_state",), "set_optimizer_state": ("llmc_set_optimizer_state",),
-    "save_checkpoint": ("llmc_save_checkpoint",), "dist_join": ("llmc_dist_join",),
-    "dist_sync_grads": ("llmc_dist_sync_grads",), "dist_shard": ("llmc_dist_shard",),
+    "forward": ("llmc_forward",),
+    "logits": ("llmc_get_logits",),
+    "zero_grad": ("llmc_zero_grad",),
+    "backward": ("llmc_backward",),
+    "grads": ("llmc_get_grads",),
+    "params": ("llmc_get_params",),
+    "set_params": ("llmc_set_params",),
+    "update": ("llmc_update",),
+    "optimizer_state": ("llmc_get_optimizer_state",),
+    "set_optimizer_state": ("llmc_set_optimizer_state",),
+    "save_checkpoint": ("llmc_save_checkpoint",),
+    "dist_join": ("llmc_dist_join",),
+    "dist_sync_grads": ("llmc_dist_sync_grads",),
+    "dist_shard": ("llmc_dist_shard",),
     "dist_mean": ("llmc_dist_mean",),
 }
 
@@ -65,8 +74,9 @@ class Worker:
 
     def __init__(self, path, mode=0, device=None):
         from native.binding import Library, NativeKernels, default_threads, read_cdef
+
         self.path, self.mode = path, mode
-        self.library = Library(path)                     # LibraryUnavailable: the harness says why
+        self.library = Library(path)  # LibraryUnavailable: the harness says why
         if device is not None:
             self._require("llmc_set_device", purpose=f"running on device {device}")
             self.library.set_device(device)
@@ -80,6 +90,7 @@ class Worker:
 
     def _require(self, *functions, purpose):
         from backends.protocol import PortUnsupported
+
         for name in functions:
             if not self.library.has(name):
                 raise PortUnsupported(f"{self.path} does not export {name} ({purpose})")
@@ -96,12 +107,14 @@ class Worker:
         import functools
 
         from reference.model import GPT2Config
+
         model_class = functools.partial(PortModel, fallback=config and GPT2Config(**config))
         if how == "params":
             params, max_B, max_T = args
             self._require("llmc_model_from_params", purpose="a model from parameters")
-            model = self.library.model_from_params(GPT2Config(**config), params, max_B, max_T, self.mode,
-                                                   model_class=model_class)
+            model = self.library.model_from_params(
+                GPT2Config(**config), params, max_B, max_T, self.mode, model_class=model_class
+            )
         else:
             path, max_B, max_T = args
             self._require("llmc_model_from_checkpoint", purpose="a model from a checkpoint")
@@ -136,6 +149,7 @@ class Worker:
 def _declared_functions(cdef):
     """The function names llmc.h declares, in its order."""
     import re
+
     return re.findall(r"\b(\w+)\s*\([^()]*\)\s*;", cdef)
 
 
@@ -157,11 +171,15 @@ def _model_class():
             if library.has("llmc_model_config"):
                 cfg = self._ffi.new("llmc_config*")
                 self._call("llmc_model_config", cfg)
-                self.reported_config = GPT2Config(cfg.max_seq_len, cfg.vocab_size, cfg.padded_vocab_size,
-                                                  cfg.num_layers, cfg.num_heads, cfg.channels)
+                self.reported_config = GPT2Config(
+                    cfg.max_seq_len, cfg.vocab_size, cfg.padded_vocab_size, cfg.num_layers, cfg.num_heads, cfg.channels
+                )
             self.config = self.reported_config or fallback
-            self.num_parameters = (int(self._lib.llmc_model_num_parameters(self._handle))
-                                   if library.has("llmc_model_num_parameters") else self.config.num_parameters)
+            self.num_parameters = (
+                int(self._lib.llmc_model_num_parameters(self._handle))
+                if library.has("llmc_model_num_parameters")
+                else self.config.num_parameters
+            )
             self._BT = None
 
         def close(self):
@@ -172,7 +190,7 @@ def _model_class():
     return PortModel
 
 
-PortModel = None    # defined on first use, so importing this module (the harness does) loads no cffi
+PortModel = None  # defined on first use, so importing this module (the harness does) loads no cffi
 
 
 def _error_reply(error):
@@ -185,7 +203,7 @@ def serve(requests, replies, path, mode=0, device=None):
     global PortModel
     try:
         worker = Worker(path, mode, device)
-    except Exception as e:          # LibraryUnavailable, or the library refused init / mode 0
+    except Exception as e:  # LibraryUnavailable, or the library refused init / mode 0
         send(replies, _error_reply(e))
         return
     PortModel = _model_class()
@@ -193,7 +211,7 @@ def serve(requests, replies, path, mode=0, device=None):
     while True:
         try:
             request = receive(requests)
-        except EOFError:            # the harness is done
+        except EOFError:  # the harness is done
             return
         kind, args = request[0], request[1:]
         try:
@@ -213,4 +231,4 @@ def main(argv):
 if __name__ == "__main__":
     main(sys.argv[1:])
     sys.stdout.flush()
-    os._exit(0)                     # no interpreter teardown: a library's atexit or destructor cannot crash it
+    os._exit(0)  # no interpreter teardown: a library's atexit or destructor cannot crash it

@@ -1,5 +1,6 @@
 """libllmc (native/) behind the backend interface: the backends cpu, cuda and cuda-tf32. (lib:PATH ports
 run in a child process of their own: backends/ports.py.)"""
+
 from __future__ import annotations
 
 from os import PathLike
@@ -21,30 +22,33 @@ from native.binding import (
 from reference.model import GPT2Config, init_params
 
 # name -> (library kind, tolerance class, precision mode of llmc_set_precision)
-BUILTIN = {"cpu": ("cpu", "fp32", 0), "cuda": ("cuda", "fp32", 0), "cuda-tf32": ("cuda", "tf32", 1),
-           "cuda-bf16": ("cuda", "bf16", 2)}
+BUILTIN = {
+    "cpu": ("cpu", "fp32", 0),
+    "cuda": ("cuda", "fp32", 0),
+    "cuda-tf32": ("cuda", "tf32", 1),
+    "cuda-bf16": ("cuda", "bf16", 2),
+}
 
 
 class NativeBackend(Backend):
     """A Library behind the Backend interface. mode is its precision mode (llmc_set_precision),
     precision the tolerance class its results are judged by."""
 
-    deterministic = True        # libllmc: fixed reduction orders (CPU: for a given thread count)
+    deterministic = True  # libllmc: fixed reduction orders (CPU: for a given thread count)
 
-    def __init__(self, library: Library, name: str, precision: str = "fp32", mode: int = 0,
-                 device: int | None = None):
+    def __init__(self, library: Library, name: str, precision: str = "fp32", mode: int = 0, device: int | None = None):
         self.library = library
         self.name = name
         self.precision = precision
         self.mode = mode
         try:
-            if device is not None:     # a data-parallel rank's GPU, before anything touches one
+            if device is not None:  # a data-parallel rank's GPU, before anything touches one
                 if not library.has("llmc_set_device"):
                     raise BackendUnavailable(f"{name}: {library.path} has no llmc_set_device (one device only)")
                 library.set_device(device)
             library.init()
-            library.activate(mode)     # fails here, not later, when the library refuses the mode
-        except (LibraryUnavailable, LlmcError) as e:   # LlmcError: the library refuses the mode
+            library.activate(mode)  # fails here, not later, when the library refuses the mode
+        except (LibraryUnavailable, LlmcError) as e:  # LlmcError: the library refuses the mode
             raise BackendUnavailable(f"{name}: {e}") from e
         if library.has("llmc_set_num_threads"):
             library.set_num_threads(default_threads())

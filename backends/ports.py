@@ -28,6 +28,7 @@ else = failure. Each call runs in a process group of its own; a call past LLMC_P
 killed, group and all. The inputs of a failed call are kept (LLMC_PORT_KEEP_DIR, default the system's
 temporary directory) and the error says how to rerun it.
 """
+
 import json
 import math
 from multiprocessing.connection import Connection
@@ -60,8 +61,8 @@ from reference.layers import KERNEL_NAMES
 from reference.model import GPT2Config
 
 PRECISIONS = ("fp32", "tf32", "bf16")
-PRECISION_MODES = {"fp32": 0, "tf32": 1, "bf16": 2}   # llmc_set_precision's mode for each class
-DEFAULT_TIMEOUT_S = 600         # LLMC_PORT_TIMEOUT's default: one call; a slow port's 124M train step may need more
+PRECISION_MODES = {"fp32": 0, "tf32": 1, "bf16": 2}  # llmc_set_precision's mode for each class
+DEFAULT_TIMEOUT_S = 600  # LLMC_PORT_TIMEOUT's default: one call; a slow port's 124M train step may need more
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -117,15 +118,18 @@ def port_timeout():
 
 
 def timeout_message(what, timeout):
-    return (f"{what} ran past LLMC_PORT_TIMEOUT={timeout:g} s and was killed; a slower port can have more time: "
-            f"LLMC_PORT_TIMEOUT=SECONDS (e.g. 3600 for gpt2_124M) in the environment of the suite")
+    return (
+        f"{what} ran past LLMC_PORT_TIMEOUT={timeout:g} s and was killed; a slower port can have more time: "
+        f"LLMC_PORT_TIMEOUT=SECONDS (e.g. 3600 for gpt2_124M) in the environment of the suite"
+    )
 
 
 def is_unsupported(error):
     """Whether an exception says "this backend does not do that" (a skip, not a failure): a port's
     PortUnsupported or libllmc's LLMC_ERR_UNSUPPORTED."""
-    return isinstance(error, PortUnsupported) or (isinstance(error, LlmcError)
-                                                  and error.code == ERROR_CODES["LLMC_ERR_UNSUPPORTED"])
+    return isinstance(error, PortUnsupported) or (
+        isinstance(error, LlmcError) and error.code == ERROR_CODES["LLMC_ERR_UNSUPPORTED"]
+    )
 
 
 def _tail(data, lines=5):
@@ -160,7 +164,7 @@ class LibBackend(Backend):
 
     def __init__(self, name, path, precision, deterministic=False, device=None):
         self.name, self.precision, self.deterministic = name, precision, deterministic
-        self.device = device            # the GPU the child uses (a data-parallel rank's), None: the library's default
+        self.device = device  # the GPU the child uses (a data-parallel rank's), None: the library's default
         self.path = str(Path(path).resolve())
         self._process = self._requests = self._replies = None
         self._generation = 0
@@ -172,13 +176,19 @@ class LibBackend(Backend):
         self.port_name = hello["name"]
         self.kernels = _RemoteKernels(self, [k for k in KERNEL_NAMES if k in self.exports])
         missing = [k for k in KERNEL_NAMES if k not in self.exports]
-        model_api = ("model API from parameters" if "llmc_model_from_params" in self.exports else
-                     "model API from checkpoint files (no llmc_model_from_params)"
-                     if "llmc_model_from_checkpoint" in self.exports else "no model API")
-        self.description = (f"{self.port_name} ({self.path}: {hello['build_info']}); {model_api}; kernels: "
-                            + (f"missing {', '.join(missing)}" if missing else "all 15")
-                            + f"; run in a child process; {'declared' if deterministic else 'not declared'} "
-                              "bit-reproducible")
+        model_api = (
+            "model API from parameters"
+            if "llmc_model_from_params" in self.exports
+            else "model API from checkpoint files (no llmc_model_from_params)"
+            if "llmc_model_from_checkpoint" in self.exports
+            else "no model API"
+        )
+        self.description = (
+            f"{self.port_name} ({self.path}: {hello['build_info']}); {model_api}; kernels: "
+            + (f"missing {', '.join(missing)}" if missing else "all 15")
+            + f"; run in a child process; {'declared' if deterministic else 'not declared'} "
+            "bit-reproducible"
+        )
 
     # -------------------------------------------------------------- the child process
     def _start(self):
@@ -190,10 +200,23 @@ class LibBackend(Backend):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "backends.lib_worker", str(request_read), str(reply_write), self.path,
-                 str(PRECISION_MODES[self.precision]), *([] if self.device is None else [str(self.device)])],
-                stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log, pass_fds=(request_read, reply_write),
-                env=env, start_new_session=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "backends.lib_worker",
+                    str(request_read),
+                    str(reply_write),
+                    self.path,
+                    str(PRECISION_MODES[self.precision]),
+                    *([] if self.device is None else [str(self.device)]),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=self._log,
+                pass_fds=(request_read, reply_write),
+                env=env,
+                start_new_session=True,
+            )
         finally:
             os.close(request_read)
             os.close(reply_write)
@@ -202,9 +225,9 @@ class LibBackend(Backend):
         self._generation += 1
         try:
             return self._exchange(None, "loading the library")
-        except PortError:                               # PortCrashed, PortTimeout: the port's, an error
+        except PortError:  # PortCrashed, PortTimeout: the port's, an error
             raise
-        except (LlmcError, RuntimeError, OSError) as e:   # LibraryUnavailable, llmc_init's refusal
+        except (LlmcError, RuntimeError, OSError) as e:  # LibraryUnavailable, llmc_init's refusal
             self._stop(self._process)
             raise BackendUnavailable(f"{self.name}: {e}") from e
 
@@ -232,8 +255,10 @@ class LibBackend(Backend):
         except subprocess.TimeoutExpired:
             _kill_group(process)
             returncode = process.returncode
-        raise PortCrashed(f"{self.name}: its process {_exit_description(returncode)} during {what}; "
-                          f"its last output: {_tail(self._log_text())}") from None
+        raise PortCrashed(
+            f"{self.name}: its process {_exit_description(returncode)} during {what}; "
+            f"its last output: {_tail(self._log_text())}"
+        ) from None
 
     def _wait(self, what):
         timeout = port_timeout()
@@ -266,8 +291,10 @@ class LibBackend(Backend):
         """The first half of request(): sent, its reply left for collect(what). Several children can then
         work at once, as the ranks of a collective call must."""
         if generation is not None and (generation != self._generation or self._process is None):
-            raise PortCrashed(f"{self.name}: this model lived in a process that has ended (an earlier crash "
-                              "or timeout); make a new model")
+            raise PortCrashed(
+                f"{self.name}: this model lived in a process that has ended (an earlier crash "
+                "or timeout); make a new model"
+            )
         if self._process is None:
             self._start()
         self._send(message, what)
@@ -296,16 +323,18 @@ class LibBackend(Backend):
 
     def _require_model_api(self):
         if not self.exports & {"llmc_model_from_params", "llmc_model_from_checkpoint"}:
-            raise PortUnsupported(f"{self.path} exports no llmc_* model API: neither llmc_model_from_params nor "
-                                  "llmc_model_from_checkpoint (llm.c's train_gpt2.c gets one from "
-                                  "native/llmc_adapter.c: python -m tools.validate_llmc)")
+            raise PortUnsupported(
+                f"{self.path} exports no llmc_* model API: neither llmc_model_from_params nor "
+                "llmc_model_from_checkpoint (llm.c's train_gpt2.c gets one from "
+                "native/llmc_adapter.c: python -m tools.validate_llmc)"
+            )
 
     def model(self, config, params, max_B, max_T):
         self._require_model_api()
         params = np.ascontiguousarray(params, np.float32)
         if "llmc_model_from_params" in self.exports:
             return self._model("params", config, params, max_B, max_T)
-        with tempfile.TemporaryDirectory(prefix="llmc-lib-model-") as tmp:   # llm.c's shape: files only
+        with tempfile.TemporaryDirectory(prefix="llmc-lib-model-") as tmp:  # llm.c's shape: files only
             path = Path(tmp) / "model.bin"
             write_checkpoint(path, config, params)
             return self._model("checkpoint", config, str(path), max_B, max_T)
@@ -345,8 +374,21 @@ def _checkpoint_config(path):
     return None
 
 
-_ERRORS = {cls.__name__: cls for cls in (ValueError, TypeError, KeyError, IndexError, RuntimeError,
-                                        NotImplementedError, MemoryError, OSError, PortError, PortUnsupported)}
+_ERRORS = {
+    cls.__name__: cls
+    for cls in (
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        RuntimeError,
+        NotImplementedError,
+        MemoryError,
+        OSError,
+        PortError,
+        PortUnsupported,
+    )
+}
 
 
 def _rebuild_error(kind, message, llmc):
@@ -424,7 +466,7 @@ class RemoteModel:
                 self._backend.post("closing a model", "close", self._id)
                 return True
             except PortError:
-                pass                # it died: nothing left to free
+                pass  # it died: nothing left to free
         self._id = None
         return False
 
@@ -451,6 +493,7 @@ class _RemoteKernels:
             for mine, theirs in zip(args, after, strict=True):
                 if isinstance(mine, np.ndarray) and mine.flags.writeable and isinstance(theirs, np.ndarray):
                     mine[...] = theirs
+
         call.__name__ = name
         return call
 
@@ -478,9 +521,11 @@ class CmdBackend(Backend):
         if not isinstance(deterministic, bool):
             raise PortError(f"`{command} info`: deterministic is {deterministic!r}, expected true or false")
         self.deterministic = deterministic
-        self.description = (f"{self.port_name} {self.port_version} ({info.get('description', 'no description')}), "
-                            f"command-line protocol {PROTOCOL_VERSION}: `{command}`; "
-                            f"{'declared' if deterministic else 'not declared'} bit-reproducible")
+        self.description = (
+            f"{self.port_name} {self.port_version} ({info.get('description', 'no description')}), "
+            f"command-line protocol {PROTOCOL_VERSION}: `{command}`; "
+            f"{'declared' if deterministic else 'not declared'} bit-reproducible"
+        )
 
     def _info(self):
         command = f"`{shlex.join(self.argv + ['info'])}`"
@@ -495,10 +540,11 @@ class CmdBackend(Backend):
         try:
             text = stdout.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise PortError(f"{command} exited with status 0 but printed bytes that are not UTF-8 on stdout: "
-                            f"{e}") from e
+            raise PortError(
+                f"{command} exited with status 0 but printed bytes that are not UTF-8 on stdout: {e}"
+            ) from e
         lines = [line for line in text.splitlines() if line.strip()]
-        try:   # the JSON object is the whole output or its last line (what the port's runtime printed first is ignored)
+        try:  # the JSON object is the whole output or its last line (what the port's runtime printed first is ignored)
             info = json.loads(text) if len(lines) <= 1 else json.loads(lines[-1])
         except json.JSONDecodeError as e:
             raise PortError(f"{command} did not print JSON: {e}: {text[-200:]!r}") from e
@@ -509,19 +555,25 @@ class CmdBackend(Backend):
         return info
 
     def missing_kernel_reason(self, name):
-        return ("the command-line protocol (cmd:) exposes no kernels, only the model; for the 15 kernel checks "
-                "plug the port in as lib:PATH, a shared library exporting llm.c's kernels with native/llmc.h's "
-                "signatures (PORTING.md; native/llmc_adapter.c is an example)")
+        return (
+            "the command-line protocol (cmd:) exposes no kernels, only the model; for the 15 kernel checks "
+            "plug the port in as lib:PATH, a shared library exporting llm.c's kernels with native/llmc.h's "
+            "signatures (PORTING.md; native/llmc_adapter.c is an example)"
+        )
 
     def unsupported(self, feature):
         if feature == "accumulate":
-            return ("the command-line protocol's backward starts from zero gradients: accumulating over two "
-                    "backwards is the harness's sum (backends/ports.py), not the port's")
+            return (
+                "the command-line protocol's backward starts from zero gradients: accumulating over two "
+                "backwards is the harness's sum (backends/ports.py), not the port's"
+            )
         if feature == "model_config":
             return "the command-line protocol reports no model configuration (the harness reads the checkpoint)"
         if feature in ("from_checkpoint", "set_params"):
-            return ("the command-line protocol has no model of its own to load or set: every call gets the "
-                    "harness's parameters as its checkpoint file, which step 0's checks judge")
+            return (
+                "the command-line protocol has no model of its own to load or set: every call gets the "
+                "harness's parameters as its checkpoint file, which step 0's checks judge"
+            )
         return None
 
     def call(self, op, args, keep):
@@ -533,19 +585,23 @@ class CmdBackend(Backend):
         except OSError as e:
             raise PortError(f"cannot run `{shlex.join(argv)}`: {e}") from e
         except subprocess.TimeoutExpired:
-            raise PortTimeout(timeout_message(f"`{shlex.join(argv)}`", port_timeout())
-                              + _kept_note(self.argv + [op], keep)) from None
+            raise PortTimeout(
+                timeout_message(f"`{shlex.join(argv)}`", port_timeout()) + _kept_note(self.argv + [op], keep)
+            ) from None
         if returncode == EXIT_UNSUPPORTED:
             raise PortUnsupported(f"{self.port_name}: {op} unsupported: {_tail(stderr)}")
         if returncode != 0:
-            raise PortError(f"`{shlex.join(argv)}` {_exit_description(returncode)}: {_tail(stderr)}"
-                            + _kept_note(self.argv + [op], keep))
+            raise PortError(
+                f"`{shlex.join(argv)}` {_exit_description(returncode)}: {_tail(stderr)}"
+                + _kept_note(self.argv + [op], keep)
+            )
 
     def model(self, config, params, max_B, max_T):
         return CmdModel(self, config, params, max_B, max_T)
 
     def model_from_checkpoint(self, path, max_B, max_T):
         from reference.formats import read_checkpoint
+
         config, params = read_checkpoint(path)
         return CmdModel(self, config, params, max_B, max_T)
 
@@ -554,15 +610,16 @@ def run_port(argv):
     """One protocol call -> (returncode, stdout bytes, stderr bytes). The port leads a process group of its
     own, and a call past port_timeout() has the whole group killed (subprocess.TimeoutExpired)."""
     timeout = port_timeout()
-    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         _kill_group(process)
         try:
             process.communicate(timeout=10)
-        except subprocess.TimeoutExpired:   # something that left the group still holds the pipes
+        except subprocess.TimeoutExpired:  # something that left the group still holds the pipes
             pass
         raise
     return process.returncode, stdout, stderr
@@ -610,13 +667,13 @@ class CmdModel:
         if params.shape != (config.num_parameters,):
             raise ValueError(f"params: expected {config.num_parameters} values for {config}, got {params.shape}")
         self.dir = Path(tempfile.mkdtemp(prefix="llmc-port-"))
-        self._remove_dir = weakref.finalize(self, shutil.rmtree, self.dir, True)   # also if close() is forgotten
+        self._remove_dir = weakref.finalize(self, shutil.rmtree, self.dir, True)  # also if close() is forgotten
         self.state_params, self.m, self.v = params.copy(), None, None
-        self.state_id = 0               # changes whenever params, m or v do
-        self._checkpoint = None         # (the params array written, its file)
-        self.fwd = None                 # the last forward (_Forward)
-        self.terms = []                 # the forwards backward() was called on since zero_grad
-        self.last_update = None         # (x, y, settings, t) of the update that made this state
+        self.state_id = 0  # changes whenever params, m or v do
+        self._checkpoint = None  # (the params array written, its file)
+        self.fwd = None  # the last forward (_Forward)
+        self.terms = []  # the forwards backward() was called on since zero_grad
+        self.last_update = None  # (x, y, settings, t) of the update that made this state
 
     # -------------------------------------------------------------- protocol calls
     def _model_path(self, params):
@@ -637,8 +694,10 @@ class CmdModel:
             out.unlink()
         self.port.call(op, args, lambda: self._keep(args))
         if not out.exists():
-            raise PortError(f"`{op}` of {self.port.port_name} wrote no {out}" + _kept_note(self.port.argv + [op],
-                                                                                          lambda: self._keep(args)))
+            raise PortError(
+                f"`{op}` of {self.port.port_name} wrote no {out}"
+                + _kept_note(self.port.argv + [op], lambda: self._keep(args))
+            )
         B, T = batch["x"].shape
         steps = int(extra[1]) if op == "train" else 0
         sizes = {"B": B, "T": T, "Vp": self.config.padded_vocab_size, "P": self.config.num_parameters, "N": steps}
@@ -675,11 +734,26 @@ class CmdModel:
 
     def _train_call(self, x, y, settings, t):
         """One `train` step from the current state -> its reply (losses, grad_norms, params, m, v)."""
-        extra = ["--steps", 1, "--first-step", t,
-                 "--learning-rate", repr(settings.learning_rate), "--beta1", repr(settings.beta1),
-                 "--beta2", repr(settings.beta2), "--eps", repr(settings.eps),
-                 "--weight-decay", repr(settings.weight_decay), "--decay-all", int(bool(settings.decay_all)),
-                 "--grad-clip", repr(settings.grad_clip)]
+        extra = [
+            "--steps",
+            1,
+            "--first-step",
+            t,
+            "--learning-rate",
+            repr(settings.learning_rate),
+            "--beta1",
+            repr(settings.beta1),
+            "--beta2",
+            repr(settings.beta2),
+            "--eps",
+            repr(settings.eps),
+            "--weight-decay",
+            repr(settings.weight_decay),
+            "--decay-all",
+            int(bool(settings.decay_all)),
+            "--grad-clip",
+            repr(settings.grad_clip),
+        ]
         state = None if self.m is None else {"m": self.m, "v": self.v}
         return self._call("train", self.state_params, {"x": x, "y": y}, extra, state)
 
@@ -698,14 +772,19 @@ class CmdModel:
             raise ValueError(f"targets: shape {y.shape} differs from inputs {x.shape}")
         f = self.fwd
         if f is not None and f.params is self.state_params and _same(f.x, x) and _same(f.y, y):
-            return f.loss                                       # the same forward again: nothing new to ask
+            return f.loss  # the same forward again: nothing new to ask
         if y is None:
             self.fwd = _Forward(x, None, self.state_params, logits=self._forward_call(x, self.state_params))
         elif self.last_update is not None and _same(self.last_update[0], x) and _same(self.last_update[1], y):
-            _, _, settings, t = self.last_update                # test_gpt2.c's loop: the next step, at once
+            _, _, settings, t = self.last_update  # test_gpt2.c's loop: the next step, at once
             reply = self._train_call(x, y, settings, t + 1)
-            self.fwd = _Forward(x, y, self.state_params, loss=float(reply["losses"][0]),
-                                speculation=(settings, t + 1, self.state_id, reply))
+            self.fwd = _Forward(
+                x,
+                y,
+                self.state_params,
+                loss=float(reply["losses"][0]),
+                speculation=(settings, t + 1, self.state_id, reply),
+            )
         else:
             self.fwd = _Forward(x, y, self.state_params, *self._backward_call(x, y, self.state_params))
         return self.fwd.loss
@@ -718,8 +797,9 @@ class CmdModel:
         if not (0 < B <= self.max_B and 0 < T <= self.max_T):
             raise ValueError(f"{name}: B={B}, T={T} exceed the model's max_B={self.max_B}, max_T={self.max_T}")
         if values.min() < 0 or values.max() >= self.config.vocab_size:
-            raise ValueError(f"{name}: token ids must lie in [0, {self.config.vocab_size}), "
-                             f"got [{values.min()}, {values.max()}]")
+            raise ValueError(
+                f"{name}: token ids must lie in [0, {self.config.vocab_size}), got [{values.min()}, {values.max()}]"
+            )
         return np.ascontiguousarray(values, np.int32)
 
     def logits(self):
@@ -761,8 +841,10 @@ class CmdModel:
     def update(self, settings, t):
         f = self.fwd
         if not (len(self.terms) == 1 and self.terms[0] is f and f.params is self.state_params):
-            raise PortUnsupported("cmd: ports update only right after forward, zero_grad and one backward "
-                                  "on one batch (gradient accumulation is not expressible in the protocol)")
+            raise PortUnsupported(
+                "cmd: ports update only right after forward, zero_grad and one backward "
+                "on one batch (gradient accumulation is not expressible in the protocol)"
+            )
         spec = f.speculation
         if spec is not None and spec[0] == settings and spec[1] == t and spec[2] == self.state_id:
             reply = spec[3]

@@ -6,6 +6,7 @@ REPLIES is the one specification of what a call writes to its OUT.bin: the cmd: 
 these arrays (read_reply), and the harness's self-test (tests/test_meta.py) perturbs each of them to prove
 that some check judges it, so an output added here is covered without further ado.
 """
+
 import math
 from pathlib import Path
 
@@ -14,12 +15,12 @@ import numpy as np
 from reference.formats import atomic_write
 
 PROTOCOL_VERSION = 1
-ARRAYS_MAGIC = 20241126          # "array file" header magic
+ARRAYS_MAGIC = 20241126  # "array file" header magic
 ARRAYS_VERSION = 1
-DTYPES = {1: np.dtype("<f4"), 2: np.dtype("<i4")}   # code -> dtype: float32, int32
+DTYPES = {1: np.dtype("<f4"), 2: np.dtype("<i4")}  # code -> dtype: float32, int32
 DTYPE_CODES = {np.dtype(np.float32): 1, np.dtype(np.int32): 2}
-EXIT_UNSUPPORTED = 3             # a port's exit status for "this request is not supported"
-MAX_ARRAYS = 64                  # more arrays than any call sends or replies: a corrupt count, not a file
+EXIT_UNSUPPORTED = 3  # a port's exit status for "this request is not supported"
+MAX_ARRAYS = 64  # more arrays than any call sends or replies: a corrupt count, not a file
 
 # call -> {array: shape} of its OUT.bin, float32, in the sizes B, T (the batch), Vp (padded vocabulary),
 # P (num_parameters) and N (--steps). `forward` is sent inputs only (no targets), so it replies logits only.
@@ -50,8 +51,9 @@ def write_arrays(path, arrays):
         for name, value in arrays.items():
             value = np.asarray(value)
             if value.dtype not in DTYPE_CODES:
-                raise TypeError(f"write_arrays {path}: array {name!r} has dtype {value.dtype}, "
-                                "only float32 and int32 are allowed")
+                raise TypeError(
+                    f"write_arrays {path}: array {name!r} has dtype {value.dtype}, only float32 and int32 are allowed"
+                )
             encoded = name.encode("utf-8")
             f.write(np.array([len(encoded)], "<i4").tobytes() + encoded)
             f.write(np.array([DTYPE_CODES[value.dtype], value.ndim, *value.shape], "<i4").tobytes())
@@ -84,7 +86,7 @@ def read_arrays(path):
         if not 0 < name_len <= 256 or pos + name_len > len(data):
             raise PortError(f"{path}: array {i} name length {name_len} is invalid")
         try:
-            name = data[pos:pos + name_len].decode("utf-8")
+            name = data[pos : pos + name_len].decode("utf-8")
         except UnicodeDecodeError as e:
             raise PortError(f"{path}: array {i} name is not UTF-8: {e}") from e
         if name in arrays:
@@ -101,8 +103,11 @@ def read_arrays(path):
         nbytes = math.prod(shape) * 4
         if pos + nbytes > len(data):
             raise PortError(f"{path}: array {name!r} {shape} is truncated")
-        arrays[name] = np.frombuffer(data, DTYPES[code], math.prod(shape), pos).reshape(shape).astype(
-            DTYPES[code].newbyteorder("="))
+        arrays[name] = (
+            np.frombuffer(data, DTYPES[code], math.prod(shape), pos)
+            .reshape(shape)
+            .astype(DTYPES[code].newbyteorder("="))
+        )
         pos += nbytes
     if pos != len(data):
         raise PortError(f"{path}: {len(data) - pos} trailing bytes after {count} arrays")
@@ -129,5 +134,7 @@ def read_reply(path, op, sizes):
     """OUT.bin of the call `op` -> {name: float32 array} of exactly REPLIES[op], each checked for its shape.
     sizes: {"B", "T", "Vp", "P", "N": int} (those the call's shapes use)."""
     arrays = read_arrays(path)
-    return {name: expect_array(arrays, path, name, tuple(sizes[d] for d in shape)).copy()
-            for name, shape in REPLIES[op].items()}
+    return {
+        name: expect_array(arrays, path, name, tuple(sizes[d] for d in shape)).copy()
+        for name, shape in REPLIES[op].items()
+    }

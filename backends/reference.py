@@ -1,4 +1,5 @@
 """The numpy reference (reference/, float32) behind the backend interface: the backend named "reference"."""
+
 import numpy as np
 
 from backends.base import Backend

@@ -1,4 +1,5 @@
 """Backends by name: the one place that maps a --backend value to an implementation."""
+
 from __future__ import annotations
 
 from backends.base import Backend
@@ -11,10 +12,12 @@ from backends.reference import ReferenceBackend
 BUILTIN_BACKENDS = ("reference", *NATIVE_BUILTIN)
 # data parallelism over 2 GPUs, both ZeRO stages (any dpN[-zero1]:BASE can be named)
 DATA_PARALLEL_BACKENDS = ("dp2:cuda", "dp2-zero1:cuda-bf16")
-SUITE_BACKENDS = BUILTIN_BACKENDS + DATA_PARALLEL_BACKENDS   # what the conformance suite judges by default
-BACKEND_OPTION_HELP = (f"backend (repeatable): {', '.join(BUILTIN_BACKENDS)}, lib:PATH, cmd:COMMAND, or "
-                       "dpN:BASE / dpN-zero1:BASE (data parallelism on N GPUs); default: "
-                       f"{', '.join(SUITE_BACKENDS)}")
+SUITE_BACKENDS = BUILTIN_BACKENDS + DATA_PARALLEL_BACKENDS  # what the conformance suite judges by default
+BACKEND_OPTION_HELP = (
+    f"backend (repeatable): {', '.join(BUILTIN_BACKENDS)}, lib:PATH, cmd:COMMAND, or "
+    "dpN:BASE / dpN-zero1:BASE (data parallelism on N GPUs); default: "
+    f"{', '.join(SUITE_BACKENDS)}"
+)
 
 
 def get_backend(name: str, device: int | None = None) -> Backend:

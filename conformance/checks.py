@@ -9,6 +9,7 @@ and passes only when both are within the tolerance table's entry and every value
 A slice whose exact value is zero (the key part of dqkvb) has no meaningful ||want||: pass
 scale = the norm of the whole tensor, so its rounding noise is judged against the tensor it lives in.
 """
+
 from dataclasses import asdict, dataclass
 import math
 
@@ -19,10 +20,10 @@ from conformance.tolerances import tolerance
 
 @dataclass
 class CheckResult:
-    check: str              # what was compared, e.g. "tiny-bytes/grad/dwte" or "kernel/matmul_backward/dweight"
+    check: str  # what was compared, e.g. "tiny-bytes/grad/dwte" or "kernel/matmul_backward/dweight"
     backend: str
-    precision: str          # the tolerance class: fp32, tf32, bf16 (fp64 for the oracle's own proofs)
-    quantity: str           # the tolerance table's quantity
+    precision: str  # the tolerance class: fp32, tf32, bf16 (fp64 for the oracle's own proofs)
+    quantity: str  # the tolerance table's quantity
     max_abs: float
     rel_norm: float
     elements: int
@@ -30,16 +31,18 @@ class CheckResult:
     tol_rel_norm: float
     passed: bool
     detail: str = ""
-    got: float | None = None    # scalar checks (a loss) keep both values: reports list the losses
+    got: float | None = None  # scalar checks (a loss) keep both values: reports list the losses
     want: float | None = None
-    informational: bool = False     # a difference reported, not failed (a rerun of a backend not declared
-                                    # deterministic): passed is True, the reports show it
+    informational: bool = False  # a difference reported, not failed (a rerun of a backend not declared
+    # deterministic): passed is True, the reports show it
 
     def message(self):
         verdict = "differs (informational)" if self.informational else "passed" if self.passed else "FAILED"
-        text = (f"{self.check} [{self.backend}, {self.precision}] {verdict}: max abs {self.max_abs:.3e} "
-                f"(tol {self.tol_max_abs:.1e}), rel norm {self.rel_norm:.3e} (tol {self.tol_rel_norm:.1e}) "
-                f"over {self.elements} elements")
+        text = (
+            f"{self.check} [{self.backend}, {self.precision}] {verdict}: max abs {self.max_abs:.3e} "
+            f"(tol {self.tol_max_abs:.1e}), rel norm {self.rel_norm:.3e} (tol {self.tol_rel_norm:.1e}) "
+            f"over {self.elements} elements"
+        )
         return f"{text}; {self.detail}" if self.detail else text
 
     def to_dict(self):
@@ -57,16 +60,39 @@ def compare(check, backend, got, want, tol_key, scale=None):
         got_array = None if got is None else np.asarray(got, dtype=np.float64)
     except (TypeError, ValueError):
         got_array = None
-    if got_array is None:     # None (numpy would read it as NaN), a string, a ragged list
-        return CheckResult(check, backend, precision, quantity, math.nan, math.nan, int(np.size(want)),
-                           tol.max_abs, tol.rel_norm, False, f"got {got!r}, not an array of numbers")
+    if got_array is None:  # None (numpy would read it as NaN), a string, a ragged list
+        return CheckResult(
+            check,
+            backend,
+            precision,
+            quantity,
+            math.nan,
+            math.nan,
+            int(np.size(want)),
+            tol.max_abs,
+            tol.rel_norm,
+            False,
+            f"got {got!r}, not an array of numbers",
+        )
     scalar = np.ndim(got) == 0 and np.ndim(want) == 0
     got, want = got_array, np.asarray(want, dtype=np.float64)
 
     def result(max_abs, rel_norm, passed, detail):
-        return CheckResult(check, backend, precision, quantity, float(max_abs), float(rel_norm), int(want.size),
-                           tol.max_abs, tol.rel_norm, bool(passed), detail,
-                           float(got) if scalar else None, float(want) if scalar else None)
+        return CheckResult(
+            check,
+            backend,
+            precision,
+            quantity,
+            float(max_abs),
+            float(rel_norm),
+            int(want.size),
+            tol.max_abs,
+            tol.rel_norm,
+            bool(passed),
+            detail,
+            float(got) if scalar else None,
+            float(want) if scalar else None,
+        )
 
     if got.shape != want.shape:
         return result(math.inf, math.inf, False, f"shape {got.shape} differs from the expected {want.shape}")
@@ -74,9 +100,13 @@ def compare(check, backend, got, want, tol_key, scale=None):
         bad = ~np.isfinite(values)
         if bad.any():
             first = tuple(int(i) for i in np.argwhere(bad)[0])
-            return result(math.nan, math.nan, False,
-                          f"{int(bad.sum())} non-finite values in {name} (first at index {first}: "
-                          f"{values[first] if values.ndim else float(values)})")
+            return result(
+                math.nan,
+                math.nan,
+                False,
+                f"{int(bad.sum())} non-finite values in {name} (first at index {first}: "
+                f"{values[first] if values.ndim else float(values)})",
+            )
     diff = got - want
     if diff.size == 0:
         return result(0.0, 0.0, True, "empty")

@@ -10,11 +10,12 @@ through the `recorder` fixture); the session ends with a table of all of them an
 not run, and the JSON / markdown reports when asked for (written also after each backend x fixture's model
 checks, so what was judged survives whatever happens later).
 """
+
 from pathlib import Path
 
 from conformance.environment import require_project_environment, use_fixed_seeds
 
-require_project_environment()   # before the imports only the project's venv provides
+require_project_environment()  # before the imports only the project's venv provides
 use_fixed_seeds()
 
 import pytest
@@ -42,15 +43,20 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     # recorder, backends (name -> description or the reason it is unavailable), caches of loaded things
-    config.stash[_SESSION] = {"recorder": Recorder(), "backends": {}, "fixtures": {}, "model_results": {},
-                               "not_run": []}
+    config.stash[_SESSION] = {
+        "recorder": Recorder(),
+        "backends": {},
+        "fixtures": {},
+        "model_results": {},
+        "not_run": [],
+    }
 
 
 def _session(request):
     return request.config.stash[_SESSION]
 
 
-@pytest.hookimpl(trylast=True)    # after @pytest.mark.parametrize: ids read test_gradient[dwte-cpu-tiny-bytes]
+@pytest.hookimpl(trylast=True)  # after @pytest.mark.parametrize: ids read test_gradient[dwte-cpu-tiny-bytes]
 def pytest_generate_tests(metafunc):
     if "backend" in metafunc.fixturenames:
         names = metafunc.config.getoption("backend") or list(SUITE_BACKENDS)

@@ -7,6 +7,7 @@ The design card's own `make && pytest conformance/` meets a `pytest` on the PATH
 venv's; without this check it dies on the first import the venv alone provides (tiktoken, cffi).
 Imports nothing but the standard library, so it works under any Python.
 """
+
 import importlib.util
 import sys
 
@@ -18,8 +19,10 @@ def missing_requirements():
 
 
 def outside_environment_message(missing):
-    return (f"llmc-conformance: {sys.executable} lacks {', '.join(missing)}: this pytest runs outside the "
-            "project's environment; run `make` once, then `. .venv/bin/activate` or `.venv/bin/python -m pytest ...`")
+    return (
+        f"llmc-conformance: {sys.executable} lacks {', '.join(missing)}: this pytest runs outside the "
+        "project's environment; run `make` once, then `. .venv/bin/activate` or `.venv/bin/python -m pytest ...`"
+    )
 
 
 def require_project_environment():
@@ -34,5 +37,6 @@ def use_fixed_seeds():
     """hypothesis draws the same examples every run (a failure reproduces); no deadline, as first calls
     load libraries."""
     from hypothesis import settings
+
     settings.register_profile("llmc", derandomize=True, deadline=None, print_blob=True)
     settings.load_profile("llmc")

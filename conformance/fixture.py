@@ -12,6 +12,7 @@ trajectories.npz where tools.make_fixtures wrote one (the 124M fixture: minutes 
 convention), else they are computed on first use and kept for the process (seconds for the committed
 tiny fixtures).
 """
+
 import dataclasses
 import functools
 import json
@@ -29,17 +30,19 @@ from reference.oracle import Trajectory, expected_trajectory, trajectory_index
 
 CHECKPOINT, CHECKPOINT_BF16, DEBUG_STATE = "gpt2_124M.bin", "gpt2_124M_bf16.bin", "gpt2_124M_debug_state.bin"
 MANIFEST = "manifest.json"
-TRAJECTORIES = "trajectories.npz"      # the stored float64 trajectories (tools.make_fixtures --trajectories)
+TRAJECTORIES = "trajectories.npz"  # the stored float64 trajectories (tools.make_fixtures --trajectories)
 TRAJECTORIES_VERSION = 1
 FIXTURES_DIR = Path(__file__).resolve().parents[1] / "fixtures"
 COMMITTED_FIXTURES = ("tiny-bytes", "tiny-gpt2")
-GPT2_124M_FIXTURE = FIXTURES_DIR / "gpt2_124M"   # made by `make fixtures`, ignored by git
+GPT2_124M_FIXTURE = FIXTURES_DIR / "gpt2_124M"  # made by `make fixtures`, ignored by git
 
 CONFIG_KEYS = tuple(field.name for field in dataclasses.fields(GPT2Config))
 OPTIMIZER_KEYS = tuple(field.name for field in dataclasses.fields(AdamWSettings))
 
-FIXTURE_OPTION_HELP = ("fixture directory in llm.c's layout (repeatable); default: the committed fixtures "
-                       "and fixtures/gpt2_124M where it exists")
+FIXTURE_OPTION_HELP = (
+    "fixture directory in llm.c's layout (repeatable); default: the committed fixtures "
+    "and fixtures/gpt2_124M where it exists"
+)
 
 LOSSES_FROM_MANIFEST = "manifest"
 LOSSES_FROM_ORACLE = "oracle (float64)"
@@ -76,19 +79,32 @@ class Fixture:
     def trajectory(self, name, settings):
         """The float64 Trajectory of test_gpt2.c's loop under `settings` (reference/oracle.py), `name` being
         the convention's: from trajectories.npz when it holds that one, else computed once per process."""
-        key = (str(self.path.resolve()), _file_stamp(self.checkpoint_path), _file_stamp(self.debug_state_path),
-               name, dataclasses.astuple(settings))
+        key = (
+            str(self.path.resolve()),
+            _file_stamp(self.checkpoint_path),
+            _file_stamp(self.debug_state_path),
+            name,
+            dataclasses.astuple(settings),
+        )
         if key not in _TRAJECTORIES:
             stored = read_trajectories(self).get(name)
             if stored is not None and stored.settings != settings:
-                raise FormatError(self.path / TRAJECTORIES, name, f"{name} was computed with {stored.settings}, "
-                                  f"the checks use {settings}: {REGENERATE_TRAJECTORIES.format(dir=self.path)}")
+                raise FormatError(
+                    self.path / TRAJECTORIES,
+                    name,
+                    f"{name} was computed with {stored.settings}, "
+                    f"the checks use {settings}: {REGENERATE_TRAJECTORIES.format(dir=self.path)}",
+                )
             index = trajectory_index(self.config)
-            if stored is None and index is not None:        # a large model: minutes of float64 work
-                print(f"{self.path}: computing the float64 trajectory {name} (minutes for a model this size; "
-                      f"`python -m tools.make_fixtures --trajectories {self.path}` stores it)", file=sys.stderr)
-            _TRAJECTORIES[key] = stored or expected_trajectory(self.config, self.params, self.x, self.y, settings,
-                                                               TRAIN_STEPS, index)
+            if stored is None and index is not None:  # a large model: minutes of float64 work
+                print(
+                    f"{self.path}: computing the float64 trajectory {name} (minutes for a model this size; "
+                    f"`python -m tools.make_fixtures --trajectories {self.path}` stores it)",
+                    file=sys.stderr,
+                )
+            _TRAJECTORIES[key] = stored or expected_trajectory(
+                self.config, self.params, self.x, self.y, settings, TRAIN_STEPS, index
+            )
         return _TRAJECTORIES[key]
 
     def __repr__(self):
@@ -112,8 +128,12 @@ def _checkpoint_sha256(fixture):
 
 def write_trajectories(fixture, trajectories):
     """{name: Trajectory} -> the fixture's trajectories.npz (atomically), tied to its checkpoint and batch."""
-    arrays = {"version": np.array(TRAJECTORIES_VERSION), "checkpoint_sha256": np.array(_checkpoint_sha256(fixture)),
-              "x": fixture.x, "y": fixture.y}
+    arrays = {
+        "version": np.array(TRAJECTORIES_VERSION),
+        "checkpoint_sha256": np.array(_checkpoint_sha256(fixture)),
+        "x": fixture.x,
+        "y": fixture.y,
+    }
     for name, t in trajectories.items():
         arrays[f"{name}.settings"] = np.array(json.dumps(dataclasses.asdict(t.settings)))
         arrays[f"{name}.index"] = np.array([], np.int64) if t.index is None else t.index
@@ -135,19 +155,29 @@ def read_trajectories(fixture):
     except (OSError, ValueError) as e:
         raise FormatError(path, "npz", f"is not a readable trajectories file: {e}") from e
     if int(arrays.get("version", -1)) != TRAJECTORIES_VERSION:
-        raise FormatError(path, "version", f"version {arrays.get('version')}, expected {TRAJECTORIES_VERSION}: "
-                          + REGENERATE_TRAJECTORIES.format(dir=fixture.path))
+        raise FormatError(
+            path,
+            "version",
+            f"version {arrays.get('version')}, expected {TRAJECTORIES_VERSION}: "
+            + REGENERATE_TRAJECTORIES.format(dir=fixture.path),
+        )
     if str(arrays["checkpoint_sha256"]) != _checkpoint_sha256(fixture) or not (
-            np.array_equal(arrays["x"], fixture.x) and np.array_equal(arrays["y"], fixture.y)):
-        raise FormatError(path, "checkpoint_sha256", f"was computed from another checkpoint or batch than "
-                          f"{fixture.checkpoint_path}'s: " + REGENERATE_TRAJECTORIES.format(dir=fixture.path))
+        np.array_equal(arrays["x"], fixture.x) and np.array_equal(arrays["y"], fixture.y)
+    ):
+        raise FormatError(
+            path,
+            "checkpoint_sha256",
+            f"was computed from another checkpoint or batch than "
+            f"{fixture.checkpoint_path}'s: " + REGENERATE_TRAJECTORIES.format(dir=fixture.path),
+        )
     trajectories = {}
     for name in {key.split(".")[0] for key in arrays if key.endswith(".settings")}:
         index = arrays[f"{name}.index"]
-        trajectories[name] = Trajectory(AdamWSettings(**json.loads(str(arrays[f"{name}.settings"]))),
-                                        index if index.size else None,
-                                        *(arrays[f"{name}.{field}"] for field in ("losses", "grad_norms", "params",
-                                                                                  "m", "v")))
+        trajectories[name] = Trajectory(
+            AdamWSettings(**json.loads(str(arrays[f"{name}.settings"]))),
+            index if index.size else None,
+            *(arrays[f"{name}.{field}"] for field in ("losses", "grad_norms", "params", "m", "v")),
+        )
     return trajectories
 
 
@@ -181,8 +211,9 @@ def _load_manifest(path):
     _check_keys(path, "expected", expected, required=("losses",))
     losses = _expect(path, "expected.losses", expected["losses"], list, "a list")
     if len(losses) != TRAIN_STEPS:
-        raise FormatError(path, "expected.losses", f"expected.losses has {len(losses)} values, test_gpt2's loop "
-                                                   f"needs {TRAIN_STEPS}")
+        raise FormatError(
+            path, "expected.losses", f"expected.losses has {len(losses)} values, test_gpt2's loop needs {TRAIN_STEPS}"
+        )
     for i, loss in enumerate(losses):
         if not _is_number(loss) or not math.isfinite(loss):
             raise FormatError(path, "expected.losses", f"expected.losses[{i}] is {loss!r}, must be a finite number")
@@ -192,8 +223,11 @@ def _load_manifest(path):
     for key, value in optimizer.items():
         is_flag = key == "decay_all"
         if not (isinstance(value, bool) if is_flag else _is_number(value)):
-            raise FormatError(path, f"optimizer.{key}", f"optimizer.{key} is {value!r}, must be a "
-                                                        f"{'boolean' if is_flag else 'number'}")
+            raise FormatError(
+                path,
+                f"optimizer.{key}",
+                f"optimizer.{key} is {value!r}, must be a {'boolean' if is_flag else 'number'}",
+            )
 
     for key in ("B", "T"):
         if _expect(path, key, manifest[key], int, "an integer") <= 0:
@@ -236,17 +270,23 @@ def _how_to_make(dirpath):
     if dirpath == GPT2_124M_FIXTURE.resolve():
         return "run `make fixtures` to generate this fixture"
     if dirpath in [(FIXTURES_DIR / n).resolve() for n in COMMITTED_FIXTURES]:
-        return (f"it is committed: `git checkout -- fixtures/{dirpath.name}`, or regenerate the committed "
-                "fixtures with `python -m tools.make_fixtures --committed`")
-    return (f"make a fixture there with `python -m tools.make_fixtures --model DESCRIPTOR {dirpath}`, or use the "
-            "output directory of llm.c's train_gpt2.py")
+        return (
+            f"it is committed: `git checkout -- fixtures/{dirpath.name}`, or regenerate the committed "
+            "fixtures with `python -m tools.make_fixtures --committed`"
+        )
+    return (
+        f"make a fixture there with `python -m tools.make_fixtures --model DESCRIPTOR {dirpath}`, or use the "
+        "output directory of llm.c's train_gpt2.py"
+    )
 
 
 def _missing_file(dirpath, name, listed_in=None):
     """FileNotFoundError saying which file of the fixture dirpath is missing, what it holds, and how to make it."""
     listed = f" (listed in {listed_in})" if listed_in else ""
-    return FileNotFoundError(f"{Path(dirpath) / name}: the fixture's {FILE_ROLES.get(name, 'file')} is "
-                             f"missing{listed}; {_how_to_make(dirpath)}")
+    return FileNotFoundError(
+        f"{Path(dirpath) / name}: the fixture's {FILE_ROLES.get(name, 'file')} is "
+        f"missing{listed}; {_how_to_make(dirpath)}"
+    )
 
 
 def _verify_files(dirpath, manifest_path, manifest):
@@ -276,12 +316,18 @@ def load_fixture(dirpath, verify=True):
             raise _missing_file(dirpath, name)
     config, params = read_checkpoint(dirpath / CHECKPOINT)
     if manifest and GPT2Config(**manifest["config"]) != config:
-        raise FormatError(dirpath / CHECKPOINT, "config", f"header config {config} differs from {manifest_path}'s "
-                                                           f"{manifest['config']}")
+        raise FormatError(
+            dirpath / CHECKPOINT,
+            "config",
+            f"header config {config} differs from {manifest_path}'s {manifest['config']}",
+        )
     state = read_debug_state(dirpath / DEBUG_STATE, config)
     if manifest and (state.B, state.T) != (manifest["B"], manifest["T"]):
-        raise FormatError(dirpath / DEBUG_STATE, "header[2]", f"B={state.B}, T={state.T} differ from "
-                                                              f"{manifest_path}'s B={manifest['B']}, T={manifest['T']}")
+        raise FormatError(
+            dirpath / DEBUG_STATE,
+            "header[2]",
+            f"B={state.B}, T={state.T} differ from {manifest_path}'s B={manifest['B']}, T={manifest['T']}",
+        )
     return Fixture(dirpath, config, params, state, manifest)
 
 

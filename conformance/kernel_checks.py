@@ -9,6 +9,7 @@ the scale of the expected gradient (a kernel that overwrites instead of accumula
 
     results = run_kernel_check(backend, "layernorm_backward", KernelShape(B=2, T=3, C=5), seed=0)
 """
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,11 +26,11 @@ class KernelShape:
     B: int = 2
     T: int = 3
     C: int = 8
-    NH: int = 2          # attention: C = NH * hs
-    OC: int = 5          # matmul output channels
-    V: int = 7           # vocab; Vp >= V is the padded width of logits and probs
+    NH: int = 2  # attention: C = NH * hs
+    OC: int = 5  # matmul output channels
+    V: int = 7  # vocab; Vp >= V is the padded width of logits and probs
     Vp: int = 9
-    bias: bool = True    # matmul with or without a bias
+    bias: bool = True  # matmul with or without a bias
 
 
 # the random shapes of the kernel tests: inclusive ranges (C = NH * hs, Vp = V + pad)
@@ -37,9 +38,11 @@ SHAPE_RANGES = dict(B=(1, 4), T=(1, 17), NH=(1, 4), hs=(1, 12), OC=(1, 40), V=(1
 # always tried: a single token and head; GPT-2-like sizes that are not multiples of 8 (B*T) or 16 (C)
 # and GPT-2's head size 64 (the CUDA library's tensor-core attention serves only that head size) with T
 # not a multiple of its 64-row tiles
-EXAMPLE_SHAPES = (KernelShape(B=1, T=1, C=3, NH=1, OC=5, V=7, Vp=9, bias=True),
-                  KernelShape(B=3, T=21, C=72, NH=6, OC=200, V=100, Vp=128, bias=False),
-                  KernelShape(B=2, T=80, C=256, NH=4, OC=96, V=300, Vp=384, bias=True))
+EXAMPLE_SHAPES = (
+    KernelShape(B=1, T=1, C=3, NH=1, OC=5, V=7, Vp=9, bias=True),
+    KernelShape(B=3, T=21, C=72, NH=6, OC=200, V=100, Vp=128, bias=False),
+    KernelShape(B=2, T=80, C=256, NH=4, OC=96, V=300, Vp=384, bias=True),
+)
 
 
 def make_shape(B, T, NH, hs, OC, V, pad, bias):
@@ -48,19 +51,27 @@ def make_shape(B, T, NH, hs, OC, V, pad, bias):
 
 def random_shape(rng):
     """A shape drawn uniformly from SHAPE_RANGES (numpy's rng; the tests draw with hypothesis)."""
-    return make_shape(**{k: int(rng.integers(lo, hi + 1)) for k, (lo, hi) in SHAPE_RANGES.items()},
-                      bias=bool(rng.integers(0, 2)))
+    return make_shape(
+        **{k: int(rng.integers(lo, hi + 1)) for k, (lo, hi) in SHAPE_RANGES.items()}, bias=bool(rng.integers(0, 2))
+    )
 
 
 # every output a kernel is judged on, in llm.c's argument order
 KERNEL_OUTPUTS = {
-    "encoder_forward": ("out",), "encoder_backward": ("dwte", "dwpe"),
-    "layernorm_forward": ("out", "mean", "rstd"), "layernorm_backward": ("dinp", "dweight", "dbias"),
-    "matmul_forward": ("out",), "matmul_backward": ("dinp", "dweight", "dbias"),
-    "attention_forward": ("out", "att"), "attention_backward": ("dinp",),
-    "gelu_forward": ("out",), "gelu_backward": ("dinp",),
-    "residual_forward": ("out",), "residual_backward": ("dinp1", "dinp2"),
-    "softmax_forward": ("probs",), "crossentropy_forward": ("losses",),
+    "encoder_forward": ("out",),
+    "encoder_backward": ("dwte", "dwpe"),
+    "layernorm_forward": ("out", "mean", "rstd"),
+    "layernorm_backward": ("dinp", "dweight", "dbias"),
+    "matmul_forward": ("out",),
+    "matmul_backward": ("dinp", "dweight", "dbias"),
+    "attention_forward": ("out", "att"),
+    "attention_backward": ("dinp",),
+    "gelu_forward": ("out",),
+    "gelu_backward": ("dinp",),
+    "residual_forward": ("out",),
+    "residual_backward": ("dinp1", "dinp2"),
+    "softmax_forward": ("probs",),
+    "crossentropy_forward": ("losses",),
     "crossentropy_softmax_backward": ("dlogits",),
 }
 
@@ -96,8 +107,16 @@ class _Case:
         return self.normal(*delta.shape, scale=rms or 1.0)
 
     def judge(self, output, got, want, scale=None):
-        self.results.append(compare(f"kernel/{self.name}/{output}", self.backend.name, got, want,
-                                    (kernel_quantity(self.name, output), self.backend.precision), scale))
+        self.results.append(
+            compare(
+                f"kernel/{self.name}/{output}",
+                self.backend.name,
+                got,
+                want,
+                (kernel_quantity(self.name, output), self.backend.precision),
+                scale,
+            )
+        )
 
 
 def _probs(case, B, T, V, Vp):
@@ -116,9 +135,9 @@ def _encoder_forward(case, k, s):
 
 
 def _encoder_backward(case, k, s):
-    inp = case.tokens(s.B, s.T, min(s.V, 3))       # few distinct tokens: repeated rows must sum
+    inp = case.tokens(s.B, s.T, min(s.V, 3))  # few distinct tokens: repeated rows must sum
     dout = case.normal(s.B, s.T, s.C)
-    maxT = s.T + 2                                   # rows of wpe past T must stay as they were
+    maxT = s.T + 2  # rows of wpe past T must stay as they were
     dwte, dwpe = layers.encoder_backward(dout.astype(f64), inp, (s.Vp, s.C), (maxT, s.C))
     dwte0, dwpe0 = case.prefilled(dwte), case.prefilled(dwpe)
     got_dwte, got_dwpe = dwte0.copy(), dwpe0.copy()
@@ -142,9 +161,10 @@ def _layernorm_backward(case, k, s):
     inp = case.normal(s.B, s.T, s.C, scale=2.0, offset=0.5)
     weight, dout = case.normal(s.C, offset=1.0), case.normal(s.B, s.T, s.C)
     _, mean, rstd = layers.layernorm_forward(inp.astype(f64), weight.astype(f64), np.zeros(s.C))
-    mean, rstd = mean.astype(f32), rstd.astype(f32)     # the cache the forward kernel would have left
-    want = layers.layernorm_backward(dout.astype(f64), inp.astype(f64), weight.astype(f64),
-                                     mean.astype(f64), rstd.astype(f64))
+    mean, rstd = mean.astype(f32), rstd.astype(f32)  # the cache the forward kernel would have left
+    want = layers.layernorm_backward(
+        dout.astype(f64), inp.astype(f64), weight.astype(f64), mean.astype(f64), rstd.astype(f64)
+    )
     before = [case.prefilled(w) for w in want]
     got = [b.copy() for b in before]
     k.layernorm_backward(*got, dout, inp, weight, mean, rstd)
@@ -162,14 +182,18 @@ def _matmul_forward(case, k, s):
     bias = case.normal(s.OC) if s.bias else None
     out = case.unwritten(s.B, s.T, s.OC)
     k.matmul_forward(out, inp, weight, bias)
-    case.judge("out", out, layers.matmul_forward(inp.astype(f64), weight.astype(f64),
-                                                 None if bias is None else bias.astype(f64)))
+    case.judge(
+        "out",
+        out,
+        layers.matmul_forward(inp.astype(f64), weight.astype(f64), None if bias is None else bias.astype(f64)),
+    )
 
 
 def _matmul_backward(case, k, s):
     inp, weight, dout = case.normal(s.B, s.T, s.C), case.normal(s.OC, s.C), case.normal(s.B, s.T, s.OC)
-    dinp, dweight, dbias = layers.matmul_backward(dout.astype(f64), inp.astype(f64), weight.astype(f64),
-                                                  has_bias=s.bias)
+    dinp, dweight, dbias = layers.matmul_backward(
+        dout.astype(f64), inp.astype(f64), weight.astype(f64), has_bias=s.bias
+    )
     dinp0, dweight0 = case.prefilled(dinp), case.prefilled(dweight)
     dbias0 = case.prefilled(dbias) if s.bias else None
     got_dinp, got_dweight = dinp0.copy(), dweight0.copy()
@@ -185,7 +209,7 @@ def _matmul_backward(case, k, s):
 def _attention_forward(case, k, s):
     inp = case.normal(s.B, s.T, 3 * s.C)
     out, att = case.unwritten(s.B, s.T, s.C), case.unwritten(s.B, s.NH, s.T, s.T)
-    preatt = case.unwritten(s.B, s.NH, s.T, s.T)     # scratch: llm.c leaves its upper triangle unwritten
+    preatt = case.unwritten(s.B, s.NH, s.T, s.T)  # scratch: llm.c leaves its upper triangle unwritten
     k.attention_forward(out, preatt, att, inp, s.NH)
     want_out, want_att = layers.attention_forward(inp.astype(f64), s.NH)
     case.judge("out", out, want_out)
@@ -265,13 +289,20 @@ def _crossentropy_softmax_backward(case, k, s):
 
 
 KERNEL_CHECKS = {
-    "encoder_forward": _encoder_forward, "encoder_backward": _encoder_backward,
-    "layernorm_forward": _layernorm_forward, "layernorm_backward": _layernorm_backward,
-    "matmul_forward": _matmul_forward, "matmul_backward": _matmul_backward,
-    "attention_forward": _attention_forward, "attention_backward": _attention_backward,
-    "gelu_forward": _gelu_forward, "gelu_backward": _gelu_backward,
-    "residual_forward": _residual_forward, "residual_backward": _residual_backward,
-    "softmax_forward": _softmax_forward, "crossentropy_forward": _crossentropy_forward,
+    "encoder_forward": _encoder_forward,
+    "encoder_backward": _encoder_backward,
+    "layernorm_forward": _layernorm_forward,
+    "layernorm_backward": _layernorm_backward,
+    "matmul_forward": _matmul_forward,
+    "matmul_backward": _matmul_backward,
+    "attention_forward": _attention_forward,
+    "attention_backward": _attention_backward,
+    "gelu_forward": _gelu_forward,
+    "gelu_backward": _gelu_backward,
+    "residual_forward": _residual_forward,
+    "residual_backward": _residual_backward,
+    "softmax_forward": _softmax_forward,
+    "crossentropy_forward": _crossentropy_forward,
     "crossentropy_softmax_backward": _crossentropy_softmax_backward,
 }
 

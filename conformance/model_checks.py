@@ -44,6 +44,7 @@ abi/...                 the rest of the model API (native/llmc.h), each against 
     abi/reshape/{logits_short,logits,loss}     a forward of a smaller B and T, then the full one again
     abi/model_config                           the configuration and parameter count the model reports
 """
+
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -59,9 +60,10 @@ TRAIN_STEPS = 10
 # the second AdamW convention, judged on every fixture next to the fixture's own (test_gpt2.c's): PyTorch's
 # and llm.c CUDA's decay of the 2-D tensors only, and global-norm clipping (every fixture's gradient norm
 # exceeds 1, so it clips)
-DECAY_2D_CLIP = AdamWSettings(learning_rate=1e-4, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1,
-                              decay_all=False, grad_clip=1.0)
-CONVENTIONS = ("train", "decay_2d_clip")     # the trajectory names: the fixture's optimizer, then DECAY_2D_CLIP
+DECAY_2D_CLIP = AdamWSettings(
+    learning_rate=1e-4, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, decay_all=False, grad_clip=1.0
+)
+CONVENTIONS = ("train", "decay_2d_clip")  # the trajectory names: the fixture's optimizer, then DECAY_2D_CLIP
 RERUN_OUTPUTS = ("logits", "loss", "grads", "grad_norm", "params", "m", "v")
 RESUME_OUTPUTS = ("train_loss", "grad_norm", "params", "m", "v")
 
@@ -70,11 +72,11 @@ RESUME_OUTPUTS = ("train_loss", "grad_norm", "params", "m", "v")
 # check to fail; it derives the outputs from the protocol's REPLIES and llmc.h, so a new one needs an entry):
 # (protocol call, array) of a cmd: port's reply, (llmc.h function, argument or "return") of a lib: port
 JUDGED_BY = {
-    ("forward", "logits"): "abi/reshape/logits_short",      # the suite sends `forward` inputs only
+    ("forward", "logits"): "abi/reshape/logits_short",  # the suite sends `forward` inputs only
     ("backward", "logits"): "logits",
     ("backward", "loss"): "loss",
-    ("backward", "grads"): "grad/dwte",                      # element 0: the first row of wte's gradient
-    ("train", "losses"): "train_loss/1",                     # the one-step look-ahead answers the next forward
+    ("backward", "grads"): "grad/dwte",  # element 0: the first row of wte's gradient
+    ("train", "losses"): "train_loss/1",  # the one-step look-ahead answers the next forward
     ("train", "grad_norms"): "grad_norm/0",
     ("train", "params"): "params/0",
     ("train", "m"): "m/0",
@@ -88,7 +90,7 @@ JUDGED_BY = {
     ("llmc_get_optimizer_state", "v"): "v/0",
     ("llmc_model_config", "out"): "abi/model_config",
     ("llmc_model_num_parameters", "return"): "abi/model_config",
-    ("llmc_dist_mean", "values"): "loss",                     # under dpN:BASE, the whole batch's loss
+    ("llmc_dist_mean", "values"): "loss",  # under dpN:BASE, the whole batch's loss
 }
 
 
@@ -99,6 +101,7 @@ def convention_settings(fixture, convention):
 @dataclass
 class NotRun:
     """A check that produced no result: verdict "ERROR" (the backend raised) or "skipped" (unsupported)."""
+
     check: str
     backend: str
     verdict: str
@@ -116,22 +119,35 @@ class ModelChecksStopped(Exception):
     stopped the first segment that stopped."""
 
     def __init__(self, backend, fixture, results, not_run, cause):
-        super().__init__(f"{backend} on {fixture}: {len(not_run)} checks not run; first: "
-                         f"{type(cause).__name__}: {cause}")
+        super().__init__(
+            f"{backend} on {fixture}: {len(not_run)} checks not run; first: {type(cause).__name__}: {cause}"
+        )
         self.backend, self.fixture, self.results, self.not_run, self.cause = backend, fixture, results, not_run, cause
 
 
 def _train_names(prefix):
     names = []
     for k in range(TRAIN_STEPS):
-        names += [f"{prefix}train_loss/{k}", f"{prefix}grad_norm/{k}", f"{prefix}params/{k}", f"{prefix}m/{k}",
-                  f"{prefix}v/{k}"]
+        names += [
+            f"{prefix}train_loss/{k}",
+            f"{prefix}grad_norm/{k}",
+            f"{prefix}params/{k}",
+            f"{prefix}m/{k}",
+            f"{prefix}v/{k}",
+        ]
     return names + [f"{prefix}train_loss/{TRAIN_STEPS}"]
 
 
-STEP0_NAMES = ("logits", "logits_padding", "loss", *(f"grad/{d}" for d in GRAD_NAMES), "grad/dqkvb[key]",
-               "wte_padding/params", "wte_padding/grads")
-SEGMENTS = {     # segment -> the names of its checks, in the order it makes them
+STEP0_NAMES = (
+    "logits",
+    "logits_padding",
+    "loss",
+    *(f"grad/{d}" for d in GRAD_NAMES),
+    "grad/dqkvb[key]",
+    "wte_padding/params",
+    "wte_padding/grads",
+)
+SEGMENTS = {  # segment -> the names of its checks, in the order it makes them
     "train": STEP0_NAMES + tuple(_train_names("")),
     "rerun": tuple(f"rerun/{what}" for what in RERUN_OUTPUTS),
     "decay_2d_clip": tuple(_train_names("decay_2d_clip/")),
@@ -169,33 +185,44 @@ class _Run:
         self.backend, self.fixture = backend, fixture
         self.prec = backend.precision
         self.results, self.not_run, self.cause = [], [], None
-        self.first = {}               # what the train segment's first run produced, for rerun and resume
-        self.stopped = {}             # segment -> the exception that stopped it
+        self.first = {}  # what the train segment's first run produced, for rerun and resume
+        self.stopped = {}  # segment -> the exception that stopped it
         self.timed_out = None
 
     def run(self, only=None):
         f = self.fixture
-        for segment, body in (("train", self.train), ("rerun", self.rerun), ("decay_2d_clip", self.decay_2d_clip),
-                              ("abi/from_checkpoint", self.from_checkpoint), ("abi/set_params", self.set_params),
-                              ("abi/resume", self.resume), ("abi/accumulate", self.accumulate),
-                              ("abi/reshape", self.reshape), ("abi/model_config", self.model_config)):
+        for segment, body in (
+            ("train", self.train),
+            ("rerun", self.rerun),
+            ("decay_2d_clip", self.decay_2d_clip),
+            ("abi/from_checkpoint", self.from_checkpoint),
+            ("abi/set_params", self.set_params),
+            ("abi/resume", self.resume),
+            ("abi/accumulate", self.accumulate),
+            ("abi/reshape", self.reshape),
+            ("abi/model_config", self.model_config),
+        ):
             if only is not None and segment not in only:
                 continue
             names = [f"{f.name}/{n}" for n in SEGMENTS[segment]]
             if self.timed_out is not None:
-                self._not_run(names, "ERROR", f"not tried: an earlier call of this fixture timed out "
-                                              f"({self.timed_out})")
+                self._not_run(
+                    names, "ERROR", f"not tried: an earlier call of this fixture timed out ({self.timed_out})"
+                )
                 continue
             try:
                 body()
-            except Exception as e:   # the backend's failure: its checks become ERROR (skipped: unsupported)
+            except Exception as e:  # the backend's failure: its checks become ERROR (skipped: unsupported)
                 self.cause = self.cause or e
                 self.stopped[segment] = e
                 if isinstance(e, PortTimeout):
                     self.timed_out = str(e)
                 unsupported = is_unsupported(e)
-                self._not_run(names, "skipped" if unsupported else "ERROR",
-                              f"unsupported: {e}" if unsupported else f"{type(e).__name__}: {e}")
+                self._not_run(
+                    names,
+                    "skipped" if unsupported else "ERROR",
+                    f"unsupported: {e}" if unsupported else f"{type(e).__name__}: {e}",
+                )
         run = ModelRun(self.results, self.not_run)
         run.cause = self.cause
         return run
@@ -231,10 +258,12 @@ class _Run:
         """A rerun result of a backend that does not declare itself bit-reproducible: reported, not failed."""
         if self.backend.deterministic:
             return
-        note = ("identical" if result.passed else "DIFFERS") + (" (informational: the backend does not declare "
-                                                                "itself deterministic)")
-        self.results[-1] = replace(result, passed=True, informational=not result.passed,
-                                   detail=f"{note}; {result.detail}")
+        note = ("identical" if result.passed else "DIFFERS") + (
+            " (informational: the backend does not declare itself deterministic)"
+        )
+        self.results[-1] = replace(
+            result, passed=True, informational=not result.passed, detail=f"{note}; {result.detail}"
+        )
 
     def model(self, params=None):
         f = self.fixture
@@ -256,7 +285,7 @@ class _Run:
         model = self.model()
         try:
             loss = model.forward(f.x, f.y)
-            logits = model.logits()                                   # (B,T,Vp)
+            logits = model.logits()  # (B,T,Vp)
             model.zero_grad()
             model.backward()
             flat_grads = model.grads()
@@ -273,9 +302,14 @@ class _Run:
                 if pname == "wte":
                     got, expected = got[:V], expected[:V]
                 self.judge(f"grad/{dname}", got, expected, f"grad:{dname}")
-            key = slice(C, 2 * C)                                     # qkvb rows [C, 2C) are the keys' biases
-            self.judge("grad/dqkvb[key]", grads["qkvb"][:, key], want["qkvb"][:, key], "grad_key_bias",
-                       scale=np.linalg.norm(want["qkvb"].astype(np.float64)))
+            key = slice(C, 2 * C)  # qkvb rows [C, 2C) are the keys' biases
+            self.judge(
+                "grad/dqkvb[key]",
+                grads["qkvb"][:, key],
+                want["qkvb"][:, key],
+                "grad_key_bias",
+                scale=np.linalg.norm(want["qkvb"].astype(np.float64)),
+            )
             for what, values in (("params", params["wte"][V:]), ("grads", grads["wte"][V:])):
                 self.judge(f"wte_padding/{what}", values, np.zeros(values.shape), "padding")
             del params, grads, want
@@ -294,7 +328,7 @@ class _Run:
         f = self.fixture
         trajectory = self.trajectory(convention)
         expected_losses = list(f.expected_losses) if convention == "train" else list(trajectory.losses[:TRAIN_STEPS])
-        expected_losses.append(trajectory.losses[TRAIN_STEPS])     # after the 10th update: the trajectory's
+        expected_losses.append(trajectory.losses[TRAIN_STEPS])  # after the 10th update: the trajectory's
         for step in range(TRAIN_STEPS):
             loss = model.forward(f.x, f.y)
             self.judge(f"{prefix}train_loss/{step}", loss, expected_losses[step], "losses10")
@@ -305,8 +339,9 @@ class _Run:
             params = model.params()
             m, v = model.optimizer_state()
             for what, values in (("params", params), ("m", m), ("v", v)):
-                self.judge_flat(f"{prefix}{what}/{step}", values, getattr(trajectory, what)[step], what,
-                                trajectory.index)
+                self.judge_flat(
+                    f"{prefix}{what}/{step}", values, getattr(trajectory, what)[step], what, trajectory.index
+                )
             if keep_first and step == 0:
                 self.first.update(grad_norm=norm, params=params, m=m, v=v)
             del params, m, v
@@ -335,8 +370,9 @@ class _Run:
                 continue
             first, got = self.first[what], second[what]
             if what in ("grads", "params", "m", "v"):
-                result = self.judge_flat(f"rerun/{what}", got, first if index is None else first[index], "rerun",
-                                         index, exact_full=first)
+                result = self.judge_flat(
+                    f"rerun/{what}", got, first if index is None else first[index], "rerun", index, exact_full=first
+                )
             else:
                 result = self.judge(f"rerun/{what}", got, first, "rerun")
             self._informational(result)
@@ -354,11 +390,17 @@ class _Run:
         try:
             index = self.trajectory("train").index
             params = model.params()
-            self.judge_flat("abi/from_checkpoint/params", params, f.params if index is None else f.params[index],
-                            "exact", index, exact_full=f.params)
+            self.judge_flat(
+                "abi/from_checkpoint/params",
+                params,
+                f.params if index is None else f.params[index],
+                "exact",
+                index,
+                exact_full=f.params,
+            )
             del params
             loss = model.forward(f.x, f.y)
-            self.judge("abi/from_checkpoint/logits", model.logits()[..., :f.config.vocab_size], f.logits, "logits")
+            self.judge("abi/from_checkpoint/logits", model.logits()[..., : f.config.vocab_size], f.logits, "logits")
             self.judge("abi/from_checkpoint/loss", loss, f.loss, "loss")
         finally:
             model.close()
@@ -371,11 +413,17 @@ class _Run:
             index = self.trajectory("train").index
             model.set_params(f.params)
             params = model.params()
-            self.judge_flat("abi/set_params/params", params, f.params if index is None else f.params[index],
-                            "exact", index, exact_full=f.params)
+            self.judge_flat(
+                "abi/set_params/params",
+                params,
+                f.params if index is None else f.params[index],
+                "exact",
+                index,
+                exact_full=f.params,
+            )
             del params
             model.forward(f.x, f.y)
-            self.judge("abi/set_params/logits", model.logits()[..., :f.config.vocab_size], f.logits, "logits")
+            self.judge("abi/set_params/logits", model.logits()[..., : f.config.vocab_size], f.logits, "logits")
         finally:
             model.close()
 
@@ -413,7 +461,7 @@ class _Run:
             for _ in range(2):
                 model.forward(f.x, f.y)
                 model.backward()
-            grads = split_params(model.grads() / np.float32(2), config)     # halving is exact
+            grads = split_params(model.grads() / np.float32(2), config)  # halving is exact
         finally:
             model.close()
         want = split_params(np.asarray(f.grads), config)

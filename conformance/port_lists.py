@@ -19,6 +19,7 @@ run (strict), so a list shrinks as the port gets fixed.
 Registering: conformance/conftest.py registers this module as a plugin (`-p conformance.port_lists`
 on the command line does the same).
 """
+
 from dataclasses import dataclass
 import fnmatch
 import re
@@ -35,7 +36,7 @@ class PortListWarning(UserWarning):
 class Entry:
     pattern: str
     reason: str
-    source: str          # "FILE:LINE", for messages
+    source: str  # "FILE:LINE", for messages
 
     def matches(self, name):
         return _compile(self.pattern).fullmatch(name) is not None
@@ -43,8 +44,9 @@ class Entry:
 
 def _compile(pattern):
     # fnmatch without character classes: test ids are full of brackets
-    return re.compile(fnmatch.translate(pattern.replace("[", "\0").replace("]", "\1"))
-                      .replace("\0", r"\[").replace("\1", r"\]"))
+    return re.compile(
+        fnmatch.translate(pattern.replace("[", "\0").replace("]", "\1")).replace("\0", r"\[").replace("\1", r"\]")
+    )
 
 
 def read_list(path):
@@ -56,9 +58,9 @@ def read_list(path):
             text, comment = text.strip(), comment.strip()
             if not text:
                 if comment:
-                    block_comment = comment      # a comment line gives the reason of the entries below it
+                    block_comment = comment  # a comment line gives the reason of the entries below it
                 elif not line.strip():
-                    block_comment = ""           # until a blank line
+                    block_comment = ""  # until a blank line
                 continue
             if any(c.isspace() for c in text):
                 raise ValueError(f"{path}:{number}: {text!r} is not one pattern (no spaces inside a pattern)")
@@ -93,8 +95,10 @@ def apply_to_results(results, skips=(), xfails=()):
         xfail = first_match(xfails, *names)
         if xfail:
             r.detail = (f"{r.detail}; " if r.detail else "") + (
-                f"expected failure ({xfail.source}: {xfail.reason})" if not r.passed
-                else f"unexpectedly passed: remove {xfail.source}")
+                f"expected failure ({xfail.source}: {xfail.reason})"
+                if not r.passed
+                else f"unexpectedly passed: remove {xfail.source}"
+            )
             notes.append(f"{r.check} [{r.backend}]: {r.detail}")
             r.passed = not r.passed
         kept.append(r)
@@ -112,17 +116,30 @@ def apply_to_not_run(not_run, skips=()):
 # ----------------------------------------------------------------------------- pytest hooks
 def pytest_addoption(parser):
     group = parser.getgroup("llmc-ports", "llmc port lists")
-    group.addoption("--port-skips", action="append", default=[], metavar="FILE",
-                    help="the port's skip list: tests matching a line are skipped with its comment as reason")
-    group.addoption("--port-xfails", action="append", default=[], metavar="FILE",
-                    help="the port's expected failures: tests matching a line are strict xfail")
+    group.addoption(
+        "--port-skips",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="the port's skip list: tests matching a line are skipped with its comment as reason",
+    )
+    group.addoption(
+        "--port-xfails",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="the port's expected failures: tests matching a line are strict xfail",
+    )
 
 
 def pytest_collection_modifyitems(config, items):
-    for option, make_marker in (("port_skips",
-                                 lambda e: pytest.mark.skip(reason=f"port skip list {e.source}: {e.reason}")),
-                                ("port_xfails", lambda e: pytest.mark.xfail(
-                                    reason=f"port expected failure {e.source}: {e.reason}", strict=True))):
+    for option, make_marker in (
+        ("port_skips", lambda e: pytest.mark.skip(reason=f"port skip list {e.source}: {e.reason}")),
+        (
+            "port_xfails",
+            lambda e: pytest.mark.xfail(reason=f"port expected failure {e.source}: {e.reason}", strict=True),
+        ),
+    ):
         entries = [e for path in config.getoption(option) for e in read_list(path)]
         if not entries:
             continue

@@ -14,6 +14,7 @@ failed call), "skipped" where it does not support what they need; each is a row 
 reasons follow the table. A result marked informational (a rerun difference of a backend that does not
 declare itself deterministic) passes but shows as "differs".
 """
+
 from dataclasses import asdict, dataclass
 import json
 import math
@@ -57,8 +58,20 @@ def aggregate(results):
         key = (r.check, r.backend)
         row = rows.get(key)
         if row is None:
-            rows[key] = Row(r.check, r.backend, r.precision, r.quantity, r.max_abs, r.rel_norm, r.elements, 1,
-                            r.tol_max_abs, r.tol_rel_norm, r.passed, r.informational)
+            rows[key] = Row(
+                r.check,
+                r.backend,
+                r.precision,
+                r.quantity,
+                r.max_abs,
+                r.rel_norm,
+                r.elements,
+                1,
+                r.tol_max_abs,
+                r.tol_rel_norm,
+                r.passed,
+                r.informational,
+            )
             continue
         row.max_abs = worse(row.max_abs, r.max_abs)
         row.rel_norm = worse(row.rel_norm, r.rel_norm)
@@ -86,17 +99,31 @@ def format_table(results, not_run=()):
     """The terminal table: check, backend, max abs, rel norm, elements, tolerance, verdict; a row per check
     that did not run (ERROR / skipped); then why, once per reason."""
     header = ("check", "backend", "max abs", "rel norm", "elements", "tolerance (abs / rel)", "verdict")
-    lines = [(row.check + (f" (x{row.runs})" if row.runs > 1 else ""), row.backend, f"{row.max_abs:.2e}",
-              f"{row.rel_norm:.2e}", str(row.elements), f"{row.tol_max_abs:.1e} / {row.tol_rel_norm:.1e}",
-              _verdict(row)) for row in aggregate(results)]
+    lines = [
+        (
+            row.check + (f" (x{row.runs})" if row.runs > 1 else ""),
+            row.backend,
+            f"{row.max_abs:.2e}",
+            f"{row.rel_norm:.2e}",
+            str(row.elements),
+            f"{row.tol_max_abs:.1e} / {row.tol_rel_norm:.1e}",
+            _verdict(row),
+        )
+        for row in aggregate(results)
+    ]
     groups = _not_run_groups(not_run)
     for number, (backend, verdict, _, checks) in enumerate(groups, 1):
         lines += [(check, backend, "-", "-", "-", "-", f"{verdict} [{number}]") for check in checks]
     widths = [max(len(cells[i]) for cells in [header] + lines) for i in range(len(header))]
     fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=False)).rstrip()
     table = [fmt(header), fmt(["-" * w for w in widths])] + [fmt(cells) for cells in lines]
-    return "\n".join(table + [f"[{number}] {verdict}, {len(checks)} checks of {backend}: {reason}"
-                              for number, (backend, verdict, reason, checks) in enumerate(groups, 1)])
+    return "\n".join(
+        table
+        + [
+            f"[{number}] {verdict}, {len(checks)} checks of {backend}: {reason}"
+            for number, (backend, verdict, reason, checks) in enumerate(groups, 1)
+        ]
+    )
 
 
 def summary(results, not_run=()):
@@ -107,8 +134,10 @@ def summary(results, not_run=()):
     skipped = len(not_run) - errors
     info = sum(r.informational for r in results)
     total = len(results) + len(not_run)
-    return (f"{len(results) - failed} of {total} checks passed, {failed} failed, {errors} could not run (ERROR), "
-            f"{skipped} skipped (unsupported)" + (f", {info} informational differences" if info else ""))
+    return (
+        f"{len(results) - failed} of {total} checks passed, {failed} failed, {errors} could not run (ERROR), "
+        f"{skipped} skipped (unsupported)" + (f", {info} informational differences" if info else "")
+    )
 
 
 def write_text(path, text):
@@ -134,20 +163,35 @@ def suite_meta(backends=None, **extra):
     backends: {name: description or 'unavailable: reason'}."""
     try:
         from importlib.metadata import version
+
         suite_version = version("llmc-conformance")
-    except Exception:   # not installed (run from a checkout): read pyproject.toml
+    except Exception:  # not installed (run from a checkout): read pyproject.toml
         import tomllib
+
         with open(REPO_ROOT / "pyproject.toml", "rb") as f:
             suite_version = tomllib.load(f)["project"]["version"]
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                                timeout=10).stdout.strip() or "unknown"
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or "unknown"
+        )
     except OSError:
         commit = "unknown"
     import numpy
-    meta = {"suite_version": suite_version, "git_commit": commit, "platform": platform.platform(),
-            "machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-            "python": platform.python_version(), "numpy": numpy.__version__, "backends": dict(backends or {})}
+
+    meta = {
+        "suite_version": suite_version,
+        "git_commit": commit,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "backends": dict(backends or {}),
+    }
     meta.update(extra)
     return meta
 
@@ -156,11 +200,13 @@ def write_json(results, path, meta):
     """Every result, the aggregated rows and meta, written atomically."""
     not_run = [n if isinstance(n, dict) else vars(n) for n in meta.get("not_run", ())]
     meta = dict(meta, not_run=not_run)
-    doc = {"meta": meta,
-           "passed": all(r.passed for r in results) and not any(n["verdict"] == "ERROR" for n in not_run),
-           "line": summary(results, not_run),
-           "summary": [asdict(row) for row in aggregate(results)],
-           "results": [r.to_dict() for r in results]}
+    doc = {
+        "meta": meta,
+        "passed": all(r.passed for r in results) and not any(n["verdict"] == "ERROR" for n in not_run),
+        "line": summary(results, not_run),
+        "summary": [asdict(row) for row in aggregate(results)],
+        "results": [r.to_dict() for r in results],
+    }
     write_text(path, json.dumps(_json_safe(doc), indent=1, allow_nan=False) + "\n")
 
 
@@ -172,8 +218,9 @@ def write_markdown(results, path, meta=None):
     meta = meta or {}
     not_run = [n if isinstance(n, dict) else vars(n) for n in meta.get("not_run", ())]
     rows = aggregate(results)
-    backends = list(dict.fromkeys([r.backend for r in rows] + [n["backend"] for n in not_run]
-                                  + list(meta.get("backends", {}))))
+    backends = list(
+        dict.fromkeys([r.backend for r in rows] + [n["backend"] for n in not_run] + list(meta.get("backends", {})))
+    )
     checks = list(dict.fromkeys([r.check for r in rows] + [n["check"] for n in not_run]))
     cells = {(r.check, r.backend): r for r in rows}
     missing = {(n["check"], n["backend"]): n["verdict"] for n in not_run}
@@ -190,19 +237,30 @@ def write_markdown(results, path, meta=None):
             else:
                 row.append(f"{'pass' if r.passed else '**FAIL**'} ({r.rel_norm:.1e})")
         lines.append("| " + " | ".join(row) + " |")
-    text = ["# Conformance support matrix", "",
-            "Cells: verdict (worst relative norm error, ||got - want|| / ||want||, over every run of the check); "
-            "\"differs\": a rerun gave other bits, reported but not failed (the backend does not declare itself "
-            "deterministic).", ""]
+    text = [
+        "# Conformance support matrix",
+        "",
+        "Cells: verdict (worst relative norm error, ||got - want|| / ||want||, over every run of the check); "
+        '"differs": a rerun gave other bits, reported but not failed (the backend does not declare itself '
+        "deterministic).",
+        "",
+    ]
     if meta:
-        text += [f"Suite {meta.get('suite_version', '?')}, commit {meta.get('git_commit', '?')}, "
-                 f"{meta.get('platform', '?')}.", "", summary(results, not_run) + ".", ""]
+        text += [
+            f"Suite {meta.get('suite_version', '?')}, commit {meta.get('git_commit', '?')}, "
+            f"{meta.get('platform', '?')}.",
+            "",
+            summary(results, not_run) + ".",
+            "",
+        ]
     text += lines
     if meta.get("backends"):
         text += ["", "Backends:", ""] + [f"- **{name}**: {what}" for name, what in meta["backends"].items()]
     groups = _not_run_groups(not_run)
     if groups:
         text += ["", "Checks that did not run:", ""]
-        text += [f"- **{backend}**, {len(checks)} checks {verdict} ({checks[0]} ... {checks[-1]}): {reason}"
-                 for backend, verdict, reason, checks in groups]
+        text += [
+            f"- **{backend}**, {len(checks)} checks {verdict} ({checks[0]} ... {checks[-1]}): {reason}"
+            for backend, verdict, reason, checks in groups
+        ]
     write_text(path, "\n".join(text) + "\n")

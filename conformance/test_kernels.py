@@ -4,6 +4,7 @@ Property tests (hypothesis, fixed seeds): shapes include B*T not a multiple of 8
 unrolls by 8), C not a multiple of 16, T = 1, NH = 1 and V < Vp; gradient outputs are pre-filled, so
 a kernel must accumulate with +=. The checks themselves live in conformance/kernel_checks.py.
 """
+
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 import pytest
@@ -14,8 +15,9 @@ from reference.layers import KERNEL_NAMES
 EXAMPLES_PER_KERNEL = 12
 
 
-kernel_shapes = st.builds(make_shape, bias=st.booleans(),
-                          **{k: st.integers(lo, hi) for k, (lo, hi) in SHAPE_RANGES.items()})
+kernel_shapes = st.builds(
+    make_shape, bias=st.booleans(), **{k: st.integers(lo, hi) for k, (lo, hi) in SHAPE_RANGES.items()}
+)
 
 
 @pytest.mark.parametrize("name", KERNEL_NAMES)

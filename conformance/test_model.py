@@ -5,6 +5,7 @@ tools/conform.py, every result recorded for the reports); each test asserts its 
 names exactly what is wrong. A rerun difference of a backend that does not declare itself deterministic
 is an expected failure (xfail) showing the difference, never a silent pass.
 """
+
 import pytest
 
 from conformance.model_checks import GRAD_NAMES, RERUN_OUTPUTS, SEGMENTS, TRAIN_STEPS
@@ -72,7 +73,9 @@ def test_rerun(model_results, llmc_fixture, what):
     _check(model_results, llmc_fixture, f"rerun/{what}")
 
 
-@pytest.mark.parametrize("check", [name.split("/", 1)[1] for segment, names in SEGMENTS.items()
-                                   if segment.startswith("abi/") for name in names])
+@pytest.mark.parametrize(
+    "check",
+    [name.split("/", 1)[1] for segment, names in SEGMENTS.items() if segment.startswith("abi/") for name in names],
+)
 def test_abi(model_results, llmc_fixture, check):
     _check(model_results, llmc_fixture, f"abi/{check}")

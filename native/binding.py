@@ -14,6 +14,7 @@ A model-API error code becomes LlmcError carrying llmc_last_error(); a library t
 or run here raises LibraryUnavailable. The binding knows nothing of the suite: backends/native.py puts
 it behind the backend interface.
 """
+
 import os
 from pathlib import Path
 import re
@@ -178,14 +179,22 @@ class Library:
         params = np.ascontiguousarray(params, np.float32)
         if params.shape != (config.num_parameters,):
             raise ValueError(f"params: shape {params.shape}, expected ({config.num_parameters},) for {config}")
-        cfg = self.ffi.new("llmc_config*", dict(
-            max_seq_len=config.max_seq_len, vocab_size=config.vocab_size,
-            padded_vocab_size=config.padded_vocab_size, num_layers=config.num_layers,
-            num_heads=config.num_heads, channels=config.channels))
+        cfg = self.ffi.new(
+            "llmc_config*",
+            dict(
+                max_seq_len=config.max_seq_len,
+                vocab_size=config.vocab_size,
+                padded_vocab_size=config.padded_vocab_size,
+                num_layers=config.num_layers,
+                num_heads=config.num_heads,
+                channels=config.channels,
+            ),
+        )
         out = self.ffi.new("llmc_model**")
         self.activate(mode)
-        self.check(self.lib.llmc_model_from_params(cfg, self.ffi.from_buffer("float[]", params),
-                                                   int(max_B), int(max_T), out))
+        self.check(
+            self.lib.llmc_model_from_params(cfg, self.ffi.from_buffer("float[]", params), int(max_B), int(max_T), out)
+        )
         return (model_class or NativeModel)(self, out[0], mode)
 
     def model_from_checkpoint(self, path, max_B, max_T, mode=0, model_class=None):
@@ -279,8 +288,12 @@ class NativeKernels:
         Vp, maxT = _shape("wte", wte, 2)[0], _shape("wpe", wpe, 2)[0]
         if T > maxT:
             raise ValueError(f"out: T = {T} exceeds wpe's {maxT} rows")
-        args = (o, _tokens(self._ffi, "inp", inp, (B, T), Vp), self._f("wte", wte, (Vp, C)),
-                self._f("wpe", wpe, (maxT, C)))
+        args = (
+            o,
+            _tokens(self._ffi, "inp", inp, (B, T), Vp),
+            self._f("wte", wte, (Vp, C)),
+            self._f("wpe", wpe, (maxT, C)),
+        )
         self._run("encoder_forward", *args, B, T, C)
 
     def _encoder_backward(self, dwte, dwpe, dout, inp):
@@ -289,39 +302,62 @@ class NativeKernels:
         Vp, maxT = _shape("dwte", dwte, 2)[0], _shape("dwpe", dwpe, 2)[0]
         if T > maxT:
             raise ValueError(f"dout: T = {T} exceeds dwpe's {maxT} rows")
-        args = (self._f("dwte", dwte, (Vp, C), output=True), self._f("dwpe", dwpe, (maxT, C), output=True), d,
-                _tokens(self._ffi, "inp", inp, (B, T), Vp))
+        args = (
+            self._f("dwte", dwte, (Vp, C), output=True),
+            self._f("dwpe", dwpe, (maxT, C), output=True),
+            d,
+            _tokens(self._ffi, "inp", inp, (B, T), Vp),
+        )
         self._run("encoder_backward", *args, B, T, C)
 
     def _layernorm_forward(self, out, mean, rstd, inp, weight, bias):
         B, T, C = _shape("inp", inp, 3)
-        args = (self._f("out", out, (B, T, C), output=True), self._f("mean", mean, (B, T), output=True),
-                self._f("rstd", rstd, (B, T), output=True), self._f("inp", inp, ndim=3),
-                self._f("weight", weight, (C,)), self._f("bias", bias, (C,)))
+        args = (
+            self._f("out", out, (B, T, C), output=True),
+            self._f("mean", mean, (B, T), output=True),
+            self._f("rstd", rstd, (B, T), output=True),
+            self._f("inp", inp, ndim=3),
+            self._f("weight", weight, (C,)),
+            self._f("bias", bias, (C,)),
+        )
         self._run("layernorm_forward", *args, B, T, C)
 
     def _layernorm_backward(self, dinp, dweight, dbias, dout, inp, weight, mean, rstd):
         B, T, C = _shape("inp", inp, 3)
-        args = (self._f("dinp", dinp, (B, T, C), output=True), self._f("dweight", dweight, (C,), output=True),
-                self._f("dbias", dbias, (C,), output=True), self._f("dout", dout, (B, T, C)),
-                self._f("inp", inp, ndim=3), self._f("weight", weight, (C,)), self._f("mean", mean, (B, T)),
-                self._f("rstd", rstd, (B, T)))
+        args = (
+            self._f("dinp", dinp, (B, T, C), output=True),
+            self._f("dweight", dweight, (C,), output=True),
+            self._f("dbias", dbias, (C,), output=True),
+            self._f("dout", dout, (B, T, C)),
+            self._f("inp", inp, ndim=3),
+            self._f("weight", weight, (C,)),
+            self._f("mean", mean, (B, T)),
+            self._f("rstd", rstd, (B, T)),
+        )
         self._run("layernorm_backward", *args, B, T, C)
 
     def _matmul_forward(self, out, inp, weight, bias):
         B, T, C = _shape("inp", inp, 3)
         OC = _shape("weight", weight, 2)[0]
-        args = (self._f("out", out, (B, T, OC), output=True), self._f("inp", inp, ndim=3),
-                self._f("weight", weight, (OC, C)),
-                self._ffi.NULL if bias is None else self._f("bias", bias, (OC,)))
+        args = (
+            self._f("out", out, (B, T, OC), output=True),
+            self._f("inp", inp, ndim=3),
+            self._f("weight", weight, (OC, C)),
+            self._ffi.NULL if bias is None else self._f("bias", bias, (OC,)),
+        )
         self._run("matmul_forward", *args, B, T, C, OC)
 
     def _matmul_backward(self, dinp, dweight, dbias, dout, inp, weight):
         B, T, C = _shape("inp", inp, 3)
         OC = _shape("weight", weight, 2)[0]
-        args = (self._f("dinp", dinp, (B, T, C), output=True), self._f("dweight", dweight, (OC, C), output=True),
-                self._ffi.NULL if dbias is None else self._f("dbias", dbias, (OC,), output=True),
-                self._f("dout", dout, (B, T, OC)), self._f("inp", inp, ndim=3), self._f("weight", weight, (OC, C)))
+        args = (
+            self._f("dinp", dinp, (B, T, C), output=True),
+            self._f("dweight", dweight, (OC, C), output=True),
+            self._ffi.NULL if dbias is None else self._f("dbias", dbias, (OC,), output=True),
+            self._f("dout", dout, (B, T, OC)),
+            self._f("inp", inp, ndim=3),
+            self._f("weight", weight, (OC, C)),
+        )
         self._run("matmul_backward", *args, B, T, C, OC)
 
     def _attention_forward(self, out, preatt, att, inp, NH):
@@ -330,8 +366,12 @@ class NativeKernels:
             raise ValueError(f"inp: last dimension {C3} is not 3*C")
         C = C3 // 3
         NH = _heads(NH, C)
-        args = (self._f("out", out, (B, T, C), output=True), self._f("preatt", preatt, (B, NH, T, T), output=True),
-                self._f("att", att, (B, NH, T, T), output=True), self._f("inp", inp, ndim=3))
+        args = (
+            self._f("out", out, (B, T, C), output=True),
+            self._f("preatt", preatt, (B, NH, T, T), output=True),
+            self._f("att", att, (B, NH, T, T), output=True),
+            self._f("inp", inp, ndim=3),
+        )
         self._run("attention_forward", *args, B, T, C, NH)
 
     def _attention_backward(self, dinp, dpreatt, datt, dout, inp, att, NH):
@@ -340,10 +380,14 @@ class NativeKernels:
             raise ValueError(f"inp: last dimension {C3} is not 3*C")
         C = C3 // 3
         NH = _heads(NH, C)
-        args = (self._f("dinp", dinp, (B, T, C3), output=True),
-                self._f("dpreatt", dpreatt, (B, NH, T, T), output=True),
-                self._f("datt", datt, (B, NH, T, T), output=True), self._f("dout", dout, (B, T, C)),
-                self._f("inp", inp, ndim=3), self._f("att", att, (B, NH, T, T)))
+        args = (
+            self._f("dinp", dinp, (B, T, C3), output=True),
+            self._f("dpreatt", dpreatt, (B, NH, T, T), output=True),
+            self._f("datt", datt, (B, NH, T, T), output=True),
+            self._f("dout", dout, (B, T, C)),
+            self._f("inp", inp, ndim=3),
+            self._f("att", att, (B, NH, T, T)),
+        )
         self._run("attention_backward", *args, B, T, C, NH)
 
     def _gelu_forward(self, out, inp):
@@ -374,15 +418,22 @@ class NativeKernels:
 
     def _crossentropy_forward(self, losses, probs, targets):
         B, T, Vp = _shape("probs", probs, 3)
-        args = (self._f("losses", losses, (B, T), output=True), self._f("probs", probs, ndim=3),
-                _tokens(self._ffi, "targets", targets, (B, T), Vp))
+        args = (
+            self._f("losses", losses, (B, T), output=True),
+            self._f("probs", probs, ndim=3),
+            _tokens(self._ffi, "targets", targets, (B, T), Vp),
+        )
         self._run("crossentropy_forward", *args, B, T, Vp)
 
     def _crossentropy_softmax_backward(self, dlogits, dlosses, probs, targets, V):
         B, T, Vp = _shape("probs", probs, 3)
         _check_vocab(V, Vp)
-        args = (self._f("dlogits", dlogits, (B, T, Vp), output=True), self._f("dlosses", dlosses, (B, T)),
-                self._f("probs", probs, ndim=3), _tokens(self._ffi, "targets", targets, (B, T), int(V)))
+        args = (
+            self._f("dlogits", dlogits, (B, T, Vp), output=True),
+            self._f("dlosses", dlosses, (B, T)),
+            self._f("probs", probs, ndim=3),
+            _tokens(self._ffi, "targets", targets, (B, T), int(V)),
+        )
         self._run("crossentropy_softmax_backward", *args, B, T, int(V), Vp)
 
 
@@ -401,8 +452,9 @@ class NativeModel:
         self._handle = self._ffi.gc(handle, self._lib.llmc_model_free)
         cfg = self._ffi.new("llmc_config*")
         self._call("llmc_model_config", cfg)
-        self.config = GPT2Config(cfg.max_seq_len, cfg.vocab_size, cfg.padded_vocab_size, cfg.num_layers,
-                                 cfg.num_heads, cfg.channels)
+        self.config = GPT2Config(
+            cfg.max_seq_len, cfg.vocab_size, cfg.padded_vocab_size, cfg.num_layers, cfg.num_heads, cfg.channels
+        )
         self.num_parameters = int(self._lib.llmc_model_num_parameters(self._handle))
         self._BT = None
 
@@ -456,10 +508,18 @@ class NativeModel:
         self._call("llmc_set_params", self._flat("flat", np.ascontiguousarray(flat, np.float32)))
 
     def update(self, settings, t):
-        opt = self._ffi.new("llmc_adamw*", dict(
-            learning_rate=settings.learning_rate, beta1=settings.beta1, beta2=settings.beta2, eps=settings.eps,
-            weight_decay=settings.weight_decay, decay_all=int(bool(settings.decay_all)),
-            grad_clip=settings.grad_clip))
+        opt = self._ffi.new(
+            "llmc_adamw*",
+            dict(
+                learning_rate=settings.learning_rate,
+                beta1=settings.beta1,
+                beta2=settings.beta2,
+                eps=settings.eps,
+                weight_decay=settings.weight_decay,
+                decay_all=int(bool(settings.decay_all)),
+                grad_clip=settings.grad_clip,
+            ),
+        )
         norm = self._ffi.new("float*")
         self._call("llmc_update", opt, int(t), norm)
         return float(norm[0])
@@ -470,8 +530,11 @@ class NativeModel:
         return m, v
 
     def set_optimizer_state(self, m, v):
-        self._call("llmc_set_optimizer_state", self._flat("m", np.ascontiguousarray(m, np.float32)),
-                   self._flat("v", np.ascontiguousarray(v, np.float32)))
+        self._call(
+            "llmc_set_optimizer_state",
+            self._flat("m", np.ascontiguousarray(m, np.float32)),
+            self._flat("v", np.ascontiguousarray(v, np.float32)),
+        )
 
     def save_checkpoint(self, path, dtype="fp32"):
         """The parameters as an llm.c checkpoint (dtype "fp32": version 3, "bf16": version 5), written
@@ -485,8 +548,13 @@ class NativeModel:
         """Joins the data-parallel group (collective: every rank, the same id); llmc_update then averages."""
         if len(unique_id) != DIST_ID_BYTES:
             raise ValueError(f"unique_id: {len(unique_id)} bytes, expected {DIST_ID_BYTES}")
-        self._call("llmc_dist_join", self._ffi.from_buffer("unsigned char[]", unique_id), int(rank),
-                   int(world_size), int(zero_stage))
+        self._call(
+            "llmc_dist_join",
+            self._ffi.from_buffer("unsigned char[]", unique_id),
+            int(rank),
+            int(world_size),
+            int(zero_stage),
+        )
 
     def dist_sync_grads(self):
         """The gradients averaged over the ranks now (collective); ZeRO-1: valid on this rank's shard."""
@@ -506,7 +574,7 @@ class NativeModel:
 
     def close(self):
         if self._handle is not None:
-            self._ffi.release(self._handle)   # runs llmc_model_free now
+            self._ffi.release(self._handle)  # runs llmc_model_free now
             self._handle = None
 
 

@@ -7,6 +7,7 @@
 Both: m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  m^ = m/(1-b1^t);  v^ = v/(1-b2^t)
       p -= lr (m^ / (sqrt(v^) + eps) + wd p)
 """
+
 from dataclasses import dataclass
 import math
 
@@ -17,8 +18,9 @@ from reference.model import split_params
 MATRIX_PARAMS = ("wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw")
 
 # llm.c's test_gpt2.c optimizer, the one the 10 expected losses of every fixture use
-TEST_GPT2_SETTINGS = dict(learning_rate=1e-4, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01,
-                          decay_all=True, grad_clip=0.0)
+TEST_GPT2_SETTINGS = dict(
+    learning_rate=1e-4, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, decay_all=True, grad_clip=0.0
+)
 
 
 @dataclass
@@ -28,8 +30,8 @@ class AdamWSettings:
     beta2: float = 0.999
     eps: float = 1e-8
     weight_decay: float = 0.0
-    decay_all: bool = True      # True: llm.c CPU; False: PyTorch / llm.c CUDA (2-D tensors only)
-    grad_clip: float = 0.0      # global-norm threshold; <= 0: no clipping
+    decay_all: bool = True  # True: llm.c CPU; False: PyTorch / llm.c CUDA (2-D tensors only)
+    grad_clip: float = 0.0  # global-norm threshold; <= 0: no clipping
 
 
 def decay_mask(config, dtype=np.float32):
@@ -50,8 +52,8 @@ def global_norm(grads):
     total = 0.0
     wide = np.empty(AdamW.CHUNK, np.float64)
     for lo in range(0, grads.size, AdamW.CHUNK):
-        chunk = grads[lo:lo + AdamW.CHUNK]
-        x = wide[:chunk.size]
+        chunk = grads[lo : lo + AdamW.CHUNK]
+        x = wide[: chunk.size]
         x[...] = chunk
         total += float(np.einsum("i,i->", x, x))
     return math.sqrt(total)
@@ -61,10 +63,10 @@ class AdamW:
     """State m and v are flat arrays like the parameters. step() updates params in place and returns
     the gradient's global norm (before clipping)."""
 
-    CHUNK = 1 << 16   # elements per pass: keeps each temporary in cache, so fp32 d12 streams memory once
+    CHUNK = 1 << 16  # elements per pass: keeps each temporary in cache, so fp32 d12 streams memory once
 
     def __init__(self, settings, config, dtype=np.float32):
-        self.settings = settings      # may change between steps (a learning-rate schedule)
+        self.settings = settings  # may change between steps (a learning-rate schedule)
         self.config = config
         self.m = np.zeros(config.num_parameters, dtype)
         self.v = np.zeros(config.num_parameters, dtype)
@@ -80,30 +82,30 @@ class AdamW:
         grad_scale = s.grad_clip / norm if (s.grad_clip > 0 and norm > s.grad_clip) else 1.0
         b1, b2 = f(s.beta1), f(s.beta2)
         lr, eps, wd = f(s.learning_rate), f(s.eps), f(s.weight_decay)
-        bias1, bias2 = f(1.0 - s.beta1 ** t), f(1.0 - s.beta2 ** t)
+        bias1, bias2 = f(1.0 - s.beta1**t), f(1.0 - s.beta2**t)
         # every operation writes into these chunk-sized buffers (out=), so a pass allocates nothing
         scaled_buf, tmp_buf, update_buf = (np.empty(self.CHUNK, params.dtype) for _ in range(3))
         for lo in range(0, params.size, self.CHUNK):
             hi = min(lo + self.CHUNK, params.size)
             p, m, v, g = params[lo:hi], self.m[lo:hi], self.v[lo:hi], grads[lo:hi]
-            tmp, update = tmp_buf[:hi - lo], update_buf[:hi - lo]
+            tmp, update = tmp_buf[: hi - lo], update_buf[: hi - lo]
             if grad_scale != 1.0:
-                g = np.multiply(g, f(grad_scale), out=scaled_buf[:hi - lo])
-            m *= b1                                            # m = b1 m + (1-b1) g
+                g = np.multiply(g, f(grad_scale), out=scaled_buf[: hi - lo])
+            m *= b1  # m = b1 m + (1-b1) g
             m += np.multiply(g, 1 - b1, out=tmp)
-            v *= b2                                            # v = b2 v + (1-b2) g^2
+            v *= b2  # v = b2 v + (1-b2) g^2
             np.multiply(g, g, out=tmp)
             tmp *= 1 - b2
             v += tmp
-            np.divide(v, bias2, out=tmp)                       # update = m^ / (sqrt(v^) + eps)
+            np.divide(v, bias2, out=tmp)  # update = m^ / (sqrt(v^) + eps)
             np.sqrt(tmp, out=tmp)
             tmp += eps
             np.divide(m, bias1, out=update)
             update /= tmp
-            np.multiply(p, wd, out=tmp)                        # decay = wd p (masked: 2-D tensors only)
+            np.multiply(p, wd, out=tmp)  # decay = wd p (masked: 2-D tensors only)
             if decay_factor is not None:
                 tmp *= decay_factor[lo:hi]
-            update += tmp                                      # p -= lr (update + decay)
+            update += tmp  # p -= lr (update + decay)
             update *= lr
             p -= update
         return norm
@@ -117,6 +119,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 class LearningRateSchedule:
     """llm.c's schedulers.h: linear warmup over `warmup` steps, then cosine or linear decay from
     learning_rate to learning_rate * final_lr_frac at step total_steps, or constant."""
+
     learning_rate: float
     total_steps: int
     warmup: int = 0

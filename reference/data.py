@@ -18,6 +18,7 @@ loaded, gets a fresh permutation of its samples; both by llm.c's random_permutat
 last element down, j = randint32() % (i + 1)). DataLoader.state() / restore() carry all of it across a
 checkpoint.
 """
+
 from __future__ import annotations
 
 import glob
@@ -27,7 +28,7 @@ import numpy as np
 
 from reference.formats import MT19937_WORDS, FormatError, LoaderState, check_tokens, count_tokens, read_tokens
 
-SHUFFLE_SEED = 42   # llm.c's dataloader_init: manual_seed(42 + process_rank)
+SHUFFLE_SEED = 42  # llm.c's dataloader_init: manual_seed(42 + process_rank)
 
 
 # ----------------------------------------------------------------------------- llm.c's mt19937
@@ -43,12 +44,12 @@ class MT19937:
         for j in range(1, MT19937_WORDS):
             words.append((1812433253 * (words[-1] ^ (words[-1] >> 30)) + j) & 0xFFFFFFFF)
         self.words = words
-        self.left = 1      # draws left before the next twist; 1 after seeding: the first draw twists
-        self.next = 0      # index of the next word to temper
+        self.left = 1  # draws left before the next twist; 1 after seeding: the first draw twists
+        self.next = 0  # index of the next word to temper
 
     def _twist(self):
         w, N, M = self.words, MT19937_WORDS, self.M
-        for j in range(N):      # in place, in order: words past j are still the old ones, words before it new
+        for j in range(N):  # in place, in order: words past j are still the old ones, words before it new
             y = (w[j] & self.UPPER) | (w[(j + 1) % N] & self.LOWER)
             w[j] = w[(j + M) % N] ^ (y >> 1) ^ (self.MATRIX_A if y & 1 else 0)
         self.left, self.next = N, 0
@@ -92,8 +93,16 @@ class DataLoader:
     token of a shard as it is loaded (FormatError naming the file). Every shard must hold at least one
     sample (num_processes * B * T + 1 tokens), checked for all of them up front from their headers."""
 
-    def __init__(self, pattern: str, B: int, T: int, process_rank: int = 0, num_processes: int = 1,
-                 shuffle: bool = False, vocab_size: int | None = None):
+    def __init__(
+        self,
+        pattern: str,
+        B: int,
+        T: int,
+        process_rank: int = 0,
+        num_processes: int = 1,
+        shuffle: bool = False,
+        vocab_size: int | None = None,
+    ):
         if B <= 0 or T <= 0:
             raise ValueError(f"DataLoader: B and T must be positive, got B={B}, T={T}")
         if not 0 <= process_rank < num_processes:
@@ -103,20 +112,24 @@ class DataLoader:
         self.shuffle = shuffle
         self.vocab_size = vocab_size
         self.paths = shard_paths(pattern)
-        self.sample_tokens = num_processes * B * T          # one sample: every rank's B*T tokens
+        self.sample_tokens = num_processes * B * T  # one sample: every rank's B*T tokens
         self.shard_tokens = []
         for path in self.paths:
             ntok = count_tokens(path)
             if ntok < self.sample_tokens + 1:
-                raise FormatError(path, "header[2]", f"{ntok} tokens, too few for one sample of num_processes*B*T+1 = "
-                                                     f"{self.sample_tokens + 1} (num_processes={num_processes}, "
-                                                     f"B={B}, T={T})")
+                raise FormatError(
+                    path,
+                    "header[2]",
+                    f"{ntok} tokens, too few for one sample of num_processes*B*T+1 = "
+                    f"{self.sample_tokens + 1} (num_processes={num_processes}, "
+                    f"B={B}, T={T})",
+                )
             self.shard_tokens.append(ntok)
         self.num_tokens = sum(self.shard_tokens)
         # this rank's batches in one epoch
         self.num_batches = sum((n - 1) // self.sample_tokens for n in self.shard_tokens)
         self.rng = MT19937(SHUFFLE_SEED + process_rank) if shuffle else None
-        self.shard_order = np.arange(len(self.paths), dtype=np.int32)   # permuted in place, epoch after epoch
+        self.shard_order = np.arange(len(self.paths), dtype=np.int32)  # permuted in place, epoch after epoch
         self.sample_order = None
         self.tokens, self._loaded = None, None
         self.reset()
@@ -124,12 +137,13 @@ class DataLoader:
     # llm.c's dataloader_load_shard_
     def _load_shard(self, position):
         index = int(self.shard_order[position]) if self.shuffle else position
-        if self._loaded != index:          # llm.c reopens the file; the same file reads the same tokens
+        if self._loaded != index:  # llm.c reopens the file; the same file reads the same tokens
             path = self.paths[index]
             tokens = read_tokens(path)
             if tokens.size != self.shard_tokens[index]:
-                raise FormatError(path, "header[2]", f"{tokens.size} tokens now, {self.shard_tokens[index]} when "
-                                                     "the loader started")
+                raise FormatError(
+                    path, "header[2]", f"{tokens.size} tokens now, {self.shard_tokens[index]} when the loader started"
+                )
             if self.vocab_size is not None:
                 check_tokens(tokens, self.vocab_size, path)
             self.tokens, self._loaded = tokens, index
@@ -163,14 +177,20 @@ class DataLoader:
             self._advance()
         sample = int(self.sample_order[self.current_sample]) if self.shuffle else self.current_sample
         start = sample * self.sample_tokens + self.process_rank * self.B * self.T
-        buf = self.tokens[start:start + self.B * self.T + 1].astype(np.int32)
+        buf = self.tokens[start : start + self.B * self.T + 1].astype(np.int32)
         self.current_sample += 1
         return buf[:-1].reshape(self.B, self.T), buf[1:].reshape(self.B, self.T)
 
     # ------------------------------------------------------------------------- checkpoints
     def state(self) -> LoaderState:
-        state = LoaderState(self.process_rank, self.num_processes, self.shuffle, len(self.paths),
-                            self.current_shard, self.current_sample)
+        state = LoaderState(
+            self.process_rank,
+            self.num_processes,
+            self.shuffle,
+            len(self.paths),
+            self.current_shard,
+            self.current_sample,
+        )
         if self.shuffle:
             state.shard_order = self.shard_order.copy()
             state.sample_order = self.sample_order.copy()
@@ -184,8 +204,10 @@ class DataLoader:
         ours = (self.process_rank, self.num_processes, self.shuffle, len(self.paths))
         theirs = (state.process_rank, state.num_processes, state.shuffle, state.num_shards)
         if ours != theirs:
-            raise ValueError("the data loader was saved as (process_rank, num_processes, shuffle, num_shards) = "
-                             f"{theirs}, this one is {ours}")
+            raise ValueError(
+                "the data loader was saved as (process_rank, num_processes, shuffle, num_shards) = "
+                f"{theirs}, this one is {ours}"
+            )
         if not 0 <= state.current_shard < len(self.paths):
             raise ValueError(f"current_shard {state.current_shard} is outside the {len(self.paths)} shards")
         shard_order = np.array(state.shard_order if self.shuffle else self.shard_order, np.int32)
@@ -194,11 +216,15 @@ class DataLoader:
         index = int(shard_order[state.current_shard]) if self.shuffle else state.current_shard
         num_samples = (self.shard_tokens[index] - 1) // self.sample_tokens
         if self.shuffle and state.sample_order.size != num_samples:
-            raise ValueError(f"sample_order has {state.sample_order.size} entries, shard {self.paths[index]} "
-                             f"holds {num_samples} samples")
+            raise ValueError(
+                f"sample_order has {state.sample_order.size} entries, shard {self.paths[index]} "
+                f"holds {num_samples} samples"
+            )
         if not 0 <= state.current_sample <= num_samples:
-            raise ValueError(f"current_sample {state.current_sample} is outside [0, {num_samples}], the samples "
-                             f"of shard {self.paths[index]}")
+            raise ValueError(
+                f"current_sample {state.current_sample} is outside [0, {num_samples}], the samples "
+                f"of shard {self.paths[index]}"
+            )
         self.shard_order = shard_order
         self.current_shard, self.current_sample = state.current_shard, state.current_sample
         self._load_shard(self.current_shard)

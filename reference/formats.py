@@ -15,6 +15,7 @@ Readers raise FormatError (a ValueError naming the file and the field) for a wro
 a nonsense header, a truncated or oversized file and bad payload values; writers go through
 atomic_write, so a reader never sees a half-written file.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -41,16 +42,22 @@ TOKENS_MAGIC = 20240520
 TOKENS_VERSION = 1
 TOKENIZER_MAGIC = 20240328
 TOKENIZER_VERSIONS = (1, 2)
-TOKENIZER_V1_EOT, TOKENIZER_V1_VOCAB = 50256, 50257   # what llm.c's reader assumes for a v1 file
+TOKENIZER_V1_EOT, TOKENIZER_V1_VOCAB = 50256, 50257  # what llm.c's reader assumes for a v1 file
 
 MAX_TOKEN_ID = np.iinfo(np.uint16).max
-MAX_TOKEN_COUNT = 2**31 - 1     # the count is an int32 header field
+MAX_TOKEN_COUNT = 2**31 - 1  # the count is an int32 header field
 
 # model checkpoint header: index -> GPT2Config field
-CONFIG_FIELDS = {2: "max_seq_len", 3: "vocab_size", 4: "num_layers", 5: "num_heads", 6: "channels",
-                 7: "padded_vocab_size"}
+CONFIG_FIELDS = {
+    2: "max_seq_len",
+    3: "vocab_size",
+    4: "num_layers",
+    5: "num_heads",
+    6: "channels",
+    7: "padded_vocab_size",
+}
 
-CHUNK = 1 << 22   # elements per pass when converting or scanning a large payload
+CHUNK = 1 << 22  # elements per pass when converting or scanning a large payload
 
 
 class FormatError(ValueError):
@@ -92,7 +99,7 @@ def atomic_write(path, mode="wb"):
         raise
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)   # makes the rename itself durable
+        os.fsync(dir_fd)  # makes the rename itself durable
     finally:
         os.close(dir_fd)
 
@@ -103,17 +110,17 @@ def _remove_stale_temporaries(directory, name):
     try:
         entries = os.listdir(directory)
     except OSError:
-        return   # the os.open of the new temporary file reports what is wrong with the directory
+        return  # the os.open of the new temporary file reports what is wrong with the directory
     for entry in entries:
         if not (entry.startswith(prefix) and entry.endswith(".tmp")):
             continue
-        match = re.fullmatch(r"(\d+)\.[0-9a-f]{12}", entry[len(prefix):-len(".tmp")])
+        match = re.fullmatch(r"(\d+)\.[0-9a-f]{12}", entry[len(prefix) : -len(".tmp")])
         if match is None or _process_running(int(match.group(1))):
             continue
         try:
             os.unlink(os.path.join(directory, entry))
         except FileNotFoundError:
-            pass   # another writer of the same path removed it first
+            pass  # another writer of the same path removed it first
 
 
 def _process_running(pid):
@@ -122,14 +129,14 @@ def _process_running(pid):
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True   # it runs, under another user
+        return True  # it runs, under another user
     return True
 
 
 def _header(magic, version, *fields):
     header = np.zeros(HEADER_INTS, "<i4")
     header[0], header[1] = magic, version
-    header[2:2 + len(fields)] = fields
+    header[2 : 2 + len(fields)] = fields
     return header
 
 
@@ -138,8 +145,9 @@ def _read_header(path, magic, versions, kind):
     """-> header int32[256] with magic and version checked."""
     size = os.path.getsize(path)
     if size < HEADER_BYTES:
-        raise FormatError(path, "header", f"file is {size} bytes, shorter than the {HEADER_BYTES}-byte "
-                                          f"header of a {kind}")
+        raise FormatError(
+            path, "header", f"file is {size} bytes, shorter than the {HEADER_BYTES}-byte header of a {kind}"
+        )
     header = np.fromfile(path, "<i4", count=HEADER_INTS)
     if header[0] != magic:
         raise FormatError(path, "magic", f"header[0] magic is {header[0]}, expected {magic} ({kind})")
@@ -161,8 +169,9 @@ def _check_size(path, expected, what):
     if size < expected:
         raise FormatError(path, "size", f"file is truncated: {size} bytes, {what} needs {expected}")
     if size > expected:
-        raise FormatError(path, "size", f"file has {size - expected} trailing bytes: {size} bytes, "
-                                        f"{what} needs exactly {expected}")
+        raise FormatError(
+            path, "size", f"file has {size - expected} trailing bytes: {size} bytes, {what} needs exactly {expected}"
+        )
 
 
 def _tensor_at(config, index):
@@ -177,7 +186,7 @@ def _tensor_at(config, index):
 
 def _first_nonfinite(values):
     for lo in range(0, values.size, CHUNK):
-        bad = np.flatnonzero(~np.isfinite(values[lo:lo + CHUNK]))
+        bad = np.flatnonzero(~np.isfinite(values[lo : lo + CHUNK]))
         if bad.size:
             return lo + int(bad[0])
     return None
@@ -189,7 +198,7 @@ def fp32_to_bf16_bits(values):
     NaN stays a (quiet) NaN."""
     values = np.ascontiguousarray(values, np.float32)
     bits = values.view(np.uint32)
-    rounded = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16   # finite values cannot overflow uint32 here
+    rounded = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16  # finite values cannot overflow uint32 here
     quiet_nan = (bits >> 16) | 0x0040
     return np.where(np.isnan(values), quiet_nan, rounded).astype(np.uint16)
 
@@ -211,11 +220,19 @@ def config_from_header(path, header):
             raise FormatError(path, f"header[{i}]", f"header[{i}] {name} is {header[i]}, must be positive")
         values[name] = int(header[i])
     if values["channels"] % values["num_heads"]:
-        raise FormatError(path, "header[6]", f"header[6] channels ({values['channels']}) is not divisible by "
-                                             f"header[5] num_heads ({values['num_heads']})")
+        raise FormatError(
+            path,
+            "header[6]",
+            f"header[6] channels ({values['channels']}) is not divisible by "
+            f"header[5] num_heads ({values['num_heads']})",
+        )
     if values["padded_vocab_size"] < values["vocab_size"]:
-        raise FormatError(path, "header[7]", f"header[7] padded_vocab_size ({values['padded_vocab_size']}) is "
-                                             f"smaller than header[3] vocab_size ({values['vocab_size']})")
+        raise FormatError(
+            path,
+            "header[7]",
+            f"header[7] padded_vocab_size ({values['padded_vocab_size']}) is "
+            f"smaller than header[3] vocab_size ({values['vocab_size']})",
+        )
     return GPT2Config(**values)
 
 
@@ -234,8 +251,11 @@ def read_checkpoint(path):
     bad = _first_nonfinite(params)
     if bad is not None:
         name, i = _tensor_at(config, bad)
-        raise FormatError(path, "params", f"parameter {bad} ({name}, flat index {i}) is {params[bad]}, "
-                                          "checkpoints must hold finite values")
+        raise FormatError(
+            path,
+            "params",
+            f"parameter {bad} ({name}, flat index {i}) is {params[bad]}, checkpoints must hold finite values",
+        )
     return config, params
 
 
@@ -246,18 +266,18 @@ def write_checkpoint(path, config, params, dtype="fp32"):
         raise ValueError(f"write_checkpoint: dtype must be 'fp32' or 'bf16', got {dtype!r}")
     params = np.asarray(params)
     if params.shape != (config.num_parameters,):
-        raise ValueError(f"write_checkpoint: expected {config.num_parameters} params for {config}, "
-                         f"got shape {params.shape}")
+        raise ValueError(
+            f"write_checkpoint: expected {config.num_parameters} params for {config}, got shape {params.shape}"
+        )
     bad = _first_nonfinite(params)
     if bad is not None:
         name, i = _tensor_at(config, bad)
-        raise ValueError(f"write_checkpoint: parameter {bad} ({name}, flat index {i}) is {params[bad]}, "
-                         "not finite")
+        raise ValueError(f"write_checkpoint: parameter {bad} ({name}, flat index {i}) is {params[bad]}, not finite")
     header = _header(MODEL_MAGIC, versions[dtype], *(getattr(config, f) for f in CONFIG_FIELDS.values()))
     with atomic_write(path) as f:
         f.write(header.tobytes())
         for lo in range(0, params.size, CHUNK):
-            chunk = params[lo:lo + CHUNK].astype("<f4")
+            chunk = params[lo : lo + CHUNK].astype("<f4")
             f.write(chunk.tobytes() if dtype == "fp32" else fp32_to_bf16_bits(chunk).astype("<u2").tobytes())
 
 
@@ -266,11 +286,11 @@ def write_checkpoint(path, config, params, dtype="fp32"):
 class DebugState:
     B: int
     T: int
-    x: np.ndarray        # (B,T) int32 inputs
-    y: np.ndarray        # (B,T) int32 targets
-    logits: np.ndarray   # (B,T,V) float32
+    x: np.ndarray  # (B,T) int32 inputs
+    y: np.ndarray  # (B,T) int32 targets
+    logits: np.ndarray  # (B,T,V) float32
     loss: float
-    grads: np.ndarray    # (num_parameters,) float32, llm.c's order, wte's padded rows zero
+    grads: np.ndarray  # (num_parameters,) float32, llm.c's order, wte's padded rows zero
 
 
 def debug_state_size(config, B, T):
@@ -306,15 +326,19 @@ def read_debug_state(path, config):
     if B <= 0:
         raise FormatError(path, "header[2]", f"header[2] B is {B}, must be positive")
     if not 0 < T <= config.max_seq_len:
-        raise FormatError(path, "header[3]", f"header[3] T is {T}, must lie in [1, max_seq_len="
-                                             f"{config.max_seq_len}]")
+        raise FormatError(path, "header[3]", f"header[3] T is {T}, must lie in [1, max_seq_len={config.max_seq_len}]")
     _check_reserved_zero(path, header, 4)
     BT, V, n = B * T, config.vocab_size, config.num_parameters
     _check_size(path, debug_state_size(config, B, T), f"a debug state of B={B}, T={T}, V={V} and {n} gradients")
     offset = HEADER_BYTES
     parts = {}
-    for name, dtype, count in (("x", "<i4", BT), ("y", "<i4", BT), ("logits", "<f4", BT * V),
-                               ("loss", "<f4", 1), ("grads", "<f4", n)):
+    for name, dtype, count in (
+        ("x", "<i4", BT),
+        ("y", "<i4", BT),
+        ("logits", "<f4", BT * V),
+        ("loss", "<f4", 1),
+        ("grads", "<f4", n),
+    ):
         parts[name] = np.fromfile(path, dtype, count=count, offset=offset)
         offset += 4 * count
     for name in ("x", "y"):
@@ -327,8 +351,15 @@ def read_debug_state(path, config):
             index = "" if name == "loss" else "[" + ", ".join(str(int(i)) for i in where) + "]"
             raise FormatError(path, name, f"{name}{index} is {parts[name][bad]}, must be finite")
     loss = float(parts["loss"][0])
-    return DebugState(B, T, parts["x"].astype(np.int32).reshape(B, T), parts["y"].astype(np.int32).reshape(B, T),
-                      parts["logits"].astype(np.float32).reshape(B, T, V), loss, parts["grads"].astype(np.float32))
+    return DebugState(
+        B,
+        T,
+        parts["x"].astype(np.int32).reshape(B, T),
+        parts["y"].astype(np.int32).reshape(B, T),
+        parts["logits"].astype(np.float32).reshape(B, T, V),
+        loss,
+        parts["grads"].astype(np.float32),
+    )
 
 
 # ----------------------------------------------------------------------------- token data
@@ -340,8 +371,9 @@ def write_tokens(path, tokens):
     if tokens.size > MAX_TOKEN_COUNT:
         raise ValueError(f"write_tokens: {tokens.size} tokens, the format holds fewer than 2^31")
     if tokens.size and (tokens.min() < 0 or tokens.max() > MAX_TOKEN_ID):
-        raise ValueError(f"write_tokens: token ids must lie in [0, {MAX_TOKEN_ID}], "
-                         f"got [{tokens.min()}, {tokens.max()}]")
+        raise ValueError(
+            f"write_tokens: token ids must lie in [0, {MAX_TOKEN_ID}], got [{tokens.min()}, {tokens.max()}]"
+        )
     with atomic_write(path) as f:
         f.write(_header(TOKENS_MAGIC, TOKENS_VERSION, tokens.size).tobytes())
         f.write(tokens.astype("<u2").tobytes())
@@ -372,8 +404,7 @@ def check_tokens(tokens, V, path, B=None, T=None, field="tokens"):
         bad = np.flatnonzero((tokens < 0) | (tokens >= V))
         if bad.size:
             i = int(bad[0])
-            raise FormatError(path, field, f"{field}[{i}] is token id {tokens.flat[i]}, outside [0, "
-                                           f"vocab_size={V})")
+            raise FormatError(path, field, f"{field}[{i}] is token id {tokens.flat[i]}, outside [0, vocab_size={V})")
     if B is not None and T is not None and tokens.size < B * T + 1:
         raise FormatError(path, field, f"{tokens.size} {field}, too few for B*T+1 = {B * T + 1} (B={B}, T={T})")
 
@@ -400,8 +431,12 @@ def read_tokenizer(path):
         raise FormatError(path, "header[2]", f"header[2] num_tokens is {n}, must be positive")
     if header[1] == 1:
         if n != TOKENIZER_V1_VOCAB:
-            raise FormatError(path, "header[2]", f"header[2] num_tokens is {n}, a version 1 tokenizer must "
-                                                 f"have {TOKENIZER_V1_VOCAB} (its EOT is implied)")
+            raise FormatError(
+                path,
+                "header[2]",
+                f"header[2] num_tokens is {n}, a version 1 tokenizer must "
+                f"have {TOKENIZER_V1_VOCAB} (its EOT is implied)",
+            )
         eot = TOKENIZER_V1_EOT
         _check_reserved_zero(path, header, 3)
     else:
@@ -419,9 +454,10 @@ def read_tokenizer(path):
         if length == 0:
             raise FormatError(path, f"token[{i}]", f"token[{i}] has length 0 (at byte {HEADER_BYTES + pos})")
         if pos + 1 + length > len(data):
-            raise FormatError(path, "size", f"file is truncated: token {i} of {n} needs {length} bytes, "
-                                            f"{len(data) - pos - 1} left")
-        tokens.append(data[pos + 1:pos + 1 + length])
+            raise FormatError(
+                path, "size", f"file is truncated: token {i} of {n} needs {length} bytes, {len(data) - pos - 1} left"
+            )
+        tokens.append(data[pos + 1 : pos + 1 + length])
         pos += 1 + length
     if pos != len(data):
         raise FormatError(path, "size", f"file has {len(data) - pos} trailing bytes after its {n} tokens")
@@ -459,15 +495,16 @@ MT19937_WORDS = 624
 class LoaderState:
     """Where a reference.data.DataLoader stands: its rank's slice, the shard and sample it reads next, and,
     when it shuffles, its permutations and its mt19937 (None when it does not)."""
+
     process_rank: int
     num_processes: int
     shuffle: bool
     num_shards: int
-    current_shard: int          # position in the (shuffled) shard order
-    current_sample: int         # samples of the current shard already read
-    shard_order: np.ndarray | None = None    # int32 (num_shards,): llm.c's shard_indices
-    sample_order: np.ndarray | None = None   # int32 (shard_num_samples,): llm.c's intra_shard_indices
-    rng_words: np.ndarray | None = None      # uint32 (624,): mt19937 state_
+    current_shard: int  # position in the (shuffled) shard order
+    current_sample: int  # samples of the current shard already read
+    shard_order: np.ndarray | None = None  # int32 (num_shards,): llm.c's shard_indices
+    sample_order: np.ndarray | None = None  # int32 (shard_num_samples,): llm.c's intra_shard_indices
+    rng_words: np.ndarray | None = None  # uint32 (624,): mt19937 state_
     rng_left: int = 0
     rng_next: int = 0
 
@@ -478,15 +515,15 @@ class TrainerState:
     B: int
     T: int
     grad_accum: int
-    sampler_state: int          # reference.sampling.Sampler's xorshift state
-    m: np.ndarray               # AdamW moments, float32 (num_parameters,), in tools.train's grad_accum scale
+    sampler_state: int  # reference.sampling.Sampler's xorshift state
+    m: np.ndarray  # AdamW moments, float32 (num_parameters,), in tools.train's grad_accum scale
     v: np.ndarray
     loader: LoaderState
 
 
 def _u64(header, first_int32):
     """The uint64 stored little-endian in int32 fields first_int32 and first_int32 + 1."""
-    return int(header[first_int32:first_int32 + 2].view("<u8")[0])
+    return int(header[first_int32 : first_int32 + 2].view("<u8")[0])
 
 
 def write_trainer_state(path, state):
@@ -494,7 +531,7 @@ def write_trainer_state(path, state):
     header = np.zeros(HEADER_INTS, "<i4")
     header[:6] = TRAINER_STATE_MAGIC, TRAINER_STATE_VERSION, state.step, state.B, state.T, state.grad_accum
     header[14:18] = loader.process_rank, loader.num_processes, int(loader.shuffle), loader.num_shards
-    wide = header.view("<u8")                       # uint64 k is int32 fields 2k, 2k + 1
+    wide = header.view("<u8")  # uint64 k is int32 fields 2k, 2k + 1
     wide[5], wide[6], wide[9], wide[10] = n, state.sampler_state, loader.current_shard, loader.current_sample
     if loader.shuffle:
         wide[11] = loader.sample_order.size
@@ -523,7 +560,7 @@ def read_trainer_state(path, num_parameters):
     for i, name, value in ((3, "B", B), (4, "T", T), (5, "grad_accum", grad_accum)):
         if value <= 0:
             raise FormatError(path, f"header[{i}]", f"header[{i}] {name} is {value}, must be positive")
-    _check_reserved_zero(path, header[:10], 6)     # int32 fields 10..25 hold the loader and the uint64s
+    _check_reserved_zero(path, header[:10], 6)  # int32 fields 10..25 hold the loader and the uint64s
     _check_reserved_zero(path, header, 26)
     n, sampler_state = _u64(header, 10), _u64(header, 12)
     if n != num_parameters:
@@ -539,24 +576,31 @@ def read_trainer_state(path, num_parameters):
         raise FormatError(path, "header[17]", f"header[17] num_shards is {num_shards}, must be positive")
     current_shard, current_sample, num_samples = _u64(header, 18), _u64(header, 20), _u64(header, 22)
     if current_shard >= num_shards:
-        raise FormatError(path, "header[18]", f"header[18] current_shard is {current_shard}, outside "
-                                              f"[0, num_shards={num_shards})")
+        raise FormatError(
+            path, "header[18]", f"header[18] current_shard is {current_shard}, outside [0, num_shards={num_shards})"
+        )
     left, next_ = int(header[24]), int(header[25])
     if not shuffle:
-        _check_reserved_zero(path, header[:26], 22)   # no permutations, no generator
+        _check_reserved_zero(path, header[:26], 22)  # no permutations, no generator
         extra = 0
     else:
         if current_sample > num_samples:
-            raise FormatError(path, "header[20]", f"header[20] current_sample is {current_sample}, beyond "
-                                                  f"header[22] shard_num_samples {num_samples}")
+            raise FormatError(
+                path,
+                "header[20]",
+                f"header[20] current_sample is {current_sample}, beyond header[22] shard_num_samples {num_samples}",
+            )
         if not 1 <= left <= MT19937_WORDS:
             raise FormatError(path, "header[24]", f"header[24] mt19937 left is {left}, outside [1, {MT19937_WORDS}]")
         if not 0 <= next_ <= MT19937_WORDS:
             raise FormatError(path, "header[25]", f"header[25] mt19937 next is {next_}, outside [0, {MT19937_WORDS}]")
         extra = 4 * (num_shards + num_samples + MT19937_WORDS)
-    _check_size(path, HEADER_BYTES + 8 * n + extra,
-                f"m and v of {n} parameters" + (f", {num_shards} + {num_samples} permutation entries and an "
-                                                f"mt19937 state" if shuffle else ""))
+    _check_size(
+        path,
+        HEADER_BYTES + 8 * n + extra,
+        f"m and v of {n} parameters"
+        + (f", {num_shards} + {num_samples} permutation entries and an mt19937 state" if shuffle else ""),
+    )
     m = np.fromfile(path, "<f4", count=n, offset=HEADER_BYTES)
     v = np.fromfile(path, "<f4", count=n, offset=HEADER_BYTES + 4 * n)
     loader = LoaderState(rank, nproc, bool(shuffle), num_shards, current_shard, current_sample)
@@ -565,8 +609,9 @@ def read_trainer_state(path, num_parameters):
         loader.shard_order = np.fromfile(path, "<i4", count=num_shards, offset=offset).astype(np.int32)
         loader.sample_order = np.fromfile(path, "<i4", count=num_samples, offset=offset + 4 * num_shards)
         loader.sample_order = loader.sample_order.astype(np.int32)
-        loader.rng_words = np.fromfile(path, "<u4", count=MT19937_WORDS,
-                                       offset=offset + 4 * (num_shards + num_samples)).astype(np.uint32)
+        loader.rng_words = np.fromfile(
+            path, "<u4", count=MT19937_WORDS, offset=offset + 4 * (num_shards + num_samples)
+        ).astype(np.uint32)
         loader.rng_left, loader.rng_next = left, next_
         _check_permutation(path, "shard_order", loader.shard_order)
         _check_permutation(path, "sample_order", loader.sample_order)
@@ -607,8 +652,9 @@ def done_steps(outdir):
 
 def newest_checkpoint(outdir):
     """The highest step with a DONE marker and its two files, or None."""
-    return next((s for s in reversed(done_steps(outdir))
-                 if all(p.exists() for p in checkpoint_paths(outdir, s)[:2])), None)
+    return next(
+        (s for s in reversed(done_steps(outdir)) if all(p.exists() for p in checkpoint_paths(outdir, s)[:2])), None
+    )
 
 
 def delete_old_checkpoints(outdir, keep):

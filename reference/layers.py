@@ -7,16 +7,28 @@ Every function computes in the dtype of its inputs (float32 for use, float64 for
 returns fresh arrays. Backward functions return gradients; llm.c's accumulate-with-+= convention is
 the kernel adapter's business (backends/reference.py), not the math's.
 """
+
 import math
 
 import numpy as np
 
 # llm.c's layer kernels, in train_gpt2.c's order: the kernel level of every backend and of the ABI (llmc.h)
 KERNEL_NAMES = (
-    "encoder_forward", "encoder_backward", "layernorm_forward", "layernorm_backward",
-    "matmul_forward", "matmul_backward", "attention_forward", "attention_backward",
-    "gelu_forward", "gelu_backward", "residual_forward", "residual_backward",
-    "softmax_forward", "crossentropy_forward", "crossentropy_softmax_backward",
+    "encoder_forward",
+    "encoder_backward",
+    "layernorm_forward",
+    "layernorm_backward",
+    "matmul_forward",
+    "matmul_backward",
+    "attention_forward",
+    "attention_backward",
+    "gelu_forward",
+    "gelu_backward",
+    "residual_forward",
+    "residual_backward",
+    "softmax_forward",
+    "crossentropy_forward",
+    "crossentropy_softmax_backward",
 )
 LAYERNORM_EPS = 1e-5
 GELU_SCALE = math.sqrt(2.0 / math.pi)
@@ -33,7 +45,7 @@ def encoder_backward(dout, inp, wte_shape, wpe_shape):
     """dout (B,T,C) -> dwte (Vp,C), dwpe (maxT,C); a token seen twice gets both contributions."""
     B, T, C = dout.shape
     dwte = np.zeros(wte_shape, dout.dtype)
-    for token, row in zip(inp.reshape(-1), dout.reshape(B * T, C), strict=False):   # in order, as np.add.at but faster
+    for token, row in zip(inp.reshape(-1), dout.reshape(B * T, C), strict=False):  # in order, as np.add.at but faster
         dwte[token] += row
     dwpe = np.zeros(wpe_shape, dout.dtype)
     dwpe[:T] = dout.sum(axis=0)
@@ -57,9 +69,9 @@ def layernorm_backward(dout, inp, weight, mean, rstd):
     dbias = dout.sum(axis=(0, 1))
     dweight = (dout * norm).sum(axis=(0, 1))
     dnorm = dout * weight
-    dinp = (dnorm
-            - dnorm.mean(axis=-1, keepdims=True)
-            - norm * (dnorm * norm).mean(axis=-1, keepdims=True)) * rstd[..., None]
+    dinp = (dnorm - dnorm.mean(axis=-1, keepdims=True) - norm * (dnorm * norm).mean(axis=-1, keepdims=True)) * rstd[
+        ..., None
+    ]
     return dinp, dweight, dbias
 
 
@@ -102,7 +114,7 @@ def attention_forward(inp, NH):
     Causal self-attention with scale 1/sqrt(hs); att holds the softmax probabilities, exactly zero
     above the diagonal (a query never sees a later key)."""
     C = inp.shape[-1] // 3
-    q, k, v = (_split_heads(inp[..., i * C:(i + 1) * C], NH) for i in range(3))
+    q, k, v = (_split_heads(inp[..., i * C : (i + 1) * C], NH) for i in range(3))
     T, hs = q.shape[2], q.shape[3]
     scale = inp.dtype.type(1.0 / math.sqrt(hs))
     preatt = (q @ k.transpose(0, 1, 3, 2)) * scale
@@ -117,7 +129,7 @@ def attention_forward(inp, NH):
 def attention_backward(dout, inp, att, NH):
     """dout (B,T,C), inp (B,T,3C), att (B,NH,T,T) -> dinp (B,T,3C)."""
     C = inp.shape[-1] // 3
-    q, k, v = (_split_heads(inp[..., i * C:(i + 1) * C], NH) for i in range(3))
+    q, k, v = (_split_heads(inp[..., i * C : (i + 1) * C], NH) for i in range(3))
     scale = inp.dtype.type(1.0 / math.sqrt(q.shape[3]))
     dy = _split_heads(dout, NH)
     datt = dy @ v.transpose(0, 1, 3, 2)
@@ -161,7 +173,7 @@ def softmax_forward(logits, V):
     """logits (B,T,Vp) -> probs (B,T,Vp): softmax over the first V columns, the padding stays zero."""
     real = logits[..., :V]
     probs = np.zeros_like(logits)
-    exp = probs[..., :V]                    # computed in place: (B,T,Vp) temporaries are the big ones here
+    exp = probs[..., :V]  # computed in place: (B,T,Vp) temporaries are the big ones here
     np.subtract(real, real.max(axis=-1, keepdims=True), out=exp)
     np.exp(exp, out=exp)
     exp /= exp.sum(axis=-1, keepdims=True)
@@ -177,7 +189,8 @@ def crossentropy_softmax_backward(dlosses, probs, targets, V):
     """dlosses (B,T) -> dlogits (B,T,Vp) = dloss * (probs - onehot(target)) on the first V columns."""
     dlogits = probs.copy()
     dlogits[..., V:] = 0
-    np.put_along_axis(dlogits, targets[..., None],
-                      np.take_along_axis(dlogits, targets[..., None], axis=-1) - 1, axis=-1)
+    np.put_along_axis(
+        dlogits, targets[..., None], np.take_along_axis(dlogits, targets[..., None], axis=-1) - 1, axis=-1
+    )
     dlogits *= dlosses[..., None]
     return dlogits

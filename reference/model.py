@@ -5,6 +5,7 @@ is a view into it, so a checkpoint's payload, the AdamW state and the gradients 
 of num_parameters floats. The dtype (float32 for use, float64 for fixtures) is fixed when the model
 is made.
 """
+
 from dataclasses import asdict, dataclass
 import math
 import re
@@ -14,12 +15,33 @@ import numpy as np
 from reference import layers
 
 # llm.c's order (train_gpt2.c ParameterTensors); every per-layer tensor stacks all L layers.
-PARAM_NAMES = ("wte", "wpe", "ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb",
-               "ln2w", "ln2b", "fcw", "fcb", "fcprojw", "fcprojb", "lnfw", "lnfb")
+PARAM_NAMES = (
+    "wte",
+    "wpe",
+    "ln1w",
+    "ln1b",
+    "qkvw",
+    "qkvb",
+    "attprojw",
+    "attprojb",
+    "ln2w",
+    "ln2b",
+    "fcw",
+    "fcb",
+    "fcprojw",
+    "fcprojb",
+    "lnfw",
+    "lnfb",
+)
 
 # llm.c's GPT-2 descriptors (train_gpt2.py / train_gpt2.cu): dN -> (L, NH, C)
-DESCRIPTORS = {"d6": (6, 6, 384), "d12": (12, 12, 768), "d24": (24, 16, 1024),
-               "d36": (36, 20, 1280), "d48": (48, 25, 1600)}
+DESCRIPTORS = {
+    "d6": (6, 6, 384),
+    "d12": (12, 12, 768),
+    "d24": (24, 16, 1024),
+    "d36": (36, 20, 1280),
+    "d48": (48, 25, 1600),
+}
 GPT2_VOCAB = 50257
 GPT2_MAX_T = 1024
 
@@ -30,23 +52,24 @@ def pad_vocab(V, multiple=128):
 
 @dataclass(frozen=True)
 class GPT2Config:
-    max_seq_len: int    # maxT
-    vocab_size: int     # V
+    max_seq_len: int  # maxT
+    vocab_size: int  # V
     padded_vocab_size: int  # Vp
-    num_layers: int     # L
-    num_heads: int      # NH
-    channels: int       # C
+    num_layers: int  # L
+    num_heads: int  # NH
+    channels: int  # C
 
     def __post_init__(self):
         for field, value in asdict(self).items():
             if not isinstance(value, (int, np.integer)) or value <= 0:
                 raise ValueError(f"GPT2Config.{field} must be a positive integer, got {value!r}")
         if self.channels % self.num_heads:
-            raise ValueError(f"GPT2Config.channels ({self.channels}) must be divisible by "
-                             f"num_heads ({self.num_heads})")
+            raise ValueError(f"GPT2Config.channels ({self.channels}) must be divisible by num_heads ({self.num_heads})")
         if self.padded_vocab_size < self.vocab_size:
-            raise ValueError(f"GPT2Config.padded_vocab_size ({self.padded_vocab_size}) is smaller than "
-                             f"vocab_size ({self.vocab_size})")
+            raise ValueError(
+                f"GPT2Config.padded_vocab_size ({self.padded_vocab_size}) is smaller than "
+                f"vocab_size ({self.vocab_size})"
+            )
 
     @classmethod
     def from_descriptor(cls, descriptor):
@@ -56,8 +79,10 @@ class GPT2Config:
             return cls(GPT2_MAX_T, GPT2_VOCAB, pad_vocab(GPT2_VOCAB), L, NH, C)
         m = re.fullmatch(r"L(\d+)-NH(\d+)-C(\d+)(?:-V(\d+))?(?:-T(\d+))?", descriptor)
         if not m:
-            raise ValueError(f"unknown model descriptor {descriptor!r}: use one of {sorted(DESCRIPTORS)} "
-                             "or L<layers>-NH<heads>-C<channels>[-V<vocab>][-T<max_seq_len>]")
+            raise ValueError(
+                f"unknown model descriptor {descriptor!r}: use one of {sorted(DESCRIPTORS)} "
+                "or L<layers>-NH<heads>-C<channels>[-V<vocab>][-T<max_seq_len>]"
+            )
         L, NH, C = int(m[1]), int(m[2]), int(m[3])
         V = int(m[4]) if m[4] else GPT2_VOCAB
         maxT = int(m[5]) if m[5] else GPT2_MAX_T
@@ -66,10 +91,24 @@ class GPT2Config:
     def param_shapes(self):
         """name -> shape, in llm.c's order."""
         Vp, maxT, L, C = self.padded_vocab_size, self.max_seq_len, self.num_layers, self.channels
-        return {"wte": (Vp, C), "wpe": (maxT, C), "ln1w": (L, C), "ln1b": (L, C),
-                "qkvw": (L, 3 * C, C), "qkvb": (L, 3 * C), "attprojw": (L, C, C), "attprojb": (L, C),
-                "ln2w": (L, C), "ln2b": (L, C), "fcw": (L, 4 * C, C), "fcb": (L, 4 * C),
-                "fcprojw": (L, C, 4 * C), "fcprojb": (L, C), "lnfw": (C,), "lnfb": (C,)}
+        return {
+            "wte": (Vp, C),
+            "wpe": (maxT, C),
+            "ln1w": (L, C),
+            "ln1b": (L, C),
+            "qkvw": (L, 3 * C, C),
+            "qkvb": (L, 3 * C),
+            "attprojw": (L, C, C),
+            "attprojb": (L, C),
+            "ln2w": (L, C),
+            "ln2b": (L, C),
+            "fcw": (L, 4 * C, C),
+            "fcb": (L, 4 * C),
+            "fcprojw": (L, C, 4 * C),
+            "fcprojb": (L, C),
+            "lnfw": (C,),
+            "lnfb": (C,),
+        }
 
     @property
     def num_parameters(self):
@@ -89,7 +128,7 @@ def split_params(flat, config):
     views, offset = {}, 0
     for name, shape in config.param_shapes().items():
         size = math.prod(shape)
-        views[name] = flat[offset:offset + size].reshape(shape)
+        views[name] = flat[offset : offset + size].reshape(shape)
         offset += size
     return views
 
@@ -125,8 +164,7 @@ class GPT2:
             params = init_params(config, seed, self.dtype)
         params = np.asarray(params)
         if params.shape != (config.num_parameters,):
-            raise ValueError(f"params: expected {config.num_parameters} values for {config}, "
-                             f"got shape {params.shape}")
+            raise ValueError(f"params: expected {config.num_parameters} values for {config}, got shape {params.shape}")
         self.params_memory = params.astype(self.dtype, copy=True)
         self.params = split_params(self.params_memory, config)
         self.grads_memory = np.zeros_like(self.params_memory)
@@ -141,27 +179,29 @@ class GPT2:
         if T > cfg.max_seq_len:
             raise ValueError(f"T={T} exceeds the model's max_seq_len={cfg.max_seq_len}")
         if inputs.min() < 0 or inputs.max() >= cfg.vocab_size:
-            raise ValueError(f"inputs: token ids must lie in [0, {cfg.vocab_size}), "
-                             f"got [{inputs.min()}, {inputs.max()}]")
+            raise ValueError(
+                f"inputs: token ids must lie in [0, {cfg.vocab_size}), got [{inputs.min()}, {inputs.max()}]"
+            )
         acts = {"inputs": inputs, "layers": []}
-        residual = layers.encoder_forward(inputs, p["wte"], p["wpe"])      # (B,T,C)
+        residual = layers.encoder_forward(inputs, p["wte"], p["wpe"])  # (B,T,C)
         for l in range(cfg.num_layers):
             a = {"residual": residual}
             a["ln1"], a["ln1_mean"], a["ln1_rstd"] = layers.layernorm_forward(residual, p["ln1w"][l], p["ln1b"][l])
-            a["qkv"] = layers.matmul_forward(a["ln1"], p["qkvw"][l], p["qkvb"][l])          # (B,T,3C)
-            a["atty"], a["att"] = layers.attention_forward(a["qkv"], cfg.num_heads)       # (B,T,C), (B,NH,T,T)
+            a["qkv"] = layers.matmul_forward(a["ln1"], p["qkvw"][l], p["qkvb"][l])  # (B,T,3C)
+            a["atty"], a["att"] = layers.attention_forward(a["qkv"], cfg.num_heads)  # (B,T,C), (B,NH,T,T)
             attproj = layers.matmul_forward(a["atty"], p["attprojw"][l], p["attprojb"][l])
             a["residual2"] = layers.residual_forward(residual, attproj)
-            a["ln2"], a["ln2_mean"], a["ln2_rstd"] = layers.layernorm_forward(a["residual2"], p["ln2w"][l],
-                                                                               p["ln2b"][l])
-            a["fch"] = layers.matmul_forward(a["ln2"], p["fcw"][l], p["fcb"][l])            # (B,T,4C)
+            a["ln2"], a["ln2_mean"], a["ln2_rstd"] = layers.layernorm_forward(
+                a["residual2"], p["ln2w"][l], p["ln2b"][l]
+            )
+            a["fch"] = layers.matmul_forward(a["ln2"], p["fcw"][l], p["fcb"][l])  # (B,T,4C)
             a["fch_gelu"] = layers.gelu_forward(a["fch"])
             fcproj = layers.matmul_forward(a["fch_gelu"], p["fcprojw"][l], p["fcprojb"][l])
-            residual = layers.residual_forward(a["residual2"], fcproj)                    # residual3
+            residual = layers.residual_forward(a["residual2"], fcproj)  # residual3
             acts["layers"].append(a)
         acts["residual_final"] = residual
         acts["lnf"], acts["lnf_mean"], acts["lnf_rstd"] = layers.layernorm_forward(residual, p["lnfw"], p["lnfb"])
-        self.logits = layers.matmul_forward(acts["lnf"], p["wte"])                    # (B,T,Vp), lm head tied to wte
+        self.logits = layers.matmul_forward(acts["lnf"], p["wte"])  # (B,T,Vp), lm head tied to wte
         self.acts = acts
         if targets is None:
             acts["targets"] = None
@@ -170,8 +210,9 @@ class GPT2:
         if targets.shape != inputs.shape:
             raise ValueError(f"targets: shape {targets.shape} differs from inputs {inputs.shape}")
         if targets.min() < 0 or targets.max() >= cfg.vocab_size:
-            raise ValueError(f"targets: token ids must lie in [0, {cfg.vocab_size}), "
-                             f"got [{targets.min()}, {targets.max()}]")
+            raise ValueError(
+                f"targets: token ids must lie in [0, {cfg.vocab_size}), got [{targets.min()}, {targets.max()}]"
+            )
         acts["targets"] = targets
         acts["probs"] = layers.softmax_forward(self.logits, cfg.vocab_size)
         self.losses = layers.crossentropy_forward(acts["probs"], targets)
@@ -192,8 +233,9 @@ class GPT2:
         dlogits = layers.crossentropy_softmax_backward(dlosses, acts["probs"], acts["targets"], cfg.vocab_size)
         dlnf, dwte, _ = layers.matmul_backward(dlogits, acts["lnf"], p["wte"], has_bias=False)
         g["wte"] += dwte
-        dresidual, dlnfw, dlnfb = layers.layernorm_backward(dlnf, acts["residual_final"], p["lnfw"],
-                                                            acts["lnf_mean"], acts["lnf_rstd"])
+        dresidual, dlnfw, dlnfb = layers.layernorm_backward(
+            dlnf, acts["residual_final"], p["lnfw"], acts["lnf_mean"], acts["lnf_rstd"]
+        )
         g["lnfw"] += dlnfw
         g["lnfb"] += dlnfb
         for l in reversed(range(cfg.num_layers)):
@@ -209,7 +251,7 @@ class GPT2:
             dres2, dw, db = layers.layernorm_backward(dln2, a["residual2"], p["ln2w"][l], a["ln2_mean"], a["ln2_rstd"])
             g["ln2w"][l] += dw
             g["ln2b"][l] += db
-            dresidual = dresidual + dres2                      # d residual2
+            dresidual = dresidual + dres2  # d residual2
             # residual2 = residual + attproj
             datty, dw, db = layers.matmul_backward(dresidual, a["atty"], p["attprojw"][l])
             g["attprojw"][l] += dw
@@ -221,7 +263,7 @@ class GPT2:
             dres1, dw, db = layers.layernorm_backward(dln1, a["residual"], p["ln1w"][l], a["ln1_mean"], a["ln1_rstd"])
             g["ln1w"][l] += dw
             g["ln1b"][l] += db
-            dresidual = dresidual + dres1                      # d residual (this layer's input)
+            dresidual = dresidual + dres1  # d residual (this layer's input)
         dwte, dwpe = layers.encoder_backward(dresidual, acts["inputs"], p["wte"].shape, p["wpe"].shape)
         g["wte"] += dwte
         g["wpe"] += dwpe

@@ -9,6 +9,7 @@ expected_trajectory records the same loop in full, for the suite's checks after 
 parameters, AdamW's m and v, the gradient norm, the loss after the last update too, in either AdamW
 convention; for a large model at a fixed sample of positions per tensor (trajectory_index).
 """
+
 from dataclasses import dataclass
 import math
 
@@ -20,10 +21,10 @@ from reference.model import GPT2
 
 @dataclass
 class ExpectedOutputs:
-    logits: np.ndarray   # (B,T,V) float64 of step 0, unpadded V
-    loss: float          # step 0's mean loss
-    grads: np.ndarray    # (num_parameters,) float64, step 0's gradients, llm.c's order
-    losses: list         # `steps` floats: the loss of each training step, before its update
+    logits: np.ndarray  # (B,T,V) float64 of step 0, unpadded V
+    loss: float  # step 0's mean loss
+    grads: np.ndarray  # (num_parameters,) float64, step 0's gradients, llm.c's order
+    losses: list  # `steps` floats: the loss of each training step, before its update
 
 
 def expected_outputs(config, params, x, y, steps=10, settings=TEST_GPT2_SETTINGS):
@@ -41,7 +42,7 @@ def expected_outputs(config, params, x, y, steps=10, settings=TEST_GPT2_SETTINGS
         model.zero_grad()
         model.backward()
         if step == 0:
-            logits = model.logits[:, :, :config.vocab_size].copy()
+            logits = model.logits[:, :, : config.vocab_size].copy()
             first_loss, grads = float(loss), model.grads_memory.copy()
         losses.append(float(loss))
         optimizer.step(model.params_memory, model.grads_memory, step + 1)
@@ -49,8 +50,8 @@ def expected_outputs(config, params, x, y, steps=10, settings=TEST_GPT2_SETTINGS
 
 
 # ----------------------------------------------------------------------------- the training trajectory
-FULL_TRAJECTORY_LIMIT = 1 << 19   # models up to this many parameters are recorded whole, larger ones sampled
-SAMPLE_PER_TENSOR = 4096          # flat positions recorded per parameter tensor of a larger model
+FULL_TRAJECTORY_LIMIT = 1 << 19  # models up to this many parameters are recorded whole, larger ones sampled
+SAMPLE_PER_TENSOR = 4096  # flat positions recorded per parameter tensor of a larger model
 
 
 @dataclass
@@ -60,13 +61,14 @@ class Trajectory:
     norm update k+1 saw (before clipping), params[k], m[k], v[k] the state after it, at the flat
     positions `index` (None: every parameter), stored as float32 like every expected array of a fixture
     (the rounding, 6e-8 relative, is far below what the checks tolerate)."""
+
     settings: AdamWSettings
     index: np.ndarray | None
-    losses: np.ndarray       # (steps + 1,)
-    grad_norms: np.ndarray   # (steps,)
-    params: np.ndarray       # (steps, n)
-    m: np.ndarray            # (steps, n)
-    v: np.ndarray            # (steps, n)
+    losses: np.ndarray  # (steps + 1,)
+    grad_norms: np.ndarray  # (steps,)
+    params: np.ndarray  # (steps, n)
+    m: np.ndarray  # (steps, n)
+    v: np.ndarray  # (steps, n)
 
 
 def trajectory_index(config, seed=0):
@@ -99,11 +101,13 @@ def expected_trajectory(config, params, x, y, settings, steps=10, index=None, fi
         model.zero_grad()
         model.backward()
         if step == 0 and first_step is not None:
-            first_step.update(logits=model.logits[:, :, :config.vocab_size].copy(), loss=losses[0],
-                              grads=model.grads_memory.copy())
+            first_step.update(
+                logits=model.logits[:, :, : config.vocab_size].copy(), loss=losses[0], grads=model.grads_memory.copy()
+            )
         norms.append(optimizer.step(model.params_memory, model.grads_memory, step + 1))
         for name, values in (("params", model.params_memory), ("m", optimizer.m), ("v", optimizer.v)):
             states[name].append(pick(values))
     losses.append(float(model.forward(x, y)))
-    return Trajectory(settings, index, np.array(losses), np.array(norms),
-                      *(np.array(states[name]) for name in ("params", "m", "v")))
+    return Trajectory(
+        settings, index, np.array(losses), np.array(norms), *(np.array(states[name]) for name in ("params", "m", "v"))
+    )

@@ -1,12 +1,13 @@
 """Sampling text from a model as llm.c's train_gpt2.c does: its xorshift* generator (random_u32 /
 random_f32, seeded 1337) and sample_mult over the softmax of the last position's logits."""
+
 from __future__ import annotations
 
 import numpy as np
 
 from reference import tokenizer
 
-SAMPLER_SEED = 1337          # llm.c's rng_state for generation
+SAMPLER_SEED = 1337  # llm.c's rng_state for generation
 MASK64 = (1 << 64) - 1
 
 
@@ -31,7 +32,7 @@ class Sampler:
     @staticmethod
     def sample_mult(probs: np.ndarray, coin: float) -> int:
         """The first index whose running float32 sum exceeds coin (the last one if rounding leaves none)."""
-        cdf = np.cumsum(probs, dtype=np.float32)         # sequential, like llm.c's loop
+        cdf = np.cumsum(probs, dtype=np.float32)  # sequential, like llm.c's loop
         return min(int(np.searchsorted(cdf, coin, side="right")), probs.size - 1)
 
 
@@ -43,7 +44,7 @@ def generate(model, config, T: int, gen_tokens: int, sampler: Sampler) -> list[i
     for _ in range(gen_tokens):
         context = np.array([ids[-T:]], dtype=np.int32)
         model.forward(context)
-        logits = model.logits()[0, -1, :config.vocab_size].astype(np.float32)
+        logits = model.logits()[0, -1, : config.vocab_size].astype(np.float32)
         probs = np.exp(logits - logits.max())
         probs /= probs.sum(dtype=np.float32)
         ids.append(Sampler.sample_mult(probs, sampler.random_f32()))

@@ -3,6 +3,7 @@
 tiktoken.get_encoding("gpt2") would download vocab.bpe and encoder.json; here the same two files ship with
 the repository and their sha256 (SHA256SUMS, the hashes tiktoken itself pins) is checked before use.
 """
+
 from contextlib import contextmanager
 import functools
 import hashlib
@@ -61,10 +62,16 @@ def gpt2_encoding():
     """tiktoken.Encoding equal to tiktoken.get_encoding("gpt2"), from local files only."""
     paths = _checked_paths()
     with _tiktoken_cache_disabled():
-        ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=paths["vocab.bpe"],
-                                                encoder_json_file=paths["encoder.json"])
-    return tiktoken.Encoding(name="gpt2", explicit_n_vocab=VOCAB_SIZE, pat_str=GPT2_PAT_STR,
-                             mergeable_ranks=ranks, special_tokens={ENDOFTEXT: EOT})
+        ranks = data_gym_to_mergeable_bpe_ranks(
+            vocab_bpe_file=paths["vocab.bpe"], encoder_json_file=paths["encoder.json"]
+        )
+    return tiktoken.Encoding(
+        name="gpt2",
+        explicit_n_vocab=VOCAB_SIZE,
+        pat_str=GPT2_PAT_STR,
+        mergeable_ranks=ranks,
+        special_tokens={ENDOFTEXT: EOT},
+    )
 
 
 def encode(text):

@@ -10,6 +10,7 @@ the flat array maps onto the modules without transposes; the per-layer llm.c ten
     loss = model(inputs, targets); loss.backward(); grads = flat_grads(model)
     optimizer = AdamW(model, settings); norm = optimizer.step(t)
 """
+
 import math
 
 import numpy as np
@@ -18,14 +19,15 @@ try:
     import torch
     from torch import nn
     from torch.nn import functional as F
-except ImportError as e:   # keep the reason: a broken install reads differently from a missing one
-    raise ImportError(f"reference.torch_gpt2 needs PyTorch ({e}): pip install torch==2.13.0 "
-                      "(or the project's extra: pip install -e '.[torch]')") from e
+except ImportError as e:  # keep the reason: a broken install reads differently from a missing one
+    raise ImportError(
+        f"reference.torch_gpt2 needs PyTorch ({e}): pip install torch==2.13.0 "
+        "(or the project's extra: pip install -e '.[torch]')"
+    ) from e
 
 from reference.model import split_params
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
-          "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class CausalSelfAttention(nn.Module):
@@ -34,8 +36,8 @@ class CausalSelfAttention(nn.Module):
         C = config.channels
         self.n_head = config.num_heads
         self.flash = flash
-        self.c_attn = nn.Linear(C, 3 * C)      # qkvw, qkvb
-        self.c_proj = nn.Linear(C, C)          # attprojw, attprojb
+        self.c_attn = nn.Linear(C, 3 * C)  # qkvw, qkvb
+        self.c_proj = nn.Linear(C, C)  # attprojw, attprojb
 
     def forward(self, x):
         B, T, C = x.size()
@@ -57,9 +59,9 @@ class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         C = config.channels
-        self.c_fc = nn.Linear(C, 4 * C)        # fcw, fcb
+        self.c_fc = nn.Linear(C, 4 * C)  # fcw, fcb
         self.gelu = nn.GELU(approximate="tanh")
-        self.c_proj = nn.Linear(4 * C, C)      # fcprojw, fcprojb
+        self.c_proj = nn.Linear(4 * C, C)  # fcprojw, fcprojb
 
     def forward(self, x):
         return self.c_proj(self.gelu(self.c_fc(x)))
@@ -68,7 +70,7 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, config, flash):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.channels)   # eps 1e-5, biased variance: llm.c's layernorm
+        self.ln_1 = nn.LayerNorm(config.channels)  # eps 1e-5, biased variance: llm.c's layernorm
         self.attn = CausalSelfAttention(config, flash)
         self.ln_2 = nn.LayerNorm(config.channels)
         self.mlp = MLP(config)
@@ -95,7 +97,7 @@ class GPT2(nn.Module):
         for block in self.h:
             x = block(x)
         x = self.ln_f(x)
-        self.logits = x @ self.wte.weight.T          # the lm head is wte itself, all Vp rows
+        self.logits = x @ self.wte.weight.T  # the lm head is wte itself, all Vp rows
         if targets is None:
             return None
         V = self.config.vocab_size
@@ -106,14 +108,22 @@ def _llmc_tensors(model):
     """llm.c name -> the list of torch tensors whose stack is that llm.c tensor, in llm.c's order."""
     h = model.h
     return {
-        "wte": [model.wte.weight], "wpe": [model.wpe.weight],
-        "ln1w": [b.ln_1.weight for b in h], "ln1b": [b.ln_1.bias for b in h],
-        "qkvw": [b.attn.c_attn.weight for b in h], "qkvb": [b.attn.c_attn.bias for b in h],
-        "attprojw": [b.attn.c_proj.weight for b in h], "attprojb": [b.attn.c_proj.bias for b in h],
-        "ln2w": [b.ln_2.weight for b in h], "ln2b": [b.ln_2.bias for b in h],
-        "fcw": [b.mlp.c_fc.weight for b in h], "fcb": [b.mlp.c_fc.bias for b in h],
-        "fcprojw": [b.mlp.c_proj.weight for b in h], "fcprojb": [b.mlp.c_proj.bias for b in h],
-        "lnfw": [model.ln_f.weight], "lnfb": [model.ln_f.bias],
+        "wte": [model.wte.weight],
+        "wpe": [model.wpe.weight],
+        "ln1w": [b.ln_1.weight for b in h],
+        "ln1b": [b.ln_1.bias for b in h],
+        "qkvw": [b.attn.c_attn.weight for b in h],
+        "qkvb": [b.attn.c_attn.bias for b in h],
+        "attprojw": [b.attn.c_proj.weight for b in h],
+        "attprojb": [b.attn.c_proj.bias for b in h],
+        "ln2w": [b.ln_2.weight for b in h],
+        "ln2b": [b.ln_2.bias for b in h],
+        "fcw": [b.mlp.c_fc.weight for b in h],
+        "fcb": [b.mlp.c_fc.bias for b in h],
+        "fcprojw": [b.mlp.c_proj.weight for b in h],
+        "fcprojb": [b.mlp.c_proj.bias for b in h],
+        "lnfw": [model.ln_f.weight],
+        "lnfb": [model.ln_f.bias],
     }
 
 
@@ -137,7 +147,7 @@ def from_flat(config, flat, dtype=torch.float32, device="cpu", flash=False):
         for name, tensors in _llmc_tensors(model).items():
             source = views[name].reshape((len(tensors),) + tuple(tensors[0].shape))
             for tensor, value in zip(tensors, source, strict=False):
-                tensor.copy_(torch.from_numpy(np.ascontiguousarray(value)))   # copy_ casts to the model dtype
+                tensor.copy_(torch.from_numpy(np.ascontiguousarray(value)))  # copy_ casts to the model dtype
     return model
 
 
@@ -170,14 +180,17 @@ class AdamW:
     def __init__(self, model, settings):
         self.model = model
         self.settings = settings
-        params = list(model.parameters())     # wte once, though the lm head uses it too
+        params = list(model.parameters())  # wte once, though the lm head uses it too
         if settings.decay_all:
             groups = [{"params": params, "weight_decay": settings.weight_decay}]
         else:
-            groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": settings.weight_decay},
-                      {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-        self.optimizer = torch.optim.AdamW(groups, lr=settings.learning_rate,
-                                           betas=(settings.beta1, settings.beta2), eps=settings.eps)
+            groups = [
+                {"params": [p for p in params if p.dim() >= 2], "weight_decay": settings.weight_decay},
+                {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+            ]
+        self.optimizer = torch.optim.AdamW(
+            groups, lr=settings.learning_rate, betas=(settings.beta1, settings.beta2), eps=settings.eps
+        )
 
     def step(self, learning_rate=None):
         """One update from the accumulated .grad; returns the global grad norm before clipping.

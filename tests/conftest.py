@@ -4,11 +4,12 @@ The conformance suite (conformance/conftest.py) judges any backend named with --
 these tests prove the project itself (formats, ABI, training, the harness, the oracle) on the builtin
 backends, each skipped with its reason where it cannot run.
 """
+
 import os
 
 from conformance.environment import require_project_environment, use_fixed_seeds
 
-require_project_environment()   # before the imports only the project's venv provides
+require_project_environment()  # before the imports only the project's venv provides
 use_fixed_seeds()
 
 import pytest

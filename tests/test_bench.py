@@ -11,6 +11,7 @@ extra_info carries what tools.bench_report needs (model, B, T, FLOPs per step) a
 backend ran (tools.blas_info), with a warning where OPENBLAS_CORETYPE forces it. Benchmarks only: nothing
 here asserts a time.
 """
+
 import json
 import os
 import subprocess
@@ -44,13 +45,22 @@ def _bench_step(benchmark, phases, name, config, blas):
     warning = blas_info.forced_core_warning()
     if warning:
         warnings.warn(warning, stacklevel=2)
-    benchmark.extra_info.update(backend=name, model=MODEL, B=B, T=T, threads=THREADS,
-                                num_parameters=config.num_parameters,
-                                flops_per_step=config.flops_per_token(T) * B * T, blas=blas, blas_warning=warning)
+    benchmark.extra_info.update(
+        backend=name,
+        model=MODEL,
+        B=B,
+        T=T,
+        threads=THREADS,
+        num_parameters=config.num_parameters,
+        flops_per_step=config.flops_per_token(T) * B * T,
+        blas=blas,
+        blas_warning=warning,
+    )
 
     def step():
         for phase in PHASES:
             phases[phase]()
+
     benchmark.pedantic(step, rounds=ROUNDS, warmup_rounds=1)
 
 
@@ -66,7 +76,7 @@ def test_train_step_torch(benchmark, setup):
 def test_train_step(benchmark, backend, setup):
     """`backend` is conftest's: every --backend (default all builtin), skipped where unavailable."""
     config, params = setup
-    library = getattr(backend, "library", None)   # native and lib: backends; a lib: port may lack the symbol
+    library = getattr(backend, "library", None)  # native and lib: backends; a lib: port may lack the symbol
     if library is not None and library.has("llmc_set_num_threads"):
         backend.set_num_threads(THREADS)
     try:
@@ -84,14 +94,37 @@ def test_bench_tools_run(tmp_path):
     """tools.bench (a worker subprocess, its JSON) and tools.bench_report (markdown, charts) end to end on a
     tiny model; what they measure is not checked."""
     from tools import bench, bench_report
+
     out = tmp_path / "bench.json"
-    assert bench.main(["--backend", "reference", "--model", "L1-NH2-C32-V256-T16", "-B", "2", "-T", "8",
-                       "--steps", "1", "--warmup", "0", "--kernel-repeats", "1", "--layers", "reference",
-                       "--report-json", str(out)]) == 0
+    assert (
+        bench.main(
+            [
+                "--backend",
+                "reference",
+                "--model",
+                "L1-NH2-C32-V256-T16",
+                "-B",
+                "2",
+                "-T",
+                "8",
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+                "--kernel-repeats",
+                "1",
+                "--layers",
+                "reference",
+                "--report-json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     (result,) = report["results"]
     assert result["backend"] == "reference" and result["step_ms"] > 0 and result["layers"]
-    assert result["blas"]["blas"] == "OpenBLAS" and result["blas"]["corename"]     # numpy's, asked at run time
+    assert result["blas"]["blas"] == "OpenBLAS" and result["blas"]["corename"]  # numpy's, asked at run time
     assert 0 < result["share_of_peak"] == pytest.approx(result["gflops"] / report["matmul_peak_gflops"])
     assert (report["meta"]["warnings"] != []) == bool(os.environ.get("OPENBLAS_CORETYPE"))
     assert bench_report.main([str(out), "--out", str(tmp_path / "report")]) == 0
@@ -116,11 +149,14 @@ def test_corename_is_the_kernel_that_runs(core):
         get_backend("cpu")
     except BackendUnavailable as e:
         pytest.skip(str(e))
-    code = ("import json; from backends.registry import get_backend; from tools import blas_info; "
-            "print(json.dumps([blas_info.openblas_info(get_backend('cpu').library.path), blas_info.numpy_blas()]))")
+    code = (
+        "import json; from backends.registry import get_backend; from tools import blas_info; "
+        "print(json.dumps([blas_info.openblas_info(get_backend('cpu').library.path), blas_info.numpy_blas()]))"
+    )
     env = dict(os.environ, OPENBLAS_CORETYPE=core)
-    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
-                          check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
     cpu, numpy_ = json.loads(proc.stdout)
     assert cpu["corename"] == numpy_["corename"] == core, (cpu, numpy_)
     assert "scipy_openblas32" in cpu["library"] and "numpy" in numpy_["library"]

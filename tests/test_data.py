@@ -5,6 +5,7 @@ this repository) that #include llm.c's llmc/rand.h and llmc/dataloader.h from ka
 f1e2ace651495b74ae22d45d1723443fd00ecd3a, built with gcc 12 -O2. The mt19937 values of seed 137 are
 also the ones rand.h's own comment lists (and PyTorch's torch.manual_seed(137)).
 """
+
 import numpy as np
 import pytest
 
@@ -51,7 +52,7 @@ def test_tinyshakespeare_permutation_matches_llmc():
     order = np.arange(1192, dtype=np.int32)
     random_permutation(order, rng)
     assert order[:12].tolist() == [408, 791, 914, 1057, 81, 450, 299, 907, 582, 321, 670, 134]
-    assert int(order.astype(np.int64) @ np.arange(1, 1193)) == 423932559      # sum of order[i] * (i + 1)
+    assert int(order.astype(np.int64) @ np.arange(1, 1193)) == 423932559  # sum of order[i] * (i + 1)
     assert (rng.left, rng.next) == (58, 567)
 
 
@@ -60,22 +61,217 @@ def test_tinyshakespeare_permutation_matches_llmc():
 # batch's first input id says which shard and offset it came from. B=2, T=4; the first input id of each
 # of 40 batches (several epochs), as llm.c's dataloader_next_batch served them.
 SHARD_SIZES = (140, 100, 180)
-LLMC_FIRST_IDS = {   # (process_rank, num_processes, shuffle)
-    (0, 1, False): [0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120, 128, 1000, 1008, 1016, 1024,
-                    1032, 1040, 1048, 1056, 1064, 1072, 1080, 1088, 2000, 2008, 2016, 2024, 2032, 2040, 2048, 2056,
-                    2064, 2072, 2080],
-    (0, 1, True): [2104, 2040, 2136, 2144, 2072, 2056, 2120, 2024, 2080, 2008, 2032, 2096, 2016, 2000, 2064, 2168,
-                   2088, 2128, 2112, 2048, 2152, 2160, 1072, 1032, 1040, 1000, 1048, 1056, 1064, 1008, 1016, 1080,
-                   1024, 1088, 32, 64, 120, 72, 24, 40],
-    (0, 2, True): [2096, 2160, 2048, 2016, 2128, 2032, 2080, 2112, 2000, 2064, 2144, 1000, 1080, 1016, 1048, 1064,
-                   1032, 48, 96, 16, 0, 80, 64, 32, 112, 2112, 2064, 2096, 2128, 2080, 2000, 2032, 2048, 2160, 2144,
-                   2016, 1064, 1032, 1048, 1000],
-    (1, 2, True): [2136, 2008, 2024, 2168, 2104, 2056, 2152, 2040, 2072, 2120, 2088, 88, 8, 72, 56, 40, 120, 24, 104,
-                   1008, 1088, 1040, 1024, 1072, 1056, 2120, 2056, 2152, 2008, 2104, 2040, 2088, 2136, 2168, 2024,
-                   2072, 1088, 1008, 1024, 1072],
-    (1, 2, False): [8, 24, 40, 56, 72, 88, 104, 120, 1008, 1024, 1040, 1056, 1072, 1088, 2008, 2024, 2040, 2056, 2072,
-                    2088, 2104, 2120, 2136, 2152, 2168, 8, 24, 40, 56, 72, 88, 104, 120, 1008, 1024, 1040, 1056, 1072,
-                    1088, 2008],
+LLMC_FIRST_IDS = {  # (process_rank, num_processes, shuffle)
+    (0, 1, False): [
+        0,
+        8,
+        16,
+        24,
+        32,
+        40,
+        48,
+        56,
+        64,
+        72,
+        80,
+        88,
+        96,
+        104,
+        112,
+        120,
+        128,
+        1000,
+        1008,
+        1016,
+        1024,
+        1032,
+        1040,
+        1048,
+        1056,
+        1064,
+        1072,
+        1080,
+        1088,
+        2000,
+        2008,
+        2016,
+        2024,
+        2032,
+        2040,
+        2048,
+        2056,
+        2064,
+        2072,
+        2080,
+    ],
+    (0, 1, True): [
+        2104,
+        2040,
+        2136,
+        2144,
+        2072,
+        2056,
+        2120,
+        2024,
+        2080,
+        2008,
+        2032,
+        2096,
+        2016,
+        2000,
+        2064,
+        2168,
+        2088,
+        2128,
+        2112,
+        2048,
+        2152,
+        2160,
+        1072,
+        1032,
+        1040,
+        1000,
+        1048,
+        1056,
+        1064,
+        1008,
+        1016,
+        1080,
+        1024,
+        1088,
+        32,
+        64,
+        120,
+        72,
+        24,
+        40,
+    ],
+    (0, 2, True): [
+        2096,
+        2160,
+        2048,
+        2016,
+        2128,
+        2032,
+        2080,
+        2112,
+        2000,
+        2064,
+        2144,
+        1000,
+        1080,
+        1016,
+        1048,
+        1064,
+        1032,
+        48,
+        96,
+        16,
+        0,
+        80,
+        64,
+        32,
+        112,
+        2112,
+        2064,
+        2096,
+        2128,
+        2080,
+        2000,
+        2032,
+        2048,
+        2160,
+        2144,
+        2016,
+        1064,
+        1032,
+        1048,
+        1000,
+    ],
+    (1, 2, True): [
+        2136,
+        2008,
+        2024,
+        2168,
+        2104,
+        2056,
+        2152,
+        2040,
+        2072,
+        2120,
+        2088,
+        88,
+        8,
+        72,
+        56,
+        40,
+        120,
+        24,
+        104,
+        1008,
+        1088,
+        1040,
+        1024,
+        1072,
+        1056,
+        2120,
+        2056,
+        2152,
+        2008,
+        2104,
+        2040,
+        2088,
+        2136,
+        2168,
+        2024,
+        2072,
+        1088,
+        1008,
+        1024,
+        1072,
+    ],
+    (1, 2, False): [
+        8,
+        24,
+        40,
+        56,
+        72,
+        88,
+        104,
+        120,
+        1008,
+        1024,
+        1040,
+        1056,
+        1072,
+        1088,
+        2008,
+        2024,
+        2040,
+        2056,
+        2072,
+        2088,
+        2104,
+        2120,
+        2136,
+        2152,
+        2168,
+        8,
+        24,
+        40,
+        56,
+        72,
+        88,
+        104,
+        120,
+        1008,
+        1024,
+        1040,
+        1056,
+        1072,
+        1088,
+        2008,
+    ],
 }
 B, T, V = 2, 4, 4096
 
@@ -116,7 +312,7 @@ def test_ranks_read_disjoint_slices_covering_every_sample(shards, shuffle):
 
 
 @pytest.mark.parametrize("rank, nproc, shuffle", [(0, 1, True), (1, 2, True), (1, 2, False)])
-@pytest.mark.parametrize("stop", [0, 5, 17, 31, 52])    # mid-shard, at a shard's end, in the next epoch
+@pytest.mark.parametrize("stop", [0, 5, 17, 31, 52])  # mid-shard, at a shard's end, in the next epoch
 def test_state_through_the_file_resumes_exactly(shards, tmp_path, rank, nproc, shuffle, stop):
     whole = DataLoader(shards, B, T, rank, nproc, shuffle)
     expected = [whole.next_batch()[0].copy() for _ in range(stop + 30)]
@@ -134,47 +330,64 @@ def test_state_through_the_file_resumes_exactly(shards, tmp_path, rank, nproc, s
 
 def test_restore_refuses_other_data_settings(shards):
     state = DataLoader(shards, B, T, 0, 2, True).state()
-    for other in (DataLoader(shards, B, T, 1, 2, True), DataLoader(shards, B, T, 0, 1, True),
-                  DataLoader(shards, B, T, 0, 2, False)):
+    for other in (
+        DataLoader(shards, B, T, 1, 2, True),
+        DataLoader(shards, B, T, 0, 1, True),
+        DataLoader(shards, B, T, 0, 2, False),
+    ):
         with pytest.raises(ValueError, match="process_rank, num_processes, shuffle, num_shards"):
             other.restore(state)
     with pytest.raises(ValueError, match="sample_order has"):
-        DataLoader(shards, 1, T, 0, 2, True).restore(state)    # another B: another number of samples
+        DataLoader(shards, 1, T, 0, 2, True).restore(state)  # another B: another number of samples
 
 
 def test_shards_sorted_as_glob3_sorts(tmp_path):
     for name in ("b.bin", "a_10.bin", "a_9.bin", "B.bin"):
         write_tokens(tmp_path / name, np.arange(20))
-    assert [p.rsplit("/", 1)[1] for p in shard_paths(str(tmp_path / "*.bin"))] == \
-        ["B.bin", "a_10.bin", "a_9.bin", "b.bin"]
+    assert [p.rsplit("/", 1)[1] for p in shard_paths(str(tmp_path / "*.bin"))] == [
+        "B.bin",
+        "a_10.bin",
+        "a_9.bin",
+        "b.bin",
+    ]
 
 
 def test_bad_shards_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="no token file matches"):
         DataLoader(str(tmp_path / "none_*.bin"), B, T)
     write_tokens(tmp_path / "a.bin", np.arange(100))
-    write_tokens(tmp_path / "b.bin", np.arange(16))             # 16 tokens: fewer than 2*B*T + 1
+    write_tokens(tmp_path / "b.bin", np.arange(16))  # 16 tokens: fewer than 2*B*T + 1
     with pytest.raises(FormatError, match=r"b\.bin: 16 tokens, too few for one sample") as info:
         DataLoader(str(tmp_path / "*.bin"), B, T, 0, 2)
     assert info.value.field == "header[2]"
-    DataLoader(str(tmp_path / "*.bin"), B, T, 0, 1)              # 16 tokens hold one sample of one rank
+    DataLoader(str(tmp_path / "*.bin"), B, T, 0, 1)  # 16 tokens hold one sample of one rank
     with pytest.raises(FormatError, match=r"a\.bin: .*tokens\[50\] is token id 50, outside \[0, vocab_size=50\)"):
         DataLoader(str(tmp_path / "a.bin"), B, T, vocab_size=50)
 
 
 # ----------------------------------------------------------------------------- the trainer-state file's loader part
-@pytest.mark.parametrize("field, damage, detail", [
-    ("shard_order", lambda s: s.loader.shard_order.__setitem__(0, 1), "shard_order (3 entries) is not a permutation"),
-    ("sample_order", lambda s: s.loader.sample_order.__setitem__(1, 0),
-     "sample_order (17 entries) is not a permutation"),
-    ("header[18]", lambda s: setattr(s.loader, "current_shard", 3), "header[18] current_shard is 3, outside"),
-    ("header[20]", lambda s: setattr(s.loader, "current_sample", 18), "header[20] current_sample is 18, beyond"),
-    ("header[24]", lambda s: setattr(s.loader, "rng_left", 0), "header[24] mt19937 left is 0"),
-    ("header[14]", lambda s: setattr(s.loader, "process_rank", 1), "header[14] process_rank is 1, outside [0, 1)"),
-])
+@pytest.mark.parametrize(
+    "field, damage, detail",
+    [
+        (
+            "shard_order",
+            lambda s: s.loader.shard_order.__setitem__(0, 1),
+            "shard_order (3 entries) is not a permutation",
+        ),
+        (
+            "sample_order",
+            lambda s: s.loader.sample_order.__setitem__(1, 0),
+            "sample_order (17 entries) is not a permutation",
+        ),
+        ("header[18]", lambda s: setattr(s.loader, "current_shard", 3), "header[18] current_shard is 3, outside"),
+        ("header[20]", lambda s: setattr(s.loader, "current_sample", 18), "header[20] current_sample is 18, beyond"),
+        ("header[24]", lambda s: setattr(s.loader, "rng_left", 0), "header[24] mt19937 left is 0"),
+        ("header[14]", lambda s: setattr(s.loader, "process_rank", 1), "header[14] process_rank is 1, outside [0, 1)"),
+    ],
+)
 def test_malformed_loader_state_names_the_field(shards, tmp_path, field, damage, detail):
     loader = DataLoader(shards, B, T, shuffle=True)
-    for _ in range(22 + 12 + 1):                  # shards 2 and 1, then into shard 0 (140 tokens: 17 samples)
+    for _ in range(22 + 12 + 1):  # shards 2 and 1, then into shard 0 (140 tokens: 17 samples)
         loader.next_batch()
     assert loader.shard_num_samples == 17
     state = TrainerState(3, B, T, 1, 1337, np.zeros(4, np.float32), np.zeros(4, np.float32), loader.state())

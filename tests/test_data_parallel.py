@@ -2,6 +2,7 @@
 all-reduce for NCCL, and the model-level suite must pass for ZeRO-0 and ZeRO-1 over the split batch, and fail,
 naming the checks, when the "all-reduce" sums instead of averaging or a rank's update drifts. The NCCL code
 itself runs on GPUs only (dp2:cuda in the conformance suite; skipped here, saying why)."""
+
 import numpy as np
 import pytest
 
@@ -32,7 +33,7 @@ class FakeRank:
             return getattr(self.group, name)(self, *args)
         if name in ("backward", "zero_grad"):
             self.group.synced = False
-        if name == "update":          # as llmc_update: the average first, where not yet taken
+        if name == "update":  # as llmc_update: the average first, where not yet taken
             self.group.sync()
         value = getattr(self.model, name)(*args)
         if name == "update":
@@ -74,7 +75,7 @@ class FakeGroup:
         self.sync()
 
     def dist_mean(self, rank, values):
-        posted = [r.pending[1][0] for r in self.ranks]      # every rank posted before the first collect
+        posted = [r.pending[1][0] for r in self.ranks]  # every rank posted before the first collect
         return np.sum(posted, axis=0) / (1 if self.mistake == "loss-sum" else self.world_size)
 
     def dist_shard(self, rank):
@@ -99,7 +100,7 @@ class FakeDataParallel(DataParallelBackend):
     def _ranks(self, make):
         group = FakeGroup(self.world_size, self.zero_stage, self.mistake)
         ranks = [FakeRank(group, r, make()) for r in range(self.world_size)]
-        for rank in ranks:      # the models join, as _join does through the ranks' processes
+        for rank in ranks:  # the models join, as _join does through the ranks' processes
             rank.post("dist_join", b"id", rank.rank, self.world_size, self.zero_stage)
         for rank in ranks:
             rank.collect("dist_join")
@@ -116,7 +117,7 @@ class FakeDataParallel(DataParallelBackend):
 
 @pytest.fixture(scope="module")
 def tiny():
-    return load_fixture(FIXTURES_DIR / "tiny-bytes")     # B=4: 2 rows per rank
+    return load_fixture(FIXTURES_DIR / "tiny-bytes")  # B=4: 2 rows per rank
 
 
 @pytest.mark.parametrize("zero_stage", [0, 1])

@@ -1,5 +1,6 @@
 """The data-parallel plumbing that needs no GPU: ranks from each launcher's variables, the id rendezvous
 (TCP, shared file) across real processes, and the local launcher stopping the others when a rank fails."""
+
 import os
 import sys
 
@@ -8,21 +9,31 @@ import pytest
 from backends.distributed import MULTICAST_OFF, ProcessGroup, RendezvousError, launch_local, process_group, share_id
 
 
-@pytest.mark.parametrize("env, want", [
-    ({}, ProcessGroup(0, 1, 0, "single")),
-    ({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}, ProcessGroup(3, 8, 1, "torchrun")),
-    ({"RANK": "1", "WORLD_SIZE": "2"}, ProcessGroup(1, 2, 1, "torchrun")),
-    ({"OMPI_COMM_WORLD_RANK": "5", "OMPI_COMM_WORLD_SIZE": "16", "OMPI_COMM_WORLD_LOCAL_RANK": "5"},
-     ProcessGroup(5, 16, 5, "mpirun")),
-    ({"PMI_RANK": "1", "PMI_SIZE": "2"}, ProcessGroup(1, 2, 1, "mpirun")),
-])
+@pytest.mark.parametrize(
+    "env, want",
+    [
+        ({}, ProcessGroup(0, 1, 0, "single")),
+        ({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}, ProcessGroup(3, 8, 1, "torchrun")),
+        ({"RANK": "1", "WORLD_SIZE": "2"}, ProcessGroup(1, 2, 1, "torchrun")),
+        (
+            {"OMPI_COMM_WORLD_RANK": "5", "OMPI_COMM_WORLD_SIZE": "16", "OMPI_COMM_WORLD_LOCAL_RANK": "5"},
+            ProcessGroup(5, 16, 5, "mpirun"),
+        ),
+        ({"PMI_RANK": "1", "PMI_SIZE": "2"}, ProcessGroup(1, 2, 1, "mpirun")),
+    ],
+)
 def test_process_group_from_launchers(env, want):
     assert process_group(env) == want
 
 
-@pytest.mark.parametrize("env, field", [({"RANK": "2", "WORLD_SIZE": "2"}, "RANK"),
-                                        ({"RANK": "x", "WORLD_SIZE": "2"}, "RANK"),
-                                        ({"RANK": "0"}, "WORLD_SIZE")])
+@pytest.mark.parametrize(
+    "env, field",
+    [
+        ({"RANK": "2", "WORLD_SIZE": "2"}, "RANK"),
+        ({"RANK": "x", "WORLD_SIZE": "2"}, "RANK"),
+        ({"RANK": "0"}, "WORLD_SIZE"),
+    ],
+)
 def test_process_group_rejects_bad_variables(env, field):
     with pytest.raises(RendezvousError, match=field):
         process_group(env)
@@ -68,12 +79,15 @@ def test_launcher_stops_the_others_when_a_rank_fails(tmp_path):
 
 
 def test_launcher_sets_the_torchrun_variables_and_multicast_off(tmp_path):
-    script = ("import os, json; json.dump({k: os.environ[k] for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', "
-              f"'MASTER_PORT', *{tuple(MULTICAST_OFF)!r})}}, open(os.path.join({str(tmp_path)!r}, "
-              "'r' + os.environ['RANK']), 'w'))")
+    script = (
+        "import os, json; json.dump({k: os.environ[k] for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', "
+        f"'MASTER_PORT', *{tuple(MULTICAST_OFF)!r})}}, open(os.path.join({str(tmp_path)!r}, "
+        "'r' + os.environ['RANK']), 'w'))"
+    )
     assert launch_local([sys.executable, "-c", script], nproc=2, nnodes=2, node_rank=1, master_port=1234) == 0
     import json
+
     seen = [json.loads((tmp_path / f"r{r}").read_text()) for r in (2, 3)]
     assert [s["LOCAL_RANK"] for s in seen] == ["0", "1"] and {s["WORLD_SIZE"] for s in seen} == {"4"}
     assert all(s[name] == value for s in seen for name, value in MULTICAST_OFF.items())
-    assert os.environ.get("RANK") is None   # the launcher's own environment is untouched
+    assert os.environ.get("RANK") is None  # the launcher's own environment is untouched

@@ -3,6 +3,7 @@
 Round trips are exact (bit-for-bit); sizes are llm.c's published byte counts; every reader must refuse
 a damaged file with a FormatError naming the file and the field.
 """
+
 import json
 from pathlib import Path
 import re
@@ -46,7 +47,7 @@ from tests.badfiles import append, patch_header, truncate
 from tools.export_tokenizer import GPT2_TOKENIZER_BYTES, export_tokenizer
 from tools.prepare_data import TRAIN_TOKENS, VAL_TOKENS, prepare_tinyshakespeare
 
-SMALL = GPT2Config.from_descriptor("L2-NH4-C16-V100-T16")   # Vp 128: wte has padded rows
+SMALL = GPT2Config.from_descriptor("L2-NH4-C16-V100-T16")  # Vp 128: wte has padded rows
 D12 = GPT2Config.from_descriptor("d12")
 
 # sha256 of tools/prepare_data.py's output, recorded from its first run (tiktoken 0.14, the GPT-2 encoding
@@ -62,6 +63,7 @@ VAL_FIRST_TOKENS = [50256, 5962, 22307, 25, 198, 8421, 356, 5120, 597, 2252, 11,
 
 def raises_format_error(path, field, detail):
     """pytest.raises for a FormatError naming `path` (in .path and the message) and `field`."""
+
     class Check:
         def __enter__(self):
             self.ctx = pytest.raises(FormatError, match=re.escape(Path(path).name))
@@ -77,6 +79,7 @@ def raises_format_error(path, field, detail):
             assert error.field == field, f"field {error.field!r}, expected {field!r}: {error}"
             assert re.search(detail, str(error)), f"{detail!r} not in {error}"
             return suppressed
+
     return Check()
 
 
@@ -95,8 +98,14 @@ def make_debug_state(tmp_path, config=SMALL, B=2, T=8):
     rng = np.random.default_rng(1)
     tokens = rng.integers(0, config.vocab_size, (B, T + 1))
     path = tmp_path / "debug_state.bin"
-    write_debug_state(path, tokens[:, :-1], tokens[:, 1:], rng.standard_normal((B, T, config.vocab_size)),
-                      3.5, random_params(config, 2))
+    write_debug_state(
+        path,
+        tokens[:, :-1],
+        tokens[:, 1:],
+        rng.standard_normal((B, T, config.vocab_size)),
+        3.5,
+        random_params(config, 2),
+    )
     return path
 
 
@@ -150,16 +159,18 @@ def test_checkpoint_bf16_round_trip(tmp_path):
 
 
 def test_bf16_rounds_to_nearest_even():
-    bits = np.array([0x3F800000, 0x3F808000, 0x3F818000, 0x3F808001, 0x3F80FFFF, 0xBF818000, 0x7F7FFFFF,
-                     0x7F800000, 0x00000001], np.uint32)
+    bits = np.array(
+        [0x3F800000, 0x3F808000, 0x3F818000, 0x3F808001, 0x3F80FFFF, 0xBF818000, 0x7F7FFFFF, 0x7F800000, 0x00000001],
+        np.uint32,
+    )
     expected = [0x3F80, 0x3F80, 0x3F82, 0x3F81, 0x3F81, 0xBF82, 0x7F80, 0x7F80, 0x0000]
     assert fp32_to_bf16_bits(bits.view(np.float32)).tolist() == expected
-    assert fp32_to_bf16_bits(np.array([np.nan], np.float32))[0] & 0x7FFF > 0x7F80   # still a NaN
+    assert fp32_to_bf16_bits(np.array([np.nan], np.float32))[0] & 0x7FFF > 0x7F80  # still a NaN
 
 
 def test_bf16_matches_torch():
     torch = pytest.importorskip("torch", reason="optional cross-check: torch is not installed")
-    values = np.random.default_rng(3).standard_normal(100_000).astype(np.float32) * 10.0**np.arange(-20, 20, 0.0004)
+    values = np.random.default_rng(3).standard_normal(100_000).astype(np.float32) * 10.0 ** np.arange(-20, 20, 0.0004)
     values = values.astype(np.float32)
     theirs = torch.from_numpy(values).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
     assert np.array_equal(fp32_to_bf16_bits(values), theirs)
@@ -211,7 +222,7 @@ def test_tokens_writer_rejects_unrepresentable(tmp_path):
     with pytest.raises(ValueError, match=r"\[0, 65535\]"):
         write_tokens(tmp_path / "t.bin", [-1, 2])
     with pytest.raises(ValueError, match="2\\^31"):
-        write_tokens(tmp_path / "t.bin", np.broadcast_to(np.uint16(0), (2**31,)))   # a view: no memory
+        write_tokens(tmp_path / "t.bin", np.broadcast_to(np.uint16(0), (2**31,)))  # a view: no memory
     assert list(tmp_path.iterdir()) == []
 
 
@@ -310,12 +321,15 @@ def test_reader_rejects_nonzero_reserved_header(tmp_path, kind):
         read(path)
 
 
-@pytest.mark.parametrize("index, value, detail", [
-    (6, 18, r"header\[6\] channels \(18\) is not divisible by header\[5\] num_heads \(4\)"),
-    (7, 64, r"header\[7\] padded_vocab_size \(64\) is smaller than header\[3\] vocab_size \(100\)"),
-    (4, 0, r"header\[4\] num_layers is 0, must be positive"),
-    (3, -5, r"header\[3\] vocab_size is -5, must be positive"),
-])
+@pytest.mark.parametrize(
+    "index, value, detail",
+    [
+        (6, 18, r"header\[6\] channels \(18\) is not divisible by header\[5\] num_heads \(4\)"),
+        (7, 64, r"header\[7\] padded_vocab_size \(64\) is smaller than header\[3\] vocab_size \(100\)"),
+        (4, 0, r"header\[4\] num_layers is 0, must be positive"),
+        (3, -5, r"header\[3\] vocab_size is -5, must be positive"),
+    ],
+)
 def test_checkpoint_rejects_nonsense_config(tmp_path, index, value, detail):
     path = make_checkpoint(tmp_path)
     patch_header(path, index, value)
@@ -327,10 +341,10 @@ def test_checkpoint_rejects_nonsense_config(tmp_path, index, value, detail):
 def test_checkpoint_rejects_nan_params(tmp_path, dtype):
     path = make_checkpoint(tmp_path, dtype)
     itemsize = 4 if dtype == "fp32" else 2
-    index = SMALL.padded_vocab_size * SMALL.channels + 3          # wpe, flat index 3
+    index = SMALL.padded_vocab_size * SMALL.channels + 3  # wpe, flat index 3
     data = bytearray(path.read_bytes())
     nan = np.array([np.nan], "<f4") if dtype == "fp32" else np.array([0x7FC0], "<u2")
-    data[1024 + itemsize * index:1024 + itemsize * (index + 1)] = nan.tobytes()
+    data[1024 + itemsize * index : 1024 + itemsize * (index + 1)] = nan.tobytes()
     path.write_bytes(bytes(data))
     with raises_format_error(path, "params", rf"parameter {index} \(wpe, flat index 3\) is nan"):
         read_checkpoint(path)
@@ -350,7 +364,7 @@ def test_debug_state_rejects_bad_header_and_tokens(tmp_path):
     with raises_format_error(path, "header[3]", r"T is 17, must lie in \[1, max_seq_len=16\]"):
         read_debug_state(path, SMALL)
     path = make_debug_state(tmp_path)
-    patch_header(path, 256 + 5, SMALL.vocab_size)       # x[5]
+    patch_header(path, 256 + 5, SMALL.vocab_size)  # x[5]
     with raises_format_error(path, "x", r"x\[5\] is token id 100, outside \[0, vocab_size=100\)"):
         read_debug_state(path, SMALL)
 
@@ -359,12 +373,15 @@ NAN_BITS = int(np.array(np.nan, "<f4").view("<i4"))
 INF_BITS = int(np.array(np.inf, "<f4").view("<i4"))
 
 
-@pytest.mark.parametrize("word, bits, field, detail", [
-    # words of make_debug_state's file (B=2, T=8, V=100): header 256, x and y 16 each, logits, loss, grads
-    (256 + 32 + 1 * 100 + 3, NAN_BITS, "logits", r"logits\[0, 1, 3\] is nan, must be finite"),
-    (256 + 32 + 1600, INF_BITS, "loss", r"loss is inf, must be finite"),
-    (256 + 32 + 1600 + 1 + 7, INF_BITS, "grads", r"grads\[7\] is inf, must be finite"),
-])
+@pytest.mark.parametrize(
+    "word, bits, field, detail",
+    [
+        # words of make_debug_state's file (B=2, T=8, V=100): header 256, x and y 16 each, logits, loss, grads
+        (256 + 32 + 1 * 100 + 3, NAN_BITS, "logits", r"logits\[0, 1, 3\] is nan, must be finite"),
+        (256 + 32 + 1600, INF_BITS, "loss", r"loss is inf, must be finite"),
+        (256 + 32 + 1600 + 1 + 7, INF_BITS, "grads", r"grads\[7\] is inf, must be finite"),
+    ],
+)
 def test_debug_state_rejects_nonfinite(tmp_path, word, bits, field, detail):
     """A NaN in the oracle's file must be caught here, not later as an apparent backend failure."""
     path = make_debug_state(tmp_path)
@@ -374,7 +391,7 @@ def test_debug_state_rejects_nonfinite(tmp_path, word, bits, field, detail):
 
 
 def test_check_tokens(tmp_path):
-    path = make_tokens(tmp_path, 10)      # ids 0, 600, ..., 5400
+    path = make_tokens(tmp_path, 10)  # ids 0, 600, ..., 5400
     tokens = read_tokens(path)
     check_tokens(tokens, 5401, path, B=3, T=3)
     with raises_format_error(path, "tokens", r"tokens\[9\] is token id 5400, outside \[0, vocab_size=5400\)"):
@@ -386,7 +403,7 @@ def test_check_tokens(tmp_path):
 def test_tokenizer_rejects_zero_length_token(tmp_path):
     path = make_tokenizer(tmp_path)
     data = bytearray(path.read_bytes())
-    data[1024 + 2] = 0          # token 1's length byte (token 0 is b"a")
+    data[1024 + 2] = 0  # token 1's length byte (token 0 is b"a")
     path.write_bytes(bytes(data))
     with raises_format_error(path, "token[1]", "token.1. has length 0"):
         read_tokenizer(path)
@@ -429,7 +446,7 @@ def test_prepare_tinyshakespeare(tmp_path):
     val_path, train_path = prepare_tinyshakespeare(tmp_path)
     val, train = read_tokens(val_path), read_tokens(train_path)
     assert (val.size, train.size) == (VAL_TOKENS, TRAIN_TOKENS) == (32_768, 305_260)
-    assert val[:len(VAL_FIRST_TOKENS)].tolist() == VAL_FIRST_TOKENS
+    assert val[: len(VAL_FIRST_TOKENS)].tolist() == VAL_FIRST_TOKENS
     for path in (val_path, train_path):
         assert formats.sha256_file(path) == TINYSHAKESPEARE_SHA256[path.name]
 
@@ -443,7 +460,7 @@ def test_committed_fixture_loads_and_is_small(fixture_dir):
     fixture = load_fixture(fixture_dir)
     assert fixture.losses_source == LOSSES_FROM_MANIFEST and len(fixture.expected_losses) == 10
     assert fixture.x.shape == fixture.y.shape == (fixture.B, fixture.T) and fixture.x.dtype == np.int32
-    assert np.array_equal(fixture.x[:, 1:], fixture.y[:, :-1])           # y is x shifted by one
+    assert np.array_equal(fixture.x[:, 1:], fixture.y[:, :-1])  # y is x shifted by one
     assert fixture.logits.shape == (fixture.B, fixture.T, fixture.config.vocab_size)
     assert fixture.params.shape == fixture.grads.shape == (fixture.config.num_parameters,)
     assert fixture.loss == fixture.expected_losses[0]
@@ -463,8 +480,7 @@ def test_committed_fixture_matches_current_oracle(fixture_dir):
     expected = expected_outputs(fixture.config, fixture.params, fixture.x, fixture.y, settings=fixture.optimizer)
     for name in ("logits", "grads"):
         stored, recomputed = getattr(fixture, name), getattr(expected, name)
-        np.testing.assert_allclose(stored, recomputed, rtol=2**-23, atol=1e-12 * np.abs(recomputed).max(),
-                                   err_msg=name)
+        np.testing.assert_allclose(stored, recomputed, rtol=2**-23, atol=1e-12 * np.abs(recomputed).max(), err_msg=name)
     np.testing.assert_allclose(fixture.expected_losses, expected.losses, rtol=2**-23)
     _, bf16 = read_checkpoint(fixture.bf16_checkpoint_path)
     assert np.array_equal(bf16, bf16_bits_to_fp32(fp32_to_bf16_bits(fixture.params)))
@@ -486,22 +502,43 @@ def _drop(entry, key):
 
 MANIFEST_DAMAGE = {
     # name: (change to the manifest dict, field, words of the message)
-    "file-without-size": (lambda m: _drop(m["files"][CHECKPOINT], "size"), f"files[{CHECKPOINT!r}]",
-                          r"has no 'size' entry"),
-    "file-size-not-int": (lambda m: m["files"][CHECKPOINT].update(size="big"), f"files[{CHECKPOINT!r}].size",
-                          r"is 'big', must be an integer"),
-    "unknown-optimizer-key": (lambda m: m["optimizer"].update(lr=1e-3), "optimizer",
-                              r"unknown entry 'lr' \(known: learning_rate, "),
-    "optimizer-value-not-number": (lambda m: m["optimizer"].update(beta1="0.9"), "optimizer.beta1",
-                                   r"is '0.9', must be a number"),
-    "negative-channels": (lambda m: m["config"].update(channels=-8), "config",
-                          r"GPT2Config.channels must be a positive integer, got -8"),
+    "file-without-size": (
+        lambda m: _drop(m["files"][CHECKPOINT], "size"),
+        f"files[{CHECKPOINT!r}]",
+        r"has no 'size' entry",
+    ),
+    "file-size-not-int": (
+        lambda m: m["files"][CHECKPOINT].update(size="big"),
+        f"files[{CHECKPOINT!r}].size",
+        r"is 'big', must be an integer",
+    ),
+    "unknown-optimizer-key": (
+        lambda m: m["optimizer"].update(lr=1e-3),
+        "optimizer",
+        r"unknown entry 'lr' \(known: learning_rate, ",
+    ),
+    "optimizer-value-not-number": (
+        lambda m: m["optimizer"].update(beta1="0.9"),
+        "optimizer.beta1",
+        r"is '0.9', must be a number",
+    ),
+    "negative-channels": (
+        lambda m: m["config"].update(channels=-8),
+        "config",
+        r"GPT2Config.channels must be a positive integer, got -8",
+    ),
     "config-missing-key": (lambda m: _drop(m["config"], "num_heads"), "config", r"has no 'num_heads' entry"),
     "no-losses": (lambda m: _drop(m["expected"], "losses"), "expected", r"has no 'losses' entry"),
-    "three-losses": (lambda m: m["expected"].update(losses=[10.8, 10.7, 10.6]), "expected.losses",
-                     r"has 3 values, test_gpt2's loop needs 10"),
-    "loss-not-number": (lambda m: m["expected"]["losses"].__setitem__(4, None), "expected.losses",
-                        r"expected.losses\[4\] is None"),
+    "three-losses": (
+        lambda m: m["expected"].update(losses=[10.8, 10.7, 10.6]),
+        "expected.losses",
+        r"has 3 values, test_gpt2's loop needs 10",
+    ),
+    "loss-not-number": (
+        lambda m: m["expected"]["losses"].__setitem__(4, None),
+        "expected.losses",
+        r"expected.losses\[4\] is None",
+    ),
     "B-not-positive": (lambda m: m.update(B=0), "B", r"B is 0, must be positive"),
     "no-T": (lambda m: _drop(m, "T"), "T", r"has no 'T' entry"),
     "files-not-an-object": (lambda m: m.update(files=[]), "files", r"files is \[\], must be an object"),
@@ -531,8 +568,9 @@ def test_fixture_without_manifest_uses_oracle(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (GPT2_124M_FIXTURE / MANIFEST).exists(),
-                    reason="fixtures/gpt2_124M is not generated (run `make fixtures`)")
+@pytest.mark.skipif(
+    not (GPT2_124M_FIXTURE / MANIFEST).exists(), reason="fixtures/gpt2_124M is not generated (run `make fixtures`)"
+)
 def test_gpt2_124m_fixture_sizes():
     manifest = json.loads((GPT2_124M_FIXTURE / MANIFEST).read_text())
     sizes = {name: (GPT2_124M_FIXTURE / name).stat().st_size for name in (CHECKPOINT, CHECKPOINT_BF16, DEBUG_STATE)}
@@ -540,7 +578,7 @@ def test_gpt2_124m_fixture_sizes():
     assert {name: entry["size"] for name, entry in manifest["files"].items()} == sizes
     fixture = load_fixture(GPT2_124M_FIXTURE)
     assert fixture.config == D12 and (fixture.B, fixture.T) == (4, 64)
-    assert fixture.x[0, :len(VAL_FIRST_TOKENS)].tolist() == VAL_FIRST_TOKENS
+    assert fixture.x[0, : len(VAL_FIRST_TOKENS)].tolist() == VAL_FIRST_TOKENS
 
 
 def test_stored_trajectories_are_the_oracles_and_tied_to_their_fixture(tmp_path, monkeypatch):
@@ -555,10 +593,12 @@ def test_stored_trajectories_are_the_oracles_and_tied_to_their_fixture(tmp_path,
     shutil.copytree(FIXTURES_DIR / "tiny-gpt2", copy)
     make_trajectories(copy)
     fixture = load_fixture(copy)
-    computed = {name: load_fixture(FIXTURES_DIR / "tiny-gpt2").trajectory(name, convention_settings(fixture, name))
-                for name in CONVENTIONS}
+    computed = {
+        name: load_fixture(FIXTURES_DIR / "tiny-gpt2").trajectory(name, convention_settings(fixture, name))
+        for name in CONVENTIONS
+    }
     _TRAJECTORIES.clear()
-    monkeypatch.setattr(fixture_module, "expected_trajectory", None)     # read from the file, never computed
+    monkeypatch.setattr(fixture_module, "expected_trajectory", None)  # read from the file, never computed
     for name in CONVENTIONS:
         stored = fixture.trajectory(name, convention_settings(fixture, name))
         for field in ("losses", "grad_norms", "params", "m", "v"):

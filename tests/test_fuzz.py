@@ -1,5 +1,6 @@
 """tools.fuzz: a short run over every target is clean, and the harness does report what it exists to find
 (a crash, a hang, a C loader that disagrees with the Python reader), with a case that reproduces."""
+
 from pathlib import Path
 import re
 import subprocess
@@ -17,8 +18,9 @@ pytestmark = pytest.mark.skipif(not library_path("cpu").is_file(), reason="build
 
 
 def run_fuzz(*args, timeout=300):
-    done = subprocess.run([sys.executable, "-m", "tools.fuzz", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, "-m", "tools.fuzz", *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout
+    )
     return done.returncode, done.stdout + done.stderr
 
 
@@ -44,8 +46,10 @@ def test_short_run_is_clean():
         assert accepted and rejected, f"{target}: a mutator that never (or always) breaks the file tests little"
 
 
-@pytest.mark.parametrize("target, how", [("selftest-crash", r"crashed \(killed by SIGSEGV\)"),
-                                         ("selftest-hang", r"hung \(no answer within 2 s\)")])
+@pytest.mark.parametrize(
+    "target, how",
+    [("selftest-crash", r"crashed \(killed by SIGSEGV\)"), ("selftest-hang", r"hung \(no answer within 2 s\)")],
+)
 def test_crash_and_hang_are_reported_with_the_case(target, how):
     rc, output = run_fuzz("--target", target, "--seconds", "1", "--timeout", "2", "--seed", "7")
     assert rc == 1, output
@@ -84,5 +88,8 @@ def test_disagreement_between_c_and_python_fails(worker, monkeypatch):
     failed = [a for a in answers if a["verdict"] == "failed"]
     assert failed, "30 mutated files, none rejected by the C loader?"
     assert any("the C loader rejected what read_checkpoint accepted" in a["failure"] for a in failed)
-    assert all("the C loader rejected what read_checkpoint accepted" in a["failure"]
-               or "read different parameter values" in a["failure"] for a in failed), failed
+    assert all(
+        "the C loader rejected what read_checkpoint accepted" in a["failure"]
+        or "read different parameter values" in a["failure"]
+        for a in failed
+    ), failed

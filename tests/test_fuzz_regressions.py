@@ -5,6 +5,7 @@ are in test_native.py.
 - kill -9 during a write left atomic_write's hidden temporary files behind for good;
 - a missing fixture file gave a bare "[Errno 2]" that said neither what the file is nor how to make it.
 """
+
 import os
 from pathlib import Path
 import shutil
@@ -31,7 +32,7 @@ def test_batch_tokens_for_vocabularies_beyond_a_byte(V):
     config = GPT2Config.from_descriptor(f"L1-NH2-C32-V{V}-T32")
     tokens, source = batch_tokens(config, 2, 8)
     text = np.frombuffer(TINYSHAKESPEARE_TEXT.read_bytes()[:17], np.uint8)
-    np.testing.assert_array_equal(tokens, text.astype(np.int32) % V)   # the ASCII bytes themselves here
+    np.testing.assert_array_equal(tokens, text.astype(np.int32) % V)  # the ASCII bytes themselves here
     assert tokens.dtype == np.int32 and f"b % {V}" in source
 
 
@@ -60,8 +61,9 @@ with atomic_write({target!r}) as f:
 def start_writer(target):
     """A process inside atomic_write(target), stopped mid-write; -> (process, its temporary file)."""
     before = set(os.listdir(target.parent))
-    proc = subprocess.Popen([sys.executable, "-c", WRITER.format(root=str(ROOT), target=str(target))],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER.format(root=str(ROOT), target=str(target))], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "writing"
     (tmp,) = set(os.listdir(target.parent)) - before
     assert tmp.startswith(f".{target.name}.{proc.pid}.") and tmp.endswith(".tmp"), tmp
@@ -70,7 +72,7 @@ def start_writer(target):
 
 def kill(proc):
     proc.send_signal(signal.SIGKILL)
-    proc.wait()   # reaped: a zombie still answers kill(pid, 0)
+    proc.wait()  # reaped: a zombie still answers kill(pid, 0)
     proc.stdout.close()
 
 
@@ -78,7 +80,7 @@ def test_atomic_write_removes_temporaries_of_killed_writers(tmp_path):
     target = tmp_path / "model.bin"
     proc, stale = start_writer(target)
     kill(proc)
-    assert stale.exists() and not target.exists()   # what kill -9 leaves
+    assert stale.exists() and not target.exists()  # what kill -9 leaves
     with atomic_write(target) as f:
         f.write(b"whole")
     assert target.read_bytes() == b"whole"
@@ -88,8 +90,15 @@ def test_atomic_write_removes_temporaries_of_killed_writers(tmp_path):
 def test_atomic_write_keeps_temporaries_of_live_writers_and_other_files(tmp_path):
     target = tmp_path / "model.bin"
     proc, live = start_writer(target)
-    others = [tmp_path / name for name in (".model.bin.5.tmp", ".model.bin.x.0123456789ab.tmp",
-                                           ".model.bin.extra.999999.0123456789ab.tmp", ".other.bin.1.0123456789ab.tmp")]
+    others = [
+        tmp_path / name
+        for name in (
+            ".model.bin.5.tmp",
+            ".model.bin.x.0123456789ab.tmp",
+            ".model.bin.extra.999999.0123456789ab.tmp",
+            ".other.bin.1.0123456789ab.tmp",
+        )
+    ]
     for path in others:
         path.write_bytes(b"")
     try:
@@ -146,8 +155,24 @@ def test_missing_committed_fixture_file_says_git_checkout(tmp_path, monkeypatch)
 
 def test_make_fixtures_cli_for_vocab_300(tmp_path):
     """The command line of the report, end to end."""
-    done = subprocess.run([sys.executable, "-m", "tools.make_fixtures", "--model", "L1-NH2-C32-V300-T32", "-B", "1",
-                           "-T", "8", str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tools.make_fixtures",
+            "--model",
+            "L1-NH2-C32-V300-T32",
+            "-B",
+            "1",
+            "-T",
+            "8",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out" / MANIFEST).exists()
     assert done.stdout.startswith(f"{tmp_path / 'out'}: L1-NH2-C32-V300-T32")

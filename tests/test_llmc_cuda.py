@@ -12,6 +12,7 @@ native/llmc_adapter_cuda_fp32.cu (train_gpt2_fp32.cu), built by tools/validate_l
   numbers themselves are the suite's to judge: python -m tools.validate_llmc LLMC_SRC --cuda.
 Skipped, saying why: without nvcc or cuBLAS (building), without llm.c or a GPU (running).
 """
+
 import json
 import os
 from pathlib import Path
@@ -29,10 +30,13 @@ from tools.validate_llmc import CUDA_VARIANTS, REPO_ROOT, STANDIN, BuildError, b
 LLMC_SRC = Path(os.environ.get("LLMC_SRC", REPO_ROOT / ".dev-llmc" / "llm.c"))
 # every llmc_* function llmc.h declares, but data parallelism (llm.c's multi-GPU path is MPI/NCCL, not built
 # here) and the library's own checkpoint writer (llm.c writes its checkpoints from its training program)
-API = sorted(name for name in set(re.findall(r"\b(llmc_\w+)\s*\(", read_cdef()))
-             if not name.startswith(("llmc_dist_", "llmc_set_device", "llmc_device_count", "llmc_save_checkpoint")))
+API = sorted(
+    name
+    for name in set(re.findall(r"\b(llmc_\w+)\s*\(", read_cdef()))
+    if not name.startswith(("llmc_dist_", "llmc_set_device", "llmc_device_count", "llmc_save_checkpoint"))
+)
 CODE = {name.removeprefix("LLMC_ERR_").removeprefix("LLMC_").lower(): code for name, code in ERROR_CODES.items()}
-RESULT = "RESULT "   # the child's line with its JSON (llm.c's own printf output may come after it)
+RESULT = "RESULT "  # the child's line with its JSON (llm.c's own printf output may come after it)
 TINY_BYTES = FIXTURES_DIR / "tiny-bytes"
 
 
@@ -68,8 +72,9 @@ def llmc_libs(tmp_path_factory):
 def run_script(code, env=None):
     """Runs code in a child process (an abort there fails the test instead of ending pytest) and returns
     the JSON object it prints after RESULT."""
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT,
-                          env={**os.environ, **(env or {})})
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, env={**os.environ, **(env or {})}
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     line = next(line for line in done.stdout.splitlines() if line.startswith(RESULT))
     return json.loads(line.removeprefix(RESULT))
@@ -130,20 +135,34 @@ def test_arguments_are_checked_before_the_device(standin_libs, variant, tmp_path
     # a config llm.c's kernels cannot run (num_heads, channels): channels not a multiple of 8 (bf16
     # vectors), of 128 (fp32 tiles)
     shape = {"bf16": "2, 12", "fp32": "2, 64"}[variant]
-    got = run_script(CHECKS_BEFORE_THE_DEVICE.format(path=str(standin_libs[variant]), shape=shape, tmp=str(tmp_path),
-                                                     bf16_checkpoint=str(TINY_BYTES / "gpt2_124M_bf16.bin")))
-    expected = {"heads": "argument", "max_T": "argument", "shape": "unsupported", "short_fp32": "format",
-                "short_bf16": "format", "magic": "format", "missing": "file", "threads": "argument"}
+    got = run_script(
+        CHECKS_BEFORE_THE_DEVICE.format(
+            path=str(standin_libs[variant]),
+            shape=shape,
+            tmp=str(tmp_path),
+            bf16_checkpoint=str(TINY_BYTES / "gpt2_124M_bf16.bin"),
+        )
+    )
+    expected = {
+        "heads": "argument",
+        "max_T": "argument",
+        "shape": "unsupported",
+        "short_fp32": "format",
+        "short_bf16": "format",
+        "magic": "format",
+        "missing": "file",
+        "threads": "argument",
+    }
     assert {key: got[key][0] for key in expected} == {key: CODE[c] for key, c in expected.items()}, got
     assert "num_heads" in got["heads"][1] and "max_seq_len" in got["max_T"][1], got
     assert "channels" in got["shape"][1] and "magic" in got["magic"][1], got
     ok, unsupported, argument = CODE["ok"], CODE["unsupported"], CODE["argument"]
-    if variant == "bf16":   # train_gpt2.cu is bf16 only; it reads v5 checkpoints (and the adapter reads v3)
+    if variant == "bf16":  # train_gpt2.cu is bf16 only; it reads v5 checkpoints (and the adapter reads v3)
         assert got["modes"] == [unsupported, unsupported, ok, argument], got
-    else:                   # train_gpt2_fp32.cu: fp32 or TF32, v3 checkpoints only
+    else:  # train_gpt2_fp32.cu: fp32 or TF32, v3 checkpoints only
         assert got["modes"] == [ok, ok, unsupported, argument], got
         assert got["bf16_checkpoint"][0] == unsupported and "version 5" in got["bf16_checkpoint"][1], got
-    if got["init"][0] != ok:   # a machine without a GPU: the reason, not an abort
+    if got["init"][0] != ok:  # a machine without a GPU: the reason, not an abort
         assert got["init"][0] == CODE["device"] and "no usable CUDA device" in got["init"][1], got
 
 
@@ -209,10 +228,19 @@ def test_llmc_bf16_keeps_llmc_h_semantics(llmc_libs):
         assert tiny_bytes[0] == CODE["unsupported"] and "scratch buffer acts.output" in tiny_bytes[1], tiny_bytes
     else:
         assert tiny_bytes[0] == CODE["ok"], tiny_bytes
-    assert got == {"backward_first": CODE["state"], "token": CODE["token"],
-                   "too_long": CODE["argument"], "t_not_4": CODE["unsupported"], "logits_kept": True,
-                   "second_backward": CODE["state"], "accumulate": CODE["unsupported"],
-                   "decay_all": CODE["unsupported"], "norm": True, "params_moved": True, "reshape": True}
+    assert got == {
+        "backward_first": CODE["state"],
+        "token": CODE["token"],
+        "too_long": CODE["argument"],
+        "t_not_4": CODE["unsupported"],
+        "logits_kept": True,
+        "second_backward": CODE["state"],
+        "accumulate": CODE["unsupported"],
+        "decay_all": CODE["unsupported"],
+        "norm": True,
+        "params_moved": True,
+        "reshape": True,
+    }
 
 
 LLMC_FP32 = """
@@ -261,5 +289,12 @@ def test_llmc_fp32_keeps_llmc_h_semantics(llmc_libs):
     got = run_script(LLMC_FP32.format(path=llmc_libs["fp32"]), {"LLMC_PORT_PRECISION": "tf32"})
     accumulated = got.pop("accumulated")
     assert accumulated <= 1e-5, f"two backwards accumulate to {accumulated:.2e} (relative norm) off twice one"
-    assert got == {"rows_not_128": CODE["unsupported"], "logits_kept": True, "second_backward": CODE["state"],
-                   "decay_2d": CODE["unsupported"], "clip": CODE["unsupported"], "norm": True, "reshape": True}
+    assert got == {
+        "rows_not_128": CODE["unsupported"],
+        "logits_kept": True,
+        "second_backward": CODE["state"],
+        "decay_2d": CODE["unsupported"],
+        "clip": CODE["unsupported"],
+        "norm": True,
+        "reshape": True,
+    }

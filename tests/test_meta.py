@@ -13,6 +13,7 @@ and every output a port returns is judged by some check.
   the check conformance.model_checks.JUDGED_BY gives for it. An output added later without a check that
   judges it fails test_every_output_is_judged.
 """
+
 import copy
 import math
 import os
@@ -83,7 +84,7 @@ class PerturbedModel:
         m, v = self.model.optimizer_state()
         return self._out("m", m), self._out("v", v)
 
-    def __getattr__(self, name):      # zero_grad, backward, set_params, ..., close: unchanged
+    def __getattr__(self, name):  # zero_grad, backward, set_params, ..., close: unchanged
         return getattr(self.model, name)
 
 
@@ -105,6 +106,7 @@ class RecordingModel:
             value = function(*args)
             self.log.setdefault(name, []).append(copy.deepcopy(value))
             return value
+
         return recorded
 
 
@@ -123,6 +125,7 @@ class ReplayedModel:
             call = self.calls.get(name, 0)
             self.calls[name] = call + 1
             return copy.deepcopy(self.log[name][call])
+
         return replayed
 
 
@@ -179,6 +182,7 @@ class PerturbedKernels:
             self.before(args[self.position])
             function(*args)
             self.after(args[self.position])
+
         return perturbed
 
 
@@ -190,10 +194,11 @@ def bump(index, amount):
     def change(array):
         array[index] += amount
         return array
+
     return change
 
 
-SEGMENTS_JUDGED = ("train", "rerun")   # step 0 and test_gpt2.c's loop on the first model; a second repeating them
+SEGMENTS_JUDGED = ("train", "rerun")  # step 0 and test_gpt2.c's loop on the first model; a second repeating them
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +221,7 @@ def failures(perturb, fixture, replay):
 def test_unperturbed_passes(fixture):
     run = run_model(PerturbedBackend(), fixture)
     assert failed_checks(run.results) == set()
-    assert [n.check for n in run.not_run] == [f"{FIXTURE}/abi/model_config"]   # the reference reports none
+    assert [n.check for n in run.not_run] == [f"{FIXTURE}/abi/model_config"]  # the reference reports none
 
 
 @pytest.mark.parametrize("nan", [False, True], ids=["beyond_tolerance", "nan"])
@@ -225,6 +230,7 @@ def test_logits(fixture, replay, nan):
 
     def perturb(what, v, call):
         return bump((0, 1, 2), amount)(v) if what == "logits" else v
+
     assert failures(perturb, fixture, replay) == {f"{FIXTURE}/logits", f"{FIXTURE}/rerun/logits"}
 
 
@@ -233,6 +239,7 @@ def test_loss(fixture, replay):
 
     def perturb(what, v, call):
         return v + amount if what == "loss" and call == 0 else v
+
     assert failures(perturb, fixture, replay) == {f"{FIXTURE}/loss", f"{FIXTURE}/rerun/loss"}
 
 
@@ -248,6 +255,7 @@ def test_gradient(fixture, replay, grad, nan):
             # element 0 of the tensor: a query bias for dqkvb, a real (unpadded) row for dwte
             split_params(value, fixture.config)[pname].reshape(-1)[0] += amount
         return value
+
     assert failures(perturb, fixture, replay) == {f"{FIXTURE}/grad/{grad}", f"{FIXTURE}/rerun/grads"}
 
 
@@ -262,8 +270,9 @@ def test_key_bias_gradient_catches_what_the_whole_tensor_misses(fixture, replay)
 
     def perturb(what, value, call):
         if what == "grads":
-            split_params(value, fixture.config)["qkvb"][0, C] += amount      # layer 0, first key bias
+            split_params(value, fixture.config)["qkvb"][0, C] += amount  # layer 0, first key bias
         return value
+
     assert failures(perturb, fixture, replay) == {f"{FIXTURE}/grad/dqkvb[key]", f"{FIXTURE}/rerun/grads"}
 
 
@@ -273,8 +282,9 @@ def test_wte_padding(fixture, replay, what):
 
     def perturb(kind, value, call):
         if kind == what and call == 0:
-            split_params(value, fixture.config)["wte"][V, 0] = 1e-30     # tiny, but not zero
+            split_params(value, fixture.config)["wte"][V, 0] = 1e-30  # tiny, but not zero
         return value
+
     want = {f"{FIXTURE}/wte_padding/{what}"} | ({f"{FIXTURE}/rerun/grads"} if what == "grads" else set())
     assert failures(perturb, fixture, replay) == want
 
@@ -284,6 +294,7 @@ def test_logits_padding(fixture, replay):
 
     def perturb(what, v, call):
         return bump((0, 0, V), 1e-30)(v) if what == "logits" else v
+
     assert failures(perturb, fixture, replay) == {f"{FIXTURE}/logits_padding", f"{FIXTURE}/rerun/logits"}
 
 
@@ -295,6 +306,7 @@ def test_train_loss(fixture, replay, step):
 
     def perturb(what, v, call):
         return v + amount if what == "loss" and call == step + 1 else v
+
     assert failures(perturb, fixture, replay) == {f"{FIXTURE}/train_loss/{step}"}
 
 
@@ -306,7 +318,7 @@ def test_after_update(fixture, replay, what, step):
     trajectory = fixture.trajectory("train", fixture.optimizer)
     want = trajectory.grad_norms[step] if what == "grad_norm" else getattr(trajectory, what)[step]
     amount = beyond(what, want)
-    call = step + 1 if what == "params" else step                  # params are read at step 0 too
+    call = step + 1 if what == "params" else step  # params are read at step 0 too
 
     def perturb(kind, value, n):
         if kind == what and n == call:
@@ -315,6 +327,7 @@ def test_after_update(fixture, replay, what, step):
             else:
                 value += amount
         return value
+
     want = {f"{FIXTURE}/{what}/{step}"} | ({f"{FIXTURE}/rerun/{what}"} if step == 0 else set())
     assert failures(perturb, fixture, replay) == want
 
@@ -327,8 +340,11 @@ def declarations():
     """llmc.h's functions -> {name: (return type, [(argument type, argument name)])}."""
     functions = {}
     for result, name, arguments in DECLARATION.findall(re.sub(r"^\s*#.*$", "", read_cdef(), flags=re.M)):
-        params = [re.fullmatch(r"(.*?)\s*(\w+)", a.strip()).groups() for a in arguments.split(",")
-                  if a.strip() not in ("", "void")]
+        params = [
+            re.fullmatch(r"(.*?)\s*(\w+)", a.strip()).groups()
+            for a in arguments.split(",")
+            if a.strip() not in ("", "void")
+        ]
         functions[name] = (" ".join(result.split()), params)
     return functions
 
@@ -341,8 +357,7 @@ def lib_outputs():
     for name, (result, params) in declarations().items():
         if name in KERNEL_NAMES:
             continue
-        outputs += [(name, arg) for kind, arg in params
-                    if re.fullmatch(r"(float|llmc_config)\s*\*", kind)]
+        outputs += [(name, arg) for kind, arg in params if re.fullmatch(r"(float|llmc_config)\s*\*", kind)]
         if result == "size_t":
             outputs.append((name, "return"))
     return outputs
@@ -373,15 +388,31 @@ def small():
 def expected_value(fixture, check):
     """What the oracle says `check` should see (to size a perturbation beyond its tolerance)."""
     trajectory = fixture.trajectory("train", fixture.optimizer)
-    return {"loss": fixture.loss, "logits": fixture.logits, "abi/reshape/logits_short": fixture.logits,
-            "grad/dwte": split_params(fixture.grads, fixture.config)["wte"], "train_loss/1": fixture.expected_losses[1],
-            "grad_norm/0": trajectory.grad_norms[0], "params/0": trajectory.params[0], "m/0": trajectory.m[0],
-            "v/0": trajectory.v[0]}.get(check, 1.0)
+    return {
+        "loss": fixture.loss,
+        "logits": fixture.logits,
+        "abi/reshape/logits_short": fixture.logits,
+        "grad/dwte": split_params(fixture.grads, fixture.config)["wte"],
+        "train_loss/1": fixture.expected_losses[1],
+        "grad_norm/0": trajectory.grad_norms[0],
+        "params/0": trajectory.params[0],
+        "m/0": trajectory.m[0],
+        "v/0": trajectory.v[0],
+    }.get(check, 1.0)
 
 
-QUANTITY = {"loss": "loss", "logits": "logits", "abi/reshape/logits_short": "logits", "grad/dwte": "grad:dwte",
-            "train_loss/1": "losses10", "grad_norm/0": "grad_norm", "params/0": "params", "m/0": "m", "v/0": "v",
-            "abi/model_config": "exact"}
+QUANTITY = {
+    "loss": "loss",
+    "logits": "logits",
+    "abi/reshape/logits_short": "logits",
+    "grad/dwte": "grad:dwte",
+    "train_loss/1": "losses10",
+    "grad_norm/0": "grad_norm",
+    "params/0": "params",
+    "m/0": "m",
+    "v/0": "v",
+    "abi/model_config": "exact",
+}
 
 
 def amount_for(fixture, check):
@@ -398,12 +429,13 @@ def test_perturbed_reply_fails_its_check(small, op, name):
 
     def runner(argv):
         code, out, err = run_in_process(argv[1:])
-        if code == 0 and argv[3] == op:                 # port_example --backend NAME OP ...
+        if code == 0 and argv[3] == op:  # port_example --backend NAME OP ...
             path = argv[argv.index("--out") + 1]
             arrays = read_arrays(path)
             arrays[name].reshape(-1)[0] += np.float32(amount)
             write_arrays(path, arrays)
         return code, out, err
+
     backend = "cpu" if library_path("cpu").is_file() else "reference"
     port = CmdBackend(f"cmd:perturbed {op}.{name}", f"port_example --backend {backend}", runner=runner)
     run = run_model(port, small)
@@ -413,39 +445,50 @@ def test_perturbed_reply_fails_its_check(small, op, name):
 def shim_source():
     """C for a library that forwards every llmc.h function to LLMC_PERTURB_TARGET and then adds the amount
     named in LLMC_PERTURB_FILE ("function argument amount") to element 0 of that output."""
-    lines = ['#include <dlfcn.h>', '#include <stdio.h>', '#include <stdlib.h>', '#include <string.h>',
-             '#include "llmc.h"', '',
-             'static void* target(void) {',
-             '    static void* handle = NULL;',
-             '    if (handle == NULL) handle = dlopen(getenv("LLMC_PERTURB_TARGET"), RTLD_NOW | RTLD_LOCAL);',
-             '    if (handle == NULL) { fprintf(stderr, "perturbation shim: %s\\n", dlerror()); abort(); }',
-             '    return handle;',
-             '}', '',
-             'static double amount(const char* function, const char* argument) {',
-             '    const char* path = getenv("LLMC_PERTURB_FILE");',
-             '    FILE* f = path ? fopen(path, "r") : NULL;',
-             '    char fn[128], arg[128];',
-             '    double a = 0.0;',
-             '    int hit = f && fscanf(f, "%127s %127s %lf", fn, arg, &a) == 3 && !strcmp(fn, function) &&',
-             '              !strcmp(arg, argument);',
-             '    if (f) fclose(f);',
-             '    return hit ? a : 0.0;',
-             '}', '']
+    lines = [
+        "#include <dlfcn.h>",
+        "#include <stdio.h>",
+        "#include <stdlib.h>",
+        "#include <string.h>",
+        '#include "llmc.h"',
+        "",
+        "static void* target(void) {",
+        "    static void* handle = NULL;",
+        '    if (handle == NULL) handle = dlopen(getenv("LLMC_PERTURB_TARGET"), RTLD_NOW | RTLD_LOCAL);',
+        '    if (handle == NULL) { fprintf(stderr, "perturbation shim: %s\\n", dlerror()); abort(); }',
+        "    return handle;",
+        "}",
+        "",
+        "static double amount(const char* function, const char* argument) {",
+        '    const char* path = getenv("LLMC_PERTURB_FILE");',
+        '    FILE* f = path ? fopen(path, "r") : NULL;',
+        "    char fn[128], arg[128];",
+        "    double a = 0.0;",
+        '    int hit = f && fscanf(f, "%127s %127s %lf", fn, arg, &a) == 3 && !strcmp(fn, function) &&',
+        "              !strcmp(arg, argument);",
+        "    if (f) fclose(f);",
+        "    return hit ? a : 0.0;",
+        "}",
+        "",
+    ]
     for name, (result, params) in declarations().items():
         signature = ", ".join(f"{kind} {arg}" for kind, arg in params) or "void"
         types = ", ".join(kind for kind, _ in params) or "void"
         call = f"real({', '.join(arg for _, arg in params)})"
-        lines += [f"{result} {name}({signature}) {{",
-                  f"    static {result} (*real)({types}) = NULL;",
-                  f'    if (real == NULL) real = ({result} (*)({types}))dlsym(target(), "{name}");',
-                  f"    {'' if result == 'void' else f'{result} r = '}{call};",
-                  "    double a;"]
+        lines += [
+            f"{result} {name}({signature}) {{",
+            f"    static {result} (*real)({types}) = NULL;",
+            f'    if (real == NULL) real = ({result} (*)({types}))dlsym(target(), "{name}");',
+            f"    {'' if result == 'void' else f'{result} r = '}{call};",
+            "    double a;",
+        ]
         for kind, arg in params:
             if re.fullmatch(r"float\s*\*", kind):
                 lines.append(f'    if ((a = amount("{name}", "{arg}")) != 0.0 && {arg} != NULL) {arg}[0] += (float)a;')
             if re.fullmatch(r"llmc_config\s*\*", kind):
-                lines.append(f'    if ((a = amount("{name}", "{arg}")) != 0.0 && {arg} != NULL) '
-                             f'{arg}->max_seq_len += (int)a;')
+                lines.append(
+                    f'    if ((a = amount("{name}", "{arg}")) != 0.0 && {arg} != NULL) {arg}->max_seq_len += (int)a;'
+                )
         if result == "size_t":
             lines.append(f'    if ((a = amount("{name}", "return")) != 0.0) r += (size_t)a;')
         lines += ["    (void)a;", "" if result == "void" else "    return r;", "}", ""]
@@ -461,8 +504,9 @@ def perturbing_lib(tmp_path_factory):
     out = tmp_path_factory.mktemp("shim")
     source, lib, spec = out / "shim.c", out / "libperturb.so", out / "perturbation.txt"
     source.write_text(shim_source())
-    subprocess.run([CC, "-O1", "-fPIC", "-shared", "-I", str(HEADER.parent), str(source), "-o", str(lib), "-ldl"],
-                   check=True)
+    subprocess.run(
+        [CC, "-O1", "-fPIC", "-shared", "-I", str(HEADER.parent), str(source), "-o", str(lib), "-ldl"], check=True
+    )
     spec.write_text("")
     saved = {k: os.environ.get(k) for k in ("LLMC_PERTURB_TARGET", "LLMC_PERTURB_FILE")}
     os.environ.update(LLMC_PERTURB_TARGET=str(target), LLMC_PERTURB_FILE=str(spec))
@@ -483,8 +527,9 @@ def test_perturbing_lib_unperturbed_passes(perturbing_lib, small):
     assert failed_checks(run.results) == set() and run.not_run == []
 
 
-@pytest.mark.parametrize("function,argument", ONE_PROCESS_LIB_OUTPUTS,
-                         ids=[f"{f}.{a}" for f, a in ONE_PROCESS_LIB_OUTPUTS])
+@pytest.mark.parametrize(
+    "function,argument", ONE_PROCESS_LIB_OUTPUTS, ids=[f"{f}.{a}" for f, a in ONE_PROCESS_LIB_OUTPUTS]
+)
 def test_perturbed_lib_value_fails_its_check(perturbing_lib, small, function, argument):
     """A lib: port (our cpu library behind the shim) with one value it hands back perturbed: the whole suite
     fails, naming the check that judges it."""
@@ -533,6 +578,7 @@ def test_kernel_unperturbed_passes(name):
 def test_kernel_output(name, output, nan):
     def change(array):
         array.reshape(-1)[0] += np.nan if nan else beyond(kernel_quantity(name, output), array)
+
     backend = PerturbedBackend(kernel=name, output=output, after=change)
     assert _kernel_failures(backend, name) == {f"kernel/{name}/{output}"}
 
@@ -542,8 +588,9 @@ BACKWARD_CASES = [(k, o) for k, o in KERNEL_CASES if k.endswith("backward")]
 
 @pytest.mark.parametrize("name,output", BACKWARD_CASES, ids=[f"{k}.{o}" for k, o in BACKWARD_CASES])
 def test_kernel_that_overwrites_instead_of_accumulating(name, output):
-    def overwrite(array):        # what `=` instead of `+=` amounts to: the pre-filled gradient is lost
+    def overwrite(array):  # what `=` instead of `+=` amounts to: the pre-filled gradient is lost
         array[...] = 0
+
     backend = PerturbedBackend(kernel=name, output=output, before=overwrite)
     assert _kernel_failures(backend, name) == {f"kernel/{name}/{output}"}
 
@@ -555,7 +602,7 @@ def test_non_finite_never_passes(bad):
     got[2] = bad
     result = compare("meta", "none", got, np.ones(4), ("logits", "fp32"))
     assert not result.passed and "non-finite" in result.detail
-    assert not compare("meta", "none", np.ones(4), got, ("logits", "fp32")).passed     # a broken oracle either
+    assert not compare("meta", "none", np.ones(4), got, ("logits", "fp32")).passed  # a broken oracle either
 
 
 def test_not_a_number_fails():
@@ -570,5 +617,5 @@ def test_shape_mismatch_fails():
 
 def test_zero_slice_is_judged_against_its_scale():
     noise = np.full(4, 1e-12)
-    assert not compare("meta", "none", noise, np.zeros(4), ("grad_key_bias", "fp32")).passed     # relative to 0: inf
+    assert not compare("meta", "none", noise, np.zeros(4), ("grad_key_bias", "fp32")).passed  # relative to 0: inf
     assert compare("meta", "none", noise, np.zeros(4), ("grad_key_bias", "fp32"), scale=1.0).passed

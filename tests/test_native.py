@@ -5,6 +5,7 @@ for, out-of-range tokens and calls out of order come back as LlmcError (with the
 a message naming the file / field / position); NULL pointers and wrong arrays are caught by the
 binding before C sees them. Also: a fixed thread count repeats a training step bit for bit.
 """
+
 import os
 from pathlib import Path
 import re
@@ -32,9 +33,10 @@ ROOT = Path(__file__).resolve().parent.parent
 NATIVE = tuple(NATIVE_BUILTIN)
 CONFIG = GPT2Config.from_descriptor("L2-NH4-C64-V256-T64")
 TINY_DESCRIPTOR = "L1-NH2-C8-V10-T8"
-TINY = GPT2Config.from_descriptor(TINY_DESCRIPTOR)   # Vp 128: a 5 KB checkpoint
+TINY = GPT2Config.from_descriptor(TINY_DESCRIPTOR)  # Vp 128: a 5 KB checkpoint
 LLMC_ERR_ARGUMENT, LLMC_ERR_FILE, LLMC_ERR_FORMAT, LLMC_ERR_TOKEN, LLMC_ERR_STATE, LLMC_ERR_UNSUPPORTED = (
-    ERROR_CODES[f"LLMC_ERR_{name}"] for name in ("ARGUMENT", "FILE", "FORMAT", "TOKEN", "STATE", "UNSUPPORTED"))
+    ERROR_CODES[f"LLMC_ERR_{name}"] for name in ("ARGUMENT", "FILE", "FORMAT", "TOKEN", "STATE", "UNSUPPORTED")
+)
 
 
 def pytest_generate_tests(metafunc):
@@ -80,7 +82,7 @@ def test_checkpoint_round_trip(native, tmp_path):
 def test_checkpoint_bf16(native, tmp_path):
     params = init_params(TINY, seed=3)
     model = native.model_from_checkpoint(checkpoint(tmp_path / "m.bin", TINY, params, "bf16"), 2, 8)
-    np.testing.assert_array_equal(model.params(), bf16_bits_to_fp32(fp32_to_bf16_bits(params)))   # widened exactly
+    np.testing.assert_array_equal(model.params(), bf16_bits_to_fp32(fp32_to_bf16_bits(params)))  # widened exactly
     model.close()
 
 
@@ -152,7 +154,7 @@ def test_model_limits(native, model):
         with pytest.raises(LlmcArgumentError) as info:
             model.forward(tokens(rng, (B, T), CONFIG.vocab_size))
         assert info.value.code == LLMC_ERR_ARGUMENT and "max_B" in str(info.value)
-    with pytest.raises(LlmcArgumentError):   # max_T beyond the config's max_seq_len
+    with pytest.raises(LlmcArgumentError):  # max_T beyond the config's max_seq_len
         native.model(CONFIG, init_params(CONFIG), 1, CONFIG.max_seq_len + 1)
     for max_B, max_T in ((0, 8), (1, 0), (-1, 8)):
         with pytest.raises(LlmcArgumentError):
@@ -203,8 +205,9 @@ def test_gradients_accumulate_until_zero_grad(native, model):
         model.backward()
     # not bit for bit: adding into g1 rounds differently from adding g1 and g2 afterwards
     accumulated, summed = split_params(model.grads(), CONFIG), split_params(single[0] + single[1], CONFIG)
-    assert_within_tolerance(native, [(f"accumulated/d{name}", accumulated[name], summed[name], f"grad:d{name}")
-                                     for name in PARAM_NAMES])
+    assert_within_tolerance(
+        native, [(f"accumulated/d{name}", accumulated[name], summed[name], f"grad:d{name}") for name in PARAM_NAMES]
+    )
     model.zero_grad()
     assert not model.grads().any()
     m, v = model.optimizer_state()
@@ -229,7 +232,7 @@ def test_binding_rejects_bad_model_arguments(model):
     model.close()
     with pytest.raises(ValueError, match="closed"):
         model.forward(x)
-    model.close()   # closing twice is harmless
+    model.close()  # closing twice is harmless
 
 
 def test_update_rejects_bad_step(model):
@@ -253,14 +256,19 @@ def test_matches_reference(native, model):
     model.zero_grad()
     model.backward()
     got, want = split_params(model.grads(), CONFIG), split_params(ref.grads_memory, CONFIG)
-    assert_within_tolerance(native, [("loss", loss, expected, "loss"), ("logits", model.logits(), ref.logits, "logits")]
-                            + [(f"grad/d{name}", got[name], want[name], f"grad:d{name}") for name in PARAM_NAMES])
+    assert_within_tolerance(
+        native,
+        [("loss", loss, expected, "loss"), ("logits", model.logits(), ref.logits, "logits")]
+        + [(f"grad/d{name}", got[name], want[name], f"grad:d{name}") for name in PARAM_NAMES],
+    )
 
 
 def assert_within_tolerance(native, comparisons):
     """comparisons: (check, got, want, quantity); each judged by the table's entry at the backend's precision."""
-    results = [compare(check, native.name, got, want, (quantity, native.precision))
-               for check, got, want, quantity in comparisons]
+    results = [
+        compare(check, native.name, got, want, (quantity, native.precision))
+        for check, got, want, quantity in comparisons
+    ]
     failed = [r.message() for r in results if not r.passed]
     assert not failed, "\n".join(failed)
 
@@ -312,9 +320,11 @@ def test_thread_count_settable(native):
     native.set_num_threads(binding.default_threads())
     # another thread count splits the reductions differently, so rounds differently: no more than that
     grads_one, grads_two = split_params(one[3], CONFIG), split_params(two[3], CONFIG)
-    assert_within_tolerance(native, [("loss", one[0][0], two[0][0], "loss")]
-                            + [(f"grad/d{name}", grads_two[name], grads_one[name], f"grad:d{name}")
-                               for name in PARAM_NAMES])
+    assert_within_tolerance(
+        native,
+        [("loss", one[0][0], two[0][0], "loss")]
+        + [(f"grad/d{name}", grads_two[name], grads_one[name], f"grad:d{name}") for name in PARAM_NAMES],
+    )
     with pytest.raises(ValueError, match="n = 0"):
         native.set_num_threads(0)
 
@@ -347,7 +357,7 @@ def test_kernel_arguments_checked(native):
         k.matmul_forward(out, x, w[:, :4], None)
     with pytest.raises(ValueError, match="out"):
         k.matmul_forward(out[:, :, :4], x, w, None)
-    with pytest.raises(ValueError, match="inp"):   # a transposed view is not C-contiguous
+    with pytest.raises(ValueError, match="inp"):  # a transposed view is not C-contiguous
         k.matmul_forward(out, np.ascontiguousarray(x.transpose(0, 2, 1)).transpose(0, 2, 1), w, None)
     readonly = out.copy()
     readonly.flags.writeable = False
@@ -356,16 +366,22 @@ def test_kernel_arguments_checked(native):
     with pytest.raises(TypeError, match="bias"):
         k.matmul_forward(out, x, w, [0.0] * OC)
     with pytest.raises(ValueError, match="NH"):
-        k.attention_forward(np.zeros((B, T, C), np.float32), np.zeros((B, 3, T, T), np.float32),
-                            np.zeros((B, 3, T, T), np.float32), np.zeros((B, T, 3 * C), np.float32), 3)
+        k.attention_forward(
+            np.zeros((B, T, C), np.float32),
+            np.zeros((B, 3, T, T), np.float32),
+            np.zeros((B, 3, T, T), np.float32),
+            np.zeros((B, T, 3 * C), np.float32),
+            3,
+        )
     wte, wpe = np.zeros((16, C), np.float32), np.zeros((T, C), np.float32)
     with pytest.raises(ValueError, match="inp"):
         k.encoder_forward(x, np.full((B, T), 16, np.int32), wte, wpe)
     with pytest.raises(TypeError, match="inp"):
         k.encoder_forward(x, np.zeros((B, T), np.int64), wte, wpe)
     with pytest.raises(ValueError, match="targets"):
-        k.crossentropy_forward(np.zeros((B, T), np.float32), np.zeros((B, T, 16), np.float32),
-                               np.full((B, T), -1, np.int32))
+        k.crossentropy_forward(
+            np.zeros((B, T), np.float32), np.zeros((B, T, 16), np.float32), np.full((B, T), -1, np.int32)
+        )
     with pytest.raises(ValueError, match="V"):
         k.softmax_forward(np.zeros((B, T, 16), np.float32), np.zeros((B, T, 16), np.float32), 17)
 
@@ -381,8 +397,10 @@ def test_missing_library(monkeypatch, tmp_path):
 def test_partial_library_loads(tmp_path):
     """A port that exports only some of the ABI still loads; what it lacks is simply absent."""
     source = tmp_path / "partial.c"
-    source.write_text("void residual_forward(float* out, float* a, float* b, int n) {\n"
-                      "    for (int i = 0; i < n; i++) out[i] = a[i] + b[i];\n}\n")
+    source.write_text(
+        "void residual_forward(float* out, float* a, float* b, int n) {\n"
+        "    for (int i = 0; i < n; i++) out[i] = a[i] + b[i];\n}\n"
+    )
     lib = tmp_path / "libpartial.so"
     subprocess.run([os.environ.get("CC", "cc"), "-shared", "-fPIC", "-o", str(lib), str(source)], check=True)
     partial = NativeBackend(load_library(lib), "lib:partial")
@@ -397,7 +415,7 @@ def test_partial_library_loads(tmp_path):
 # native/core is compiled into the CPU library, the CUDA library and the llm.c adapter; these tests hold
 # each of the three to it. The adapter is built against the stand-in llm.c (tests/standin_llmc).
 CORE_LIBRARIES = ("cpu", "cuda", "adapter")
-ADAPTER_SETTINGS = dict(decay_all=True, grad_clip=0.0)   # what llm.c's gpt2_update can do
+ADAPTER_SETTINGS = dict(decay_all=True, grad_clip=0.0)  # what llm.c's gpt2_update can do
 
 
 @pytest.fixture(scope="module")
@@ -405,6 +423,7 @@ def adapter_path(tmp_path_factory):
     if shutil.which(os.environ.get("CC", "cc")) is None:
         pytest.skip("no C compiler to build the llm.c adapter")
     from tools.validate_llmc import STANDIN, build_adapter
+
     return build_adapter(STANDIN, tmp_path_factory.mktemp("adapter") / "libllmc_adapter.so")
 
 
@@ -468,13 +487,17 @@ def test_checkpoint_fifo_does_not_block(core_library, tmp_path):
     """A FIFO with no writer: the loader refuses it at once (it used to block in fopen forever)."""
     fifo = tmp_path / "model.bin"
     os.mkfifo(fifo)
-    out = run_child(open_library_in_child(core_library) + f"""
+    out = run_child(
+        open_library_in_child(core_library)
+        + f"""
         from native.binding import LlmcError
         try:
             backend.model_from_checkpoint({str(fifo)!r}, 1, 8)
         except LlmcError as e:
             print(e.code, e.llmc_message)
-    """, timeout=60)
+    """,
+        timeout=60,
+    )
     assert out.startswith(f"{LLMC_ERR_FILE} ") and str(fifo) in out and "not a regular file" in out, out
 
 
@@ -486,14 +509,14 @@ def test_checkpoint_nonfinite_parameter_rejected(core_library, tmp_path, dtype, 
         pytest.skip("llm.c's train_gpt2.c reads fp32 checkpoints only (bf16 is LLMC_ERR_UNSUPPORTED)")
     path = checkpoint(tmp_path / "m.bin", TINY, init_params(TINY), dtype)
     offsets = np.cumsum([0] + [np.prod(shape) for shape in TINY.param_shapes().values()])
-    index = int(offsets[PARAM_NAMES.index("qkvw")]) + 5   # qkvw, flat index 5
+    index = int(offsets[PARAM_NAMES.index("qkvw")]) + 5  # qkvw, flat index 5
     elem = 4 if dtype == "fp32" else 2
     bits = np.array([value], "<f4") if dtype == "fp32" else fp32_to_bf16_bits(np.array([value], np.float32))
     data = bytearray(path.read_bytes())
-    data[1024 + elem * index:1024 + elem * (index + 1)] = bits.astype("<f4" if dtype == "fp32" else "<u2").tobytes()
+    data[1024 + elem * index : 1024 + elem * (index + 1)] = bits.astype("<f4" if dtype == "fp32" else "<u2").tobytes()
     path.write_bytes(bytes(data))
     with pytest.raises(FormatError, match=re.escape(f"parameter {index} (qkvw, flat index 5)")):
-        read_checkpoint(path)   # the reader the C loader mirrors
+        read_checkpoint(path)  # the reader the C loader mirrors
     with pytest.raises(LlmcError) as info:
         core_library.model_from_checkpoint(path, 1, 8)
     assert info.value.code == LLMC_ERR_FORMAT
@@ -506,22 +529,27 @@ def test_checkpoint_nonfinite_parameter_rejected(core_library, tmp_path, dtype, 
 def test_checkpoint_reserved_header_field_rejected(core_library, tmp_path, dtype, index):
     path = checkpoint(tmp_path / "m.bin", TINY, init_params(TINY), dtype, header={index: -7})
     with pytest.raises(FormatError, match=re.escape(f"header[{index}]")):
-        read_checkpoint(path)   # the reader the C loader mirrors
+        read_checkpoint(path)  # the reader the C loader mirrors
     with pytest.raises(LlmcError) as info:
         core_library.model_from_checkpoint(path, 1, 8)
-    assert info.value.code == LLMC_ERR_FORMAT, str(info.value)   # a bad file before an unsupported version
+    assert info.value.code == LLMC_ERR_FORMAT, str(info.value)  # a bad file before an unsupported version
     for word in (str(path), f"header[{index}] = -7", "reserved"):
         assert word in str(info.value), f"{word!r} missing from: {info.value}"
 
 
 BAD_UPDATE_SETTINGS = [
     # (field, value, words of the message)
-    *[(field, value, [field, "finite"]) for field in ("learning_rate", "beta1", "beta2", "eps", "weight_decay",
-                                                      "grad_clip")
-      for value in (np.nan, np.inf, -np.inf)],
-    ("eps", 0.0, ["eps = 0", "positive"]), ("eps", -1e-8, ["eps", "positive"]),
-    ("beta1", 1.0, ["beta1 = 1", "[0, 1)"]), ("beta1", -0.1, ["beta1", "[0, 1)"]),
-    ("beta2", 1.0, ["beta2 = 1", "[0, 1)"]), ("beta2", 1.5, ["beta2", "[0, 1)"]),
+    *[
+        (field, value, [field, "finite"])
+        for field in ("learning_rate", "beta1", "beta2", "eps", "weight_decay", "grad_clip")
+        for value in (np.nan, np.inf, -np.inf)
+    ],
+    ("eps", 0.0, ["eps = 0", "positive"]),
+    ("eps", -1e-8, ["eps", "positive"]),
+    ("beta1", 1.0, ["beta1 = 1", "[0, 1)"]),
+    ("beta1", -0.1, ["beta1", "[0, 1)"]),
+    ("beta2", 1.0, ["beta2 = 1", "[0, 1)"]),
+    ("beta2", 1.5, ["beta2", "[0, 1)"]),
 ]
 
 
@@ -538,8 +566,9 @@ def tiny_trained(core_library):
     m.close()
 
 
-@pytest.mark.parametrize("field, value, words", BAD_UPDATE_SETTINGS,
-                         ids=[f"{f}={v}" for f, v, _ in BAD_UPDATE_SETTINGS])
+@pytest.mark.parametrize(
+    "field, value, words", BAD_UPDATE_SETTINGS, ids=[f"{f}={v}" for f, v, _ in BAD_UPDATE_SETTINGS]
+)
 def test_update_rejects_bad_settings(tiny_trained, field, value, words):
     """NaN / Inf settings, eps <= 0, betas outside [0, 1): LLMC_ERR_ARGUMENT, and the parameters untouched
     (they used to come back all non-finite with LLMC_OK)."""
@@ -556,8 +585,9 @@ def test_update_rejects_bad_settings(tiny_trained, field, value, words):
 
 def test_update_accepts_edge_settings(tiny_trained):
     """The bounds are tight: beta 0, the smallest positive eps, a negative grad_clip (no clipping) pass."""
-    tiny_trained.update(AdamWSettings(**{**ADAPTER_SETTINGS, "beta1": 0.0, "beta2": 0.0,
-                                         "eps": float(np.finfo(np.float32).tiny)}), 1)
+    tiny_trained.update(
+        AdamWSettings(**{**ADAPTER_SETTINGS, "beta1": 0.0, "beta2": 0.0, "eps": float(np.finfo(np.float32).tiny)}), 1
+    )
     tiny_trained.update(AdamWSettings(**{**ADAPTER_SETTINGS, "grad_clip": -1.0}), 2)
     assert np.isfinite(tiny_trained.params()).all()
 
@@ -567,7 +597,9 @@ def test_huge_thread_count_is_clamped(core_library, n):
     """llmc_set_num_threads(n) takes any n >= 1 and clamps it: a forward, backward and update then run
     (2**30 used to overflow the stack array the update summed into; 100000 crashed libgomp)."""
     settings = {**ADAPTER_SETTINGS, "grad_clip": 0.0}
-    out = run_child(open_library_in_child(core_library) + f"""
+    out = run_child(
+        open_library_in_child(core_library)
+        + f"""
         import numpy as np
         from reference.adamw import AdamWSettings
         from reference.model import GPT2Config, init_params
@@ -580,7 +612,8 @@ def test_huge_thread_count_is_clamped(core_library, n):
         model.backward()
         norm = model.update(AdamWSettings(**{settings!r}), 1)
         print("ok", np.isfinite(model.params()).all(), norm > 0)
-    """)
+    """
+    )
     assert out.split() == ["ok", "True", "True"], out
 
 

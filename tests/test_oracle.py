@@ -8,6 +8,7 @@
    reference/torch_gpt2.py (autograd, float64) on the committed fixtures' weights.
 Every comparison goes through conformance.checks.compare and is recorded like any other check.
 """
+
 import math
 
 from hypothesis import given, settings
@@ -22,8 +23,8 @@ from reference import layers
 from reference.model import GPT2, PARAM_NAMES, GPT2Config, init_params, split_params
 from reference.oracle import expected_outputs
 
-ORACLE = "oracle"        # the backend name of checks on reference/ itself, in float64
-FD_STEP = 1e-6           # central differences in float64: truncation ~h^2, rounding ~1e-16/h, both ~1e-10
+ORACLE = "oracle"  # the backend name of checks on reference/ itself, in float64
+FD_STEP = 1e-6  # central differences in float64: truncation ~h^2, rounding ~1e-16/h, both ~1e-10
 
 
 def central_differences(objective, x, indices=None):
@@ -45,7 +46,7 @@ def central_differences(objective, x, indices=None):
 # Each case: (inputs to differentiate, objective() -> float, analytic gradients). The objective is
 # sum(R * layer output) for a fixed random R, so the analytic gradients are the backward of dout = R.
 def _encoder(rng, B, T, C, NH, V, Vp):
-    inp = rng.integers(0, min(V, 3), (B, T))                  # repeated tokens: their gradients add up
+    inp = rng.integers(0, min(V, 3), (B, T))  # repeated tokens: their gradients add up
     x = {"wte": rng.standard_normal((Vp, C)), "wpe": rng.standard_normal((T + 1, C))}
     R = rng.standard_normal((B, T, C))
     objective = lambda: np.sum(R * layers.encoder_forward(inp, x["wte"], x["wpe"]))
@@ -103,22 +104,43 @@ def _softmax_crossentropy(rng, B, T, C, NH, V, Vp):
     return x, objective, {"logits": layers.crossentropy_softmax_backward(dlosses, probs, targets, V)}
 
 
-LAYER_CASES = {"encoder": _encoder, "layernorm": _layernorm, "matmul": _matmul, "attention": _attention,
-               "gelu": _gelu, "residual": _residual, "softmax_crossentropy": _softmax_crossentropy}
+LAYER_CASES = {
+    "encoder": _encoder,
+    "layernorm": _layernorm,
+    "matmul": _matmul,
+    "attention": _attention,
+    "gelu": _gelu,
+    "residual": _residual,
+    "softmax_crossentropy": _softmax_crossentropy,
+}
 
 
 @pytest.mark.parametrize("layer", LAYER_CASES)
 def test_layer_backward_matches_finite_differences(recorder, layer):
     @settings(max_examples=8)
-    @given(B=st.integers(1, 2), T=st.integers(1, 4), NH=st.integers(1, 2), hs=st.integers(1, 3),
-           V=st.integers(1, 6), pad=st.integers(0, 3), seed=st.integers(0, 2**32 - 1))
+    @given(
+        B=st.integers(1, 2),
+        T=st.integers(1, 4),
+        NH=st.integers(1, 2),
+        hs=st.integers(1, 3),
+        V=st.integers(1, 6),
+        pad=st.integers(0, 3),
+        seed=st.integers(0, 2**32 - 1),
+    )
     def check(B, T, NH, hs, V, pad, seed):
         rng = np.random.default_rng(seed)
         x, objective, analytic = LAYER_CASES[layer](rng, B, T, NH * hs, NH, V, V + pad)
         for name, values in x.items():
             numeric = central_differences(objective, values).reshape(values.shape)
-            recorder.check(compare(f"oracle/finite_differences/{layer}.{name}", ORACLE, analytic[name], numeric,
-                                   ("finite_difference", "fp64")))
+            recorder.check(
+                compare(
+                    f"oracle/finite_differences/{layer}.{name}",
+                    ORACLE,
+                    analytic[name],
+                    numeric,
+                    ("finite_difference", "fp64"),
+                )
+            )
 
     check()
 
@@ -129,8 +151,8 @@ def test_model_gradient_matches_finite_differences(recorder):
     config = GPT2Config.from_descriptor("L2-NH2-C8-V11-T8")
     rng = np.random.default_rng(0)
     params = init_params(config, seed=0, dtype=np.float64)
-    params += 0.1 * rng.standard_normal(params.size)         # off the init's zero biases and unit layernorms
-    split_params(params, config)["wte"][config.vocab_size:] = 0
+    params += 0.1 * rng.standard_normal(params.size)  # off the init's zero biases and unit layernorms
+    split_params(params, config)["wte"][config.vocab_size :] = 0
     x, y = rng.integers(0, config.vocab_size, (2, 5)), rng.integers(0, config.vocab_size, (2, 5))
     model = GPT2(config, params, dtype=np.float64)
     model.forward(x, y)
@@ -138,14 +160,17 @@ def test_model_gradient_matches_finite_differences(recorder):
     model.backward()
     for pname, dname in zip(PARAM_NAMES, GRAD_NAMES, strict=False):
         tensor = model.params[pname]
-        rows = config.vocab_size if pname == "wte" else tensor.shape[0]   # the padded rows of wte: their own check
+        rows = config.vocab_size if pname == "wte" else tensor.shape[0]  # the padded rows of wte: their own check
         population = rows * math.prod(tensor.shape[1:])
         flat = rng.choice(population, size=min(12, population), replace=False)
         indices = [np.unravel_index(int(i), tensor.shape) for i in flat]
         numeric = central_differences(lambda: model.forward(x, y), tensor, indices)
         analytic = np.array([model.grads[pname][i] for i in indices])
-        recorder.check(compare(f"oracle/finite_differences/model.{dname}", ORACLE, analytic, numeric,
-                               ("finite_difference", "fp64")))
+        recorder.check(
+            compare(
+                f"oracle/finite_differences/model.{dname}", ORACLE, analytic, numeric, ("finite_difference", "fp64")
+            )
+        )
 
 
 # ----------------------------------------------------------------------------- 3. float32 vs float64
@@ -153,8 +178,14 @@ def test_model_gradient_matches_finite_differences(recorder):
 def small_configs(draw):
     NH = draw(st.integers(1, 4))
     V = draw(st.integers(2, 300))
-    return GPT2Config(max_seq_len=16, vocab_size=V, padded_vocab_size=V + draw(st.integers(0, 64)),
-                      num_layers=draw(st.integers(1, 3)), num_heads=NH, channels=NH * draw(st.integers(4, 16)))
+    return GPT2Config(
+        max_seq_len=16,
+        vocab_size=V,
+        padded_vocab_size=V + draw(st.integers(0, 64)),
+        num_layers=draw(st.integers(1, 3)),
+        num_heads=NH,
+        channels=NH * draw(st.integers(4, 16)),
+    )
 
 
 @settings(max_examples=10)

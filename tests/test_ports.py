@@ -16,6 +16,7 @@ the suite down, and a port author gets the right reasons.
 - The cmd: adapter's call patterns keep llm.c's semantics; the ports' skip / expected-failure lists.
 Most runs use the committed tiny fixtures and the example port in-process (tools.port_example.run_in_process).
 """
+
 import json
 import os
 from pathlib import Path
@@ -56,25 +57,41 @@ from tools.validate_llmc import STANDIN, build_adapter
 
 REPO = FIXTURES_DIR.parent
 EXAMPLE = f"{sys.executable} -m tools.port_example"
-CC = os.environ.get("CC", "cc")                      # as tools/validate_llmc.py builds the adapter
+CC = os.environ.get("CC", "cc")  # as tools/validate_llmc.py builds the adapter
 needs_cc = pytest.mark.skipif(shutil.which(CC) is None, reason=f"no C compiler ({CC}) to build a port library")
 # kernel shapes for the lib: ports: one token and head; sizes that are not multiples of 8 or 16
-KERNEL_SHAPES = (KernelShape(B=1, T=1, C=3, NH=1, OC=5, V=7, Vp=9),
-                 KernelShape(B=3, T=5, C=12, NH=3, OC=10, V=20, Vp=24, bias=False))
+KERNEL_SHAPES = (
+    KernelShape(B=1, T=1, C=3, NH=1, OC=5, V=7, Vp=9),
+    KernelShape(B=3, T=5, C=12, NH=3, OC=10, V=20, Vp=24, bias=False),
+)
 
 # check families, by name without the fixture
 ALL = set(CHECK_NAMES)
 GRADS = {f"grad/{d}" for d in GRAD_NAMES}
-TRAIN = set(SEGMENTS["train"]) - set(STEP0_NAMES)   # test_gpt2.c's loop: losses, grad norms, params, m, v
+TRAIN = set(SEGMENTS["train"]) - set(STEP0_NAMES)  # test_gpt2.c's loop: losses, grad norms, params, m, v
 DECAY = set(SEGMENTS["decay_2d_clip"])
 ABI = {name for segment, names in SEGMENTS.items() if segment.startswith("abi/") for name in names}
 RERUN = set(SEGMENTS["rerun"])
-CMD_SKIPPED = {name for segment in ("abi/accumulate", "abi/model_config", "abi/from_checkpoint", "abi/set_params")
-               for name in SEGMENTS[segment]}                                      # not the protocol's to judge
+CMD_SKIPPED = {
+    name
+    for segment in ("abi/accumulate", "abi/model_config", "abi/from_checkpoint", "abi/set_params")
+    for name in SEGMENTS[segment]
+}  # not the protocol's to judge
 # what a port with a wrong forward or backward fails: everything computed, none of the exact copies, the
 # padding (wte's padded rows stay zero), dqkvb's key part (still noise), nor the reruns (still deterministic)
-COMPUTED = ALL - RERUN - {"logits_padding", "grad/dqkvb[key]", "wte_padding/params", "wte_padding/grads",
-                          "abi/from_checkpoint/params", "abi/set_params/params", "abi/model_config"}
+COMPUTED = (
+    ALL
+    - RERUN
+    - {
+        "logits_padding",
+        "grad/dqkvb[key]",
+        "wte_padding/params",
+        "wte_padding/grads",
+        "abi/from_checkpoint/params",
+        "abi/set_params/params",
+        "abi/model_config",
+    }
+)
 AFTER_AN_UPDATE = {n for n in TRAIN | DECAY if not n.endswith("train_loss/0")} | set(SEGMENTS["abi/resume"])
 
 
@@ -96,14 +113,20 @@ def family(*parts, within=ALL):
 
 def failed_checks(results, fixture_name=None):
     """check names (fixture prefix dropped) that failed"""
-    return sorted({r.check.split("/", 1)[1] if r.check.startswith(f"{fixture_name}/") else r.check
-                   for r in results if not r.passed})
+    return sorted(
+        {
+            r.check.split("/", 1)[1] if r.check.startswith(f"{fixture_name}/") else r.check
+            for r in results
+            if not r.passed
+        }
+    )
 
 
 def inprocess_port(options):
     """The example port, each protocol call run inside this process (no process start per call)."""
-    return CmdBackend(f"cmd:port_example {options}", f"port_example {options}",
-                      runner=lambda argv: run_in_process(argv[1:]))
+    return CmdBackend(
+        f"cmd:port_example {options}", f"port_example {options}", runner=lambda argv: run_in_process(argv[1:])
+    )
 
 
 @pytest.fixture(scope="module")
@@ -181,8 +204,9 @@ def test_cmd_training_loop_costs_one_call_per_step(small):
     calls = []
 
     def counting(argv):
-        calls.append(argv[3])                 # port_example --backend reference OP ...
+        calls.append(argv[3])  # port_example --backend reference OP ...
         return run_in_process(argv[1:])
+
     port = CmdBackend("cmd:counting", "port_example --backend reference", runner=counting)
     calls.clear()
     trace(port, small, steps=TRAIN_STEPS)
@@ -203,17 +227,17 @@ def test_cmd_batching_keeps_llmc_semantics(tiny):
         m.zero_grad()
         m.backward()
         m.forward(x, y)
-        m.backward()                                           # accumulates: twice the gradient
+        m.backward()  # accumulates: twice the gradient
         seen["grads2"] = m.grads()
         m.zero_grad()
         m.backward()
         seen["norm1"] = m.update(settings, 1)
-        seen["params1"] = m.params()                           # a read between updates
+        seen["params1"] = m.params()  # a read between updates
         seen["loss2"] = m.forward(x, y)
         m.zero_grad()
         m.backward()
         seen["norm2"] = m.update(settings, 2)
-        seen["loss_no_targets"] = m.forward(x[:, :5])           # no targets, a shorter T
+        seen["loss_no_targets"] = m.forward(x[:, :5])  # no targets, a shorter T
         seen["logits_short"] = m.logits()
         seen["m"], seen["v"] = m.optimizer_state()
         m.set_params(tiny.params)
@@ -221,7 +245,7 @@ def test_cmd_batching_keeps_llmc_semantics(tiny):
         m.zero_grad()
         m.backward()
         seen["grads_reset"] = m.grads()
-        m.set_optimizer_state(seen["m"], seen["v"])             # resume: a --state file
+        m.set_optimizer_state(seen["m"], seen["v"])  # resume: a --state file
         seen["norm_resumed"] = m.update(settings, 3)
         seen["params_resumed"] = m.params()
         m.close()
@@ -253,8 +277,10 @@ def test_lib_port_with_some_kernels_only(tmp_path):
     """A library exporting one kernel and no model API: that kernel is judged, the rest are skipped
     naming what is missing, and the model checks are unsupported (skipped), not errors."""
     source = tmp_path / "residual.c"
-    source.write_text("void residual_forward(float* out, float* inp1, float* inp2, int N) {\n"
-                      "    for (int i = 0; i < N; i++) out[i] = inp1[i] + inp2[i];\n}\n")
+    source.write_text(
+        "void residual_forward(float* out, float* inp1, float* inp2, int N) {\n"
+        "    for (int i = 0; i < N; i++) out[i] = inp1[i] + inp2[i];\n}\n"
+    )
     lib = tmp_path / "libresidual.so"
     subprocess.run([CC, "-O2", "-fPIC", "-shared", str(source), "-o", str(lib)], check=True)
     backend = get_backend(f"lib:{lib}")
@@ -266,15 +292,33 @@ def test_lib_port_with_some_kernels_only(tmp_path):
         run_model_checks(backend, load_fixture(FIXTURES_DIR / "tiny-gpt2"))
     assert stopped.value.results == [] and is_unsupported(stopped.value.cause)
     assert {n.verdict for n in stopped.value.not_run} == {"skipped"}
-    done = subprocess.run([sys.executable, "-m", "pytest", "conformance/test_model.py", "-q", "-p", "no:cacheprovider",
-                           "--backend", f"lib:{lib}", "--fixture", str(FIXTURES_DIR / "tiny-gpt2")],
-                          capture_output=True, text=True, cwd=REPO)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "conformance/test_model.py",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--backend",
+            f"lib:{lib}",
+            "--fixture",
+            str(FIXTURES_DIR / "tiny-gpt2"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert done.returncode == 0 and f"{len(CHECK_NAMES)} skipped" in done.stdout, done.stdout + done.stderr
 
 
 # ----------------------------------------------------------------------------- the llm.c adapter
-STANDIN_BUGS = ("STANDIN_BUG_ENCODER_OVERWRITE", "STANDIN_BUG_MATMUL_BACKWARD_OVERWRITE",
-                "STANDIN_BUG_ADAMW_NO_BIAS_CORRECTION")
+STANDIN_BUGS = (
+    "STANDIN_BUG_ENCODER_OVERWRITE",
+    "STANDIN_BUG_MATMUL_BACKWARD_OVERWRITE",
+    "STANDIN_BUG_ADAMW_NO_BIAS_CORRECTION",
+)
 # llm.c's gpt2_update: decay on every tensor, no clipping; the other convention stops at its first update
 LLMC_SKIPPED = DECAY - {"decay_2d_clip/train_loss/0"}
 
@@ -311,13 +355,22 @@ def test_standin_adapter_passes(standin_libs, fixtures):
 
 
 @needs_cc
-@pytest.mark.parametrize("function,skipped,reason", [
-    ("llmc_model_from_params", LLMC_SKIPPED, "decays every parameter"),     # llm.c's shape: checkpoints only
-    ("llmc_model_config", LLMC_SKIPPED | {"abi/model_config"}, "llmc_model_config"),
-    ("llmc_set_optimizer_state", LLMC_SKIPPED | set(SEGMENTS["abi/resume"]), "llmc_set_optimizer_state"),
-    ("llmc_update", LLMC_SKIPPED | TRAIN - {"train_loss/0"} | set(SEGMENTS["abi/resume"])
-     | {"rerun/grad_norm", "rerun/params", "rerun/m", "rerun/v"}, "llmc_update"),
-])
+@pytest.mark.parametrize(
+    "function,skipped,reason",
+    [
+        ("llmc_model_from_params", LLMC_SKIPPED, "decays every parameter"),  # llm.c's shape: checkpoints only
+        ("llmc_model_config", LLMC_SKIPPED | {"abi/model_config"}, "llmc_model_config"),
+        ("llmc_set_optimizer_state", LLMC_SKIPPED | set(SEGMENTS["abi/resume"]), "llmc_set_optimizer_state"),
+        (
+            "llmc_update",
+            LLMC_SKIPPED
+            | TRAIN - {"train_loss/0"}
+            | set(SEGMENTS["abi/resume"])
+            | {"rerun/grad_norm", "rerun/params", "rerun/m", "rerun/v"},
+            "llmc_update",
+        ),
+    ],
+)
 def test_lib_without_a_function_skips_what_needs_it(tmp_path, small, function, skipped, reason):
     """Every llmc.h function a library exports is judged; each one missing skips the checks that need it,
     naming it; the rest pass."""
@@ -348,28 +401,45 @@ def test_adapter_turns_llmc_exits_into_errors(standin_libs, tmp_path):
         except Exception as e:
             return getattr(e, "code", type(e).__name__)
         return 0
+
     m = backend.model(f.config, f.params, f.B, f.T)
-    codes = {"checkpoint": code(lambda: backend.model_from_checkpoint(bad, 1, 8)),
-             "missing": code(lambda: backend.model_from_checkpoint(tmp_path / "none.bin", 1, 8)),
-             "backward_first": code(m.backward),
-             "token": code(lambda: m.forward(np.full((1, 4), f.config.vocab_size, np.int32))),
-             "too_long": code(lambda: m.forward(np.zeros((1, f.T + 1), np.int32)))}
+    codes = {
+        "checkpoint": code(lambda: backend.model_from_checkpoint(bad, 1, 8)),
+        "missing": code(lambda: backend.model_from_checkpoint(tmp_path / "none.bin", 1, 8)),
+        "backward_first": code(m.backward),
+        "token": code(lambda: m.forward(np.full((1, 4), f.config.vocab_size, np.int32))),
+        "too_long": code(lambda: m.forward(np.zeros((1, f.T + 1), np.int32))),
+    }
     m.forward(f.x, f.y)
     m.zero_grad()
     m.backward()
     codes["decay_2d"] = code(lambda: m.update(AdamWSettings(decay_all=False), 1))
     codes["clip"] = code(lambda: m.update(AdamWSettings(grad_clip=1.0), 1))
     m.close()
-    assert codes == {"checkpoint": 3, "missing": 2, "backward_first": 6, "token": 5, "too_long": 1,
-                     "decay_2d": 8, "clip": 8}
+    assert codes == {
+        "checkpoint": 3,
+        "missing": 2,
+        "backward_first": 6,
+        "token": 5,
+        "too_long": 1,
+        "decay_2d": 8,
+        "clip": 8,
+    }
 
 
 # ----------------------------------------------------------------------------- crash isolation
 @needs_cc
-@pytest.mark.parametrize("how,says", [("segv", "killed by SIGSEGV"), ("abort", "killed by SIGABRT"),
-                                      ("exit", "exited with status 1"), ("hang", "ran past LLMC_PORT_TIMEOUT=2 s")])
+@pytest.mark.parametrize(
+    "how,says",
+    [
+        ("segv", "killed by SIGSEGV"),
+        ("abort", "killed by SIGABRT"),
+        ("exit", "exited with status 1"),
+        ("hang", "ran past LLMC_PORT_TIMEOUT=2 s"),
+    ],
+)
 def test_lib_port_that_dies_is_an_error_not_the_end(standin_libs, small, monkeypatch, how, says):
-    monkeypatch.setenv("STANDIN_CRASH", how)           # read by the stand-in in its child process
+    monkeypatch.setenv("STANDIN_CRASH", how)  # read by the stand-in in its child process
     monkeypatch.setenv("LLMC_PORT_TIMEOUT", "2")
     backend = port_backend(f"lib:{standin_libs[None].path}")
     model = backend.model(small.config, small.params, small.B, small.T)
@@ -379,7 +449,7 @@ def test_lib_port_that_dies_is_an_error_not_the_end(standin_libs, small, monkeyp
     with pytest.raises(PortCrashed, match="process that has ended"):
         model.logits()
     monkeypatch.delenv("STANDIN_CRASH")
-    fresh = backend.model(small.config, small.params, small.B, small.T)    # a new child, without the variable
+    fresh = backend.model(small.config, small.params, small.B, small.T)  # a new child, without the variable
     assert np.isfinite(fresh.forward(small.x, small.y))
     fresh.close()
 
@@ -395,8 +465,16 @@ def test_conform_survives_a_segfaulting_lib_port(standin_libs, fixtures, tmp_pat
     monkeypatch.setenv("STANDIN_CRASH", "segv")
     lib = standin_libs[None].path
     json_path, md_path = tmp_path / "crash.json", tmp_path / "crash.md"
-    args = ["--backend", "reference", "--backend", f"lib:{lib}", "--report-json", str(json_path),
-            "--report-md", str(md_path)]
+    args = [
+        "--backend",
+        "reference",
+        "--backend",
+        f"lib:{lib}",
+        "--report-json",
+        str(json_path),
+        "--report-md",
+        str(md_path),
+    ]
     for fixture in fixtures:
         args += ["--fixture", str(fixture.path)]
     assert conform.main(args) == 1
@@ -423,13 +501,32 @@ def test_pytest_survives_a_segfaulting_lib_port(standin_libs, tmp_path):
     """The same in pytest: the model tests that needed a forward fail (not reached: the crash), the kernel
     tests pass, the reports are written with the ERROR rows."""
     json_path, md_path = tmp_path / "crash.json", tmp_path / "crash.md"
-    done = subprocess.run([sys.executable, "-m", "pytest", "conformance/test_model.py", "conformance/test_kernels.py",
-                           "-q", "-p", "no:cacheprovider", "--backend", f"lib:{standin_libs[None].path}",
-                           "--fixture", str(FIXTURES_DIR / "tiny-gpt2"), "--report-json", str(json_path),
-                           "--report-md", str(md_path)],
-                          capture_output=True, text=True, cwd=REPO, env=dict(os.environ, STANDIN_CRASH="segv"))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "conformance/test_model.py",
+            "conformance/test_kernels.py",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--backend",
+            f"lib:{standin_libs[None].path}",
+            "--fixture",
+            str(FIXTURES_DIR / "tiny-gpt2"),
+            "--report-json",
+            str(json_path),
+            "--report-md",
+            str(md_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, STANDIN_CRASH="segv"),
+    )
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
-    errors = len(CHECK_NAMES) - len(NO_FORWARD)                     # pytest: failed, saying not reached and why
+    errors = len(CHECK_NAMES) - len(NO_FORWARD)  # pytest: failed, saying not reached and why
     assert f"{errors} failed, {15 + len(NO_FORWARD)} passed" in done.stdout, done.stdout[-3000:]
     assert "not reached: PortCrashed" in done.stdout and "SIGSEGV" in done.stdout
     report = json.loads(json_path.read_text())
@@ -441,15 +538,32 @@ def test_pytest_survives_a_segfaulting_lib_port(standin_libs, tmp_path):
 def test_lib_port_that_crashes_while_loading_is_an_error(tmp_path, small, capsys):
     """A library whose loading segfaults (a constructor) is no 'unavailable' skip: every check is an ERROR."""
     source = tmp_path / "boom.c"
-    source.write_text("#include <signal.h>\n__attribute__((constructor)) static void boom(void) { raise(SIGSEGV); }\n"
-                      "int llmc_init(void) { return 0; }\n")
+    source.write_text(
+        "#include <signal.h>\n__attribute__((constructor)) static void boom(void) { raise(SIGSEGV); }\n"
+        "int llmc_init(void) { return 0; }\n"
+    )
     lib = tmp_path / "libboom.so"
     subprocess.run([CC, "-O2", "-fPIC", "-shared", str(source), "-o", str(lib)], check=True)
     with pytest.raises(PortCrashed, match="killed by SIGSEGV .*during loading the library"):
         get_backend(f"lib:{lib}")
     json_path = tmp_path / "boom.json"
-    assert conform.main(["--backend", "reference", "--backend", f"lib:{lib}", "--fixture", str(small.path),
-                         "--report-json", str(json_path), "--report-md", str(tmp_path / "boom.md")]) == 1
+    assert (
+        conform.main(
+            [
+                "--backend",
+                "reference",
+                "--backend",
+                f"lib:{lib}",
+                "--fixture",
+                str(small.path),
+                "--report-json",
+                str(json_path),
+                "--report-md",
+                str(tmp_path / "boom.md"),
+            ]
+        )
+        == 1
+    )
     assert f"{len(CHECK_NAMES)} could not run (ERROR)" in capsys.readouterr().out
     not_run = json.loads(json_path.read_text())["meta"]["not_run"]
     assert sum(n["backend"] == f"lib:{lib}" and n["verdict"] == "ERROR" for n in not_run) == len(CHECK_NAMES)
@@ -461,30 +575,47 @@ FORWARD_WRONG = COMPUTED - CMD_SKIPPED
 GRAD_NORMS = family(r"(decay_2d_clip/)?grad_norm/\d") | {"abi/resume/grad_norm"}
 # m and v are right after a bug of the update itself; the first gradient norm comes before any update
 UPDATE_WRONG = AFTER_AN_UPDATE - {"m/0", "v/0", "grad_norm/0", "decay_2d_clip/grad_norm/0"}
-EXAMPLE_BUGS = {                                     # example-port bug flags (cmd:)
+EXAMPLE_BUGS = {  # example-port bug flags (cmd:)
     # a wrong GELU moves the first two gradient norms by less than their tolerance (5e-4 relative, set by
     # gpt2_124M's late steps): everything else computed fails
     "gelu-constant": FORWARD_WRONG - family(r"(decay_2d_clip/)?grad_norm/[01]") - {"abi/resume/grad_norm"},
     "no-causal-mask": FORWARD_WRONG,
     "layernorm-eps": FORWARD_WRONG,
-    "softmax-padding": FORWARD_WRONG - {"abi/from_checkpoint/logits", "abi/set_params/logits", "logits",
-                                        "abi/reshape/logits_short", "abi/reshape/logits"},
+    "softmax-padding": FORWARD_WRONG
+    - {
+        "abi/from_checkpoint/logits",
+        "abi/set_params/logits",
+        "logits",
+        "abi/reshape/logits_short",
+        "abi/reshape/logits",
+    },
     # the bug's AdamW also forgets to clip: decay_2d_clip's first m and v are wrong too
     "adamw-no-bias-correction": UPDATE_WRONG | {"decay_2d_clip/m/0", "decay_2d_clip/v/0"},
     # what the train reply says, made wrong (the Done-when of issue 10)
     "doubled-grad-norms": GRAD_NORMS,
-    "zeroed-optimizer-state": family(r"(decay_2d_clip/)?[mv]/\d", r"(decay_2d_clip/)?params/[1-9]",
-                                     r"(decay_2d_clip/)?(grad_norm|train_loss)/([2-9]|10)")
-                              | {"abi/resume/m", "abi/resume/v", "abi/resume/params"},
-    "params-one-step-behind": family(r"(decay_2d_clip/)?params/\d", r"(decay_2d_clip/)?[mv]/[1-9]",
-                                     r"(decay_2d_clip/)?(grad_norm|train_loss)/([1-9]|10)")
-                              | set(SEGMENTS["abi/resume"]),
+    "zeroed-optimizer-state": family(
+        r"(decay_2d_clip/)?[mv]/\d",
+        r"(decay_2d_clip/)?params/[1-9]",
+        r"(decay_2d_clip/)?(grad_norm|train_loss)/([2-9]|10)",
+    )
+    | {"abi/resume/m", "abi/resume/v", "abi/resume/params"},
+    "params-one-step-behind": family(
+        r"(decay_2d_clip/)?params/\d",
+        r"(decay_2d_clip/)?[mv]/[1-9]",
+        r"(decay_2d_clip/)?(grad_norm|train_loss)/([1-9]|10)",
+    )
+    | set(SEGMENTS["abi/resume"]),
 }
-STANDIN_BUG_FAILS = {                                # compile-time bugs of the stand-in (lib:), kernels included
-    "STANDIN_BUG_ENCODER_OVERWRITE": {"grad/dwte", "abi/accumulate/grad/dwte", "abi/accumulate/grad/dwpe",
-                                      "kernel/encoder_backward/dwte", "kernel/encoder_backward/dwpe"}
-                                     | (AFTER_AN_UPDATE - DECAY),
-    "STANDIN_BUG_MATMUL_BACKWARD_OVERWRITE": {"kernel/matmul_backward/dinp"},   # invisible at the model level
+STANDIN_BUG_FAILS = {  # compile-time bugs of the stand-in (lib:), kernels included
+    "STANDIN_BUG_ENCODER_OVERWRITE": {
+        "grad/dwte",
+        "abi/accumulate/grad/dwte",
+        "abi/accumulate/grad/dwpe",
+        "kernel/encoder_backward/dwte",
+        "kernel/encoder_backward/dwpe",
+    }
+    | (AFTER_AN_UPDATE - DECAY),
+    "STANDIN_BUG_MATMUL_BACKWARD_OVERWRITE": {"kernel/matmul_backward/dinp"},  # invisible at the model level
     "STANDIN_BUG_ADAMW_NO_BIAS_CORRECTION": UPDATE_WRONG - DECAY,
 }
 
@@ -505,8 +636,9 @@ def test_wrong_ports_fail_and_are_named(standin_libs, tiny, tmp_path):
         backends[backend.name] = f"stand-in llm.c built with -D{bug}"
         caught[bug] = set(failed_checks(got, tiny.name))
     for bug, want in {**EXAMPLE_BUGS, **STANDIN_BUG_FAILS}.items():
-        assert caught[bug] == want, (f"{bug}: also caught by {sorted(caught[bug] - want)}, "
-                                     f"not by {sorted(want - caught[bug])}")
+        assert caught[bug] == want, (
+            f"{bug}: also caught by {sorted(caught[bug] - want)}, not by {sorted(want - caught[bug])}"
+        )
 
     write_json(results, tmp_path / "wrong_ports.json", suite_meta(backends, source="tests/test_ports.py"))
     write_markdown(results, tmp_path / "wrong_ports.md", suite_meta(backends))
@@ -529,8 +661,11 @@ def test_wrong_ports_fail_under_bf16(tiny):
 # ----------------------------------------------------------------------------- array files
 def test_array_file_round_trip_and_errors(tmp_path):
     path = tmp_path / "a.bin"
-    arrays = {"x": np.arange(6, dtype=np.int32).reshape(2, 3), "loss": np.float32(1.5),
-              "logits": np.random.default_rng(0).normal(size=(2, 3, 4)).astype(np.float32)}
+    arrays = {
+        "x": np.arange(6, dtype=np.int32).reshape(2, 3),
+        "loss": np.float32(1.5),
+        "logits": np.random.default_rng(0).normal(size=(2, 3, 4)).astype(np.float32),
+    }
     write_arrays(path, arrays)
     back = read_arrays(path)
     assert list(back) == list(arrays)
@@ -538,13 +673,19 @@ def test_array_file_round_trip_and_errors(tmp_path):
         assert back[name].dtype == np.asarray(arrays[name]).dtype and np.array_equal(back[name], arrays[name])
     data = path.read_bytes()
     name_x = np.array([1], "<i4").tobytes() + b"x"
-    cases = {"magic": b"\0\0\0\0" + data[4:], "truncated": data[:-3], "trailing": data + b"\0",
-             "dtype": data[:12 + 4 + 1] + np.array([9], "<i4").tobytes() + data[12 + 4 + 1 + 4:],
-             "header count": data[:8] + np.array([-1], "<i4").tobytes() + data[12:],
-             "like an earlier one": data[:8] + np.array([4], "<i4").tobytes() + data[12:]
-                                    + data[12:12 + len(name_x) + 8 + 4 * 2 + 24],   # x again
-             "not UTF-8": data[:16] + b"\xff" + data[17:]}
-    assert data[12:12 + len(name_x)] == name_x
+    cases = {
+        "magic": b"\0\0\0\0" + data[4:],
+        "truncated": data[:-3],
+        "trailing": data + b"\0",
+        "dtype": data[: 12 + 4 + 1] + np.array([9], "<i4").tobytes() + data[12 + 4 + 1 + 4 :],
+        "header count": data[:8] + np.array([-1], "<i4").tobytes() + data[12:],
+        "like an earlier one": data[:8]
+        + np.array([4], "<i4").tobytes()
+        + data[12:]
+        + data[12 : 12 + len(name_x) + 8 + 4 * 2 + 24],  # x again
+        "not UTF-8": data[:16] + b"\xff" + data[17:],
+    }
+    assert data[12 : 12 + len(name_x)] == name_x
     for field, content in cases.items():
         path.write_bytes(content)
         with pytest.raises(PortError, match=str(path)) as error:
@@ -558,10 +699,12 @@ def test_array_file_round_trip_and_errors(tmp_path):
 def _script_port(tmp_path, name, body):
     """cmd: a Python script; `body` runs for every call but info (argv: sys.argv[1:])."""
     script = tmp_path / f"{name}.py"
-    script.write_text("import json, os, subprocess, sys, time\n"
-                      "if sys.argv[1] == 'info':\n"
-                      "    print(json.dumps({'protocol': 1, 'name': " + repr(name) + "}))\n"
-                      "    sys.exit(0)\n" + body)
+    script.write_text(
+        "import json, os, subprocess, sys, time\n"
+        "if sys.argv[1] == 'info':\n"
+        "    print(json.dumps({'protocol': 1, 'name': " + repr(name) + "}))\n"
+        "    sys.exit(0)\n" + body
+    )
     return f"cmd:{sys.executable} {script}"
 
 
@@ -571,8 +714,11 @@ def test_cmd_port_errors_are_clear(monkeypatch, tmp_path):
     with pytest.raises(PortError, match="printed list JSON, expected an object"):
         get_backend(f"cmd:{sys.executable} -c 'print([1])'")
     monkeypatch.setenv("LLMC_PORT_TIMEOUT", "0.5")
-    with pytest.raises(PortTimeout, match=r"ran past LLMC_PORT_TIMEOUT=0.5 s and was killed; a slower port can "
-                                          r"have more time: LLMC_PORT_TIMEOUT=SECONDS"):
+    with pytest.raises(
+        PortTimeout,
+        match=r"ran past LLMC_PORT_TIMEOUT=0.5 s and was killed; a slower port can "
+        r"have more time: LLMC_PORT_TIMEOUT=SECONDS",
+    ):
         get_backend(f"cmd:{sys.executable} -c 'import time; time.sleep(10)'")
     monkeypatch.delenv("LLMC_PORT_TIMEOUT")
     with pytest.raises(BackendUnavailable, match="exited with status 2"):
@@ -594,16 +740,23 @@ def test_cmd_port_errors_are_clear(monkeypatch, tmp_path):
 def test_cmd_port_timeout_kills_its_process_group(tmp_path, monkeypatch, small):
     """A port that started a child of its own and hangs: the timeout kills both."""
     pid_file = tmp_path / "grandchild.pid"
-    port = get_backend(_script_port(tmp_path, "hangs", (
-        f"child = subprocess.Popen(['sleep', '300'])\nopen({str(pid_file)!r}, 'w').write(str(child.pid))\n"
-        "time.sleep(300)\n")))
+    port = get_backend(
+        _script_port(
+            tmp_path,
+            "hangs",
+            (
+                f"child = subprocess.Popen(['sleep', '300'])\nopen({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+                "time.sleep(300)\n"
+            ),
+        )
+    )
     monkeypatch.setenv("LLMC_PORT_TIMEOUT", "2")
     model = port.model(small.config, small.params, small.B, small.T)
     with pytest.raises(PortTimeout, match="ran past LLMC_PORT_TIMEOUT=2 s"):
         model.forward(small.x, small.y)
     model.close()
     pid = int(pid_file.read_text())
-    for _ in range(50):                     # reaped by init a moment later
+    for _ in range(50):  # reaped by init a moment later
         if not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text():
             break
         time.sleep(0.1)
@@ -618,12 +771,27 @@ def test_cmd_port_failing_at_first_call(tmp_path, monkeypatch, small, capsys):
     (tmp_path / "kept").mkdir()
     name = _script_port(tmp_path, "fails", "print('no luck', file=sys.stderr)\nsys.exit(7)\n")
     json_path = tmp_path / "fails.json"
-    assert conform.main(["--backend", name, "--fixture", str(small.path), "--report-json", str(json_path),
-                         "--report-md", str(tmp_path / "fails.md")]) == 1
+    assert (
+        conform.main(
+            [
+                "--backend",
+                name,
+                "--fixture",
+                str(small.path),
+                "--report-json",
+                str(json_path),
+                "--report-md",
+                str(tmp_path / "fails.md"),
+            ]
+        )
+        == 1
+    )
     out = capsys.readouterr().out
     errors = len(CHECK_NAMES) - len(CMD_SKIPPED)
-    assert (f"0 of {len(CHECK_NAMES)} checks passed, 0 failed, {errors} could not run (ERROR), "
-            f"{len(CMD_SKIPPED)} skipped (unsupported)") in out
+    assert (
+        f"0 of {len(CHECK_NAMES)} checks passed, 0 failed, {errors} could not run (ERROR), "
+        f"{len(CMD_SKIPPED)} skipped (unsupported)"
+    ) in out
     not_run = json.loads(json_path.read_text())["meta"]["not_run"]
     assert sum(n["verdict"] == "ERROR" for n in not_run) == errors
     reason = next(n["reason"] for n in not_run if n["check"].endswith("/logits"))
@@ -640,10 +808,30 @@ def test_real_port_scenario(tmp_path):
     an expected failure showing the difference (informational, never a silent pass), in the reports too."""
     name = f"cmd:{EXAMPLE} --backend cpu --noise --chatty"
     json_path, md_path = tmp_path / "port.json", tmp_path / "port.md"
-    done = subprocess.run([sys.executable, "-m", "pytest", "conformance/test_model.py", "conformance/test_kernels.py",
-                           "-q", "-rsx", "-p", "no:cacheprovider", "--backend", name, "--fixture",
-                           str(FIXTURES_DIR / "tiny-gpt2"), "--report-json", str(json_path), "--report-md",
-                           str(md_path)], capture_output=True, text=True, cwd=REPO)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "conformance/test_model.py",
+            "conformance/test_kernels.py",
+            "-q",
+            "-rsx",
+            "-p",
+            "no:cacheprovider",
+            "--backend",
+            name,
+            "--fixture",
+            str(FIXTURES_DIR / "tiny-gpt2"),
+            "--report-json",
+            str(json_path),
+            "--report-md",
+            str(md_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "the command-line protocol (cmd:) exposes no kernels" in done.stdout
     assert "plug the port in as lib:PATH" in done.stdout and "has no kernel" not in done.stdout
@@ -667,10 +855,12 @@ def test_deterministic_port_that_differs_fails(tmp_path):
 def _port_without_train(tmp_path, exit_status):
     """cmd: the example port, except that `train` exits with exit_status (3: unsupported, 1: a crash)."""
     script = tmp_path / f"no_train_{exit_status}.py"
-    script.write_text(f"import sys\nsys.path.insert(0, {str(REPO)!r})\n"
-                      "if 'train' in sys.argv:\n    print('this port does not train', file=sys.stderr)\n"
-                      f"    sys.exit({exit_status})\n"
-                      "from tools.port_example import main\nsys.exit(main())\n")
+    script.write_text(
+        f"import sys\nsys.path.insert(0, {str(REPO)!r})\n"
+        "if 'train' in sys.argv:\n    print('this port does not train', file=sys.stderr)\n"
+        f"    sys.exit({exit_status})\n"
+        "from tools.port_example import main\nsys.exit(main())\n"
+    )
     return f"cmd:{sys.executable} {script} --backend reference"
 
 
@@ -683,8 +873,23 @@ def _matrix_cell(markdown, check, column=-1):
 def test_unsupported_training_is_skipped_in_conform(tmp_path, small, capsys):
     """Exit 3 on `train`: what needs no update is judged, the rest is 'skipped', the run passes."""
     md = tmp_path / "unsupported.md"
-    assert conform.main(["--backend", "reference", "--backend", _port_without_train(tmp_path, 3), "--fixture",
-                         str(small.path), "--report-json", str(tmp_path / "u.json"), "--report-md", str(md)]) == 0
+    assert (
+        conform.main(
+            [
+                "--backend",
+                "reference",
+                "--backend",
+                _port_without_train(tmp_path, 3),
+                "--fixture",
+                str(small.path),
+                "--report-json",
+                str(tmp_path / "u.json"),
+                "--report-md",
+                str(md),
+            ]
+        )
+        == 0
+    )
     assert "unsupported: port_example: train unsupported: this port does not train" in capsys.readouterr().out
     assert _matrix_cell(md, f"{small.name}/loss").startswith("pass")
     assert _matrix_cell(md, f"{small.name}/train_loss/0").startswith("pass")
@@ -695,8 +900,23 @@ def test_unsupported_training_is_skipped_in_conform(tmp_path, small, capsys):
 def test_crash_in_training_is_an_error_in_conform(tmp_path, small, capsys):
     """Exit 1 on `train`: the checks before it are kept, the run fails, and the matrix says ERROR."""
     md = tmp_path / "error.md"
-    assert conform.main(["--backend", "reference", "--backend", _port_without_train(tmp_path, 1), "--fixture",
-                         str(small.path), "--report-json", str(tmp_path / "e.json"), "--report-md", str(md)]) == 1
+    assert (
+        conform.main(
+            [
+                "--backend",
+                "reference",
+                "--backend",
+                _port_without_train(tmp_path, 1),
+                "--fixture",
+                str(small.path),
+                "--report-json",
+                str(tmp_path / "e.json"),
+                "--report-md",
+                str(md),
+            ]
+        )
+        == 1
+    )
     assert re.search(r"ERROR \[\d\]", capsys.readouterr().out)
     report = json.loads((tmp_path / "e.json").read_text())
     assert report["passed"] is False
@@ -705,9 +925,24 @@ def test_crash_in_training_is_an_error_in_conform(tmp_path, small, capsys):
 
 
 def test_unsupported_training_is_skipped_in_pytest(tmp_path, small):
-    done = subprocess.run([sys.executable, "-m", "pytest", "conformance/test_model.py", "-q", "-p", "no:cacheprovider",
-                           "--backend", _port_without_train(tmp_path, 3), "--fixture", str(small.path)],
-                          capture_output=True, text=True, cwd=REPO)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "conformance/test_model.py",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--backend",
+            _port_without_train(tmp_path, 3),
+            "--fixture",
+            str(small.path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert re.search(r"\d+ passed, \d+ skipped", done.stdout), done.stdout
 
@@ -715,9 +950,11 @@ def test_unsupported_training_is_skipped_in_pytest(tmp_path, small):
 # ----------------------------------------------------------------------------- skip / xfail lists
 def test_port_list_parsing_and_matching(tmp_path):
     path = tmp_path / "skips.txt"
-    path.write_text("# llm.c decays every parameter\n*decay_2d*\n\n"
-                    "conformance/test_model.py::test_gradient[dwte-lib:x.so-tiny-bytes]  # padded rows\n"
-                    "tiny-bytes/train_loss/?\n")
+    path.write_text(
+        "# llm.c decays every parameter\n*decay_2d*\n\n"
+        "conformance/test_model.py::test_gradient[dwte-lib:x.so-tiny-bytes]  # padded rows\n"
+        "tiny-bytes/train_loss/?\n"
+    )
     entries = port_lists.read_list(path)
     assert [e.reason for e in entries] == ["llm.c decays every parameter", "padded rows", "listed"]
     assert entries[1].matches("conformance/test_model.py::test_gradient[dwte-lib:x.so-tiny-bytes]")
@@ -731,13 +968,31 @@ def test_port_list_parsing_and_matching(tmp_path):
 def test_port_lists_in_pytest(tmp_path):
     (tmp_path / "test_x.py").write_text(
         "import pytest\n@pytest.mark.parametrize('g', ['dwte', 'dwpe', 'dln1w'])\n"
-        "def test_gradient(g):\n    assert g != 'dwpe'\n")
+        "def test_gradient(g):\n    assert g != 'dwpe'\n"
+    )
     (tmp_path / "skips.txt").write_text("test_gradient[dwte]  # known\n*stale*\n")
     (tmp_path / "xfails.txt").write_text("*test_gradient[dwpe]\n")
-    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "conformance.port_lists", "-p", "no:cacheprovider",
-                           "-rsx", "--port-skips", "skips.txt", "--port-xfails", "xfails.txt", "test_x.py"],
-                          capture_output=True, text=True, cwd=tmp_path,
-                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "conformance.port_lists",
+            "-p",
+            "no:cacheprovider",
+            "-rsx",
+            "--port-skips",
+            "skips.txt",
+            "--port-xfails",
+            "xfails.txt",
+            "test_x.py",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 passed, 1 skipped, 1 xfailed" in done.stdout
     assert "skips.txt:1: known" in done.stdout
@@ -751,5 +1006,5 @@ def test_port_lists_for_conform_results(small):
     kept, notes = port_lists.apply_to_results(results, skips, xfails)
     assert not any("/grad/" in r.check for r in kept)
     loss = next(r for r in kept if r.check.endswith("/loss"))
-    assert not loss.passed and "unexpectedly passed" in loss.detail     # the reference passes it
+    assert not loss.passed and "unexpectedly passed" in loss.detail  # the reference passes it
     assert any("'*nothing*' matches no check" in n for n in notes)

@@ -1,6 +1,7 @@
 """bf16 mixed precision trains as fp32 does: 200 steps of tools.train on tiny Shakespeare, the same model,
 data, seed and schedule on the strict-fp32 and the bf16 CUDA backends; the bf16 validation loss curve stays
 within the tolerance table's train_curve distance of the fp32 one (GPU only: skipped elsewhere, saying why)."""
+
 import pytest
 
 from backends.base import BackendUnavailable
@@ -10,9 +11,31 @@ from conformance.tolerances import tolerance
 from tools import train as trainer
 
 STEPS, VAL_EVERY = 200, 20
-ARGS = ["--model", "L4-NH4-C128", "-B", "8", "-T", "64", "--steps", str(STEPS), "--lr", "2e-3", "--warmup", "20",
-        "--final-lr-frac", "0.1", "--val-every", str(VAL_EVERY), "--val-batches", "10", "--sample-every", "0",
-        "--checkpoint-every", "0", "--quiet"]
+ARGS = [
+    "--model",
+    "L4-NH4-C128",
+    "-B",
+    "8",
+    "-T",
+    "64",
+    "--steps",
+    str(STEPS),
+    "--lr",
+    "2e-3",
+    "--warmup",
+    "20",
+    "--final-lr-frac",
+    "0.1",
+    "--val-every",
+    str(VAL_EVERY),
+    "--val-batches",
+    "10",
+    "--sample-every",
+    "0",
+    "--checkpoint-every",
+    "0",
+    "--quiet",
+]
 
 
 def val_curve(backend, outdir):
@@ -35,7 +58,16 @@ def test_bf16_loss_curve_follows_fp32(tmp_path, recorder):
     try:
         tolerance("train_curve", "bf16")
     except KeyError:
-        pytest.skip("conformance/tolerances.py has no train_curve entry for bf16 yet: the distance printed above "
-                    "(pytest -s) is the measurement it needs")
-    recorder.check(compare("shakespeare/train_curve/val", "cuda-bf16", [bf16[s] for s in steps],
-                           [fp32[s] for s in steps], ("train_curve", "bf16")))
+        pytest.skip(
+            "conformance/tolerances.py has no train_curve entry for bf16 yet: the distance printed above "
+            "(pytest -s) is the measurement it needs"
+        )
+    recorder.check(
+        compare(
+            "shakespeare/train_curve/val",
+            "cuda-bf16",
+            [bf16[s] for s in steps],
+            [fp32[s] for s in steps],
+            ("train_curve", "bf16"),
+        )
+    )

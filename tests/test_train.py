@@ -2,6 +2,7 @@
 bad arguments and files give a one-line error with exit status 2 and create nothing.
 
 Tiny models (V=256) on random token files, so every test takes seconds."""
+
 import re
 
 import numpy as np
@@ -32,8 +33,24 @@ def data(tmp_path_factory):
 def run(data, outdir, *extra, backend="reference"):
     """-> (TrainResult, printed lines)"""
     lines = []
-    argv = ["--backend", backend, "--model", MODEL, "--train-data", str(data[0]), "--val-data", str(data[1]),
-            "-B", "2", "-T", "16", "--output-dir", str(outdir), "--quiet", *extra]
+    argv = [
+        "--backend",
+        backend,
+        "--model",
+        MODEL,
+        "--train-data",
+        str(data[0]),
+        "--val-data",
+        str(data[1]),
+        "-B",
+        "2",
+        "-T",
+        "16",
+        "--output-dir",
+        str(outdir),
+        "--quiet",
+        *extra,
+    ]
     return trainer.train(trainer.parse_args(argv), out=lines.append), lines
 
 
@@ -42,9 +59,32 @@ def samples(lines):
 
 
 # a schedule that changes every step, clipping that bites, accumulation over 2 micro-batches
-SCHEDULE = ["--steps", "8", "--lr", "3e-3", "--warmup", "2", "--final-lr-frac", "0.1", "--grad-clip", "0.5",
-            "--weight-decay", "0.1", "--total-batch-size", "64", "--val-every", "3", "--val-batches", "2",
-            "--sample-every", "3", "--gen-tokens", "6", "--checkpoint-every", "2"]
+SCHEDULE = [
+    "--steps",
+    "8",
+    "--lr",
+    "3e-3",
+    "--warmup",
+    "2",
+    "--final-lr-frac",
+    "0.1",
+    "--grad-clip",
+    "0.5",
+    "--weight-decay",
+    "0.1",
+    "--total-batch-size",
+    "64",
+    "--val-every",
+    "3",
+    "--val-batches",
+    "2",
+    "--sample-every",
+    "3",
+    "--gen-tokens",
+    "6",
+    "--checkpoint-every",
+    "2",
+]
 
 
 @pytest.mark.parametrize("shuffle", ["--shuffle", "--no-shuffle"])
@@ -62,7 +102,7 @@ def test_resume_is_bit_exact(data, tmp_path, backend, shuffle):
     # exact equality: the same floats, not merely close ones
     assert {s: l for s, l in whole.train_losses.items() if s >= 4} == rest.train_losses
     assert {s: l for s, l in whole.val_losses.items() if s >= 4} == rest.val_losses
-    assert samples(whole_lines)[-len(samples(rest_lines)):] == samples(rest_lines)
+    assert samples(whole_lines)[-len(samples(rest_lines)) :] == samples(rest_lines)
     # the resumed log is the uninterrupted one: lines from the stopped run past step 4 are dropped
     assert (tmp_path / "split" / "main.log").read_text() == (tmp_path / "whole" / "main.log").read_text()
 
@@ -71,18 +111,49 @@ def test_grad_accumulation_is_one_big_batch(data, tmp_path):
     """B=2 with 2 micro-batches reads the same rows as B=4 in one (llm.c's loader, unshuffled, is
     sequential), so the two runs agree to float32 rounding (the eps and clip rescaling of tools/train.py is
     exact math)."""
-    common = ["--steps", "4", "--lr", "3e-3", "--grad-clip", "0.5", "--val-every", "0", "--sample-every", "0",
-              "--no-shuffle"]
+    common = [
+        "--steps",
+        "4",
+        "--lr",
+        "3e-3",
+        "--grad-clip",
+        "0.5",
+        "--val-every",
+        "0",
+        "--sample-every",
+        "0",
+        "--no-shuffle",
+    ]
     accum, _ = run(data, tmp_path / "accum", *common, "--total-batch-size", "64")
     lines = []
-    argv = ["--backend", "reference", "--model", MODEL, "--train-data", str(data[0]), "--val-data", str(data[1]),
-            "-B", "4", "-T", "16", "--output-dir", str(tmp_path / "big"), "--quiet", *common]
+    argv = [
+        "--backend",
+        "reference",
+        "--model",
+        MODEL,
+        "--train-data",
+        str(data[0]),
+        "--val-data",
+        str(data[1]),
+        "-B",
+        "4",
+        "-T",
+        "16",
+        "--output-dir",
+        str(tmp_path / "big"),
+        "--quiet",
+        *common,
+    ]
     big = trainer.train(trainer.parse_args(argv), out=lines.append)
     losses_accum = np.array(list(accum.train_losses.values()))
     losses_big = np.array(list(big.train_losses.values()))
     np.testing.assert_allclose(losses_accum, losses_big, rtol=1e-5)
-    norms = [re.search(r"norm:(\S+)", l)[1] for l in (tmp_path / d / "main.log" for d in ("accum", "big"))
-             for l in l.read_text().splitlines() if "trl" in l]
+    norms = [
+        re.search(r"norm:(\S+)", l)[1]
+        for l in (tmp_path / d / "main.log" for d in ("accum", "big"))
+        for l in l.read_text().splitlines()
+        if "trl" in l
+    ]
     np.testing.assert_allclose(np.float64(norms[:4]), np.float64(norms[4:]), rtol=1e-3)
 
 
@@ -103,10 +174,10 @@ def test_log_format(data, tmp_path):
 
 def test_learning_rate_schedules():
     schedule = LearningRateSchedule(1.0, total_steps=12, warmup=2, final_lr_frac=0.1)
-    assert schedule.kind == "cosine"      # tools.train's default too
+    assert schedule.kind == "cosine"  # tools.train's default too
     assert [schedule.at(s) for s in (0, 1)] == [0.5, 1.0]
     assert schedule.at(2) == pytest.approx(1.0)
-    assert schedule.at(7) == pytest.approx(0.55)    # cosine half-way
+    assert schedule.at(7) == pytest.approx(0.55)  # cosine half-way
     assert schedule.at(12) == pytest.approx(0.1)
     schedule.kind = "linear"
     assert schedule.at(7) == pytest.approx(0.55)
@@ -128,20 +199,39 @@ def test_sampler_matches_llmc_xorshift():
     assert [Sampler.sample_mult(probs, c) for c in (0.0, 0.2499, 0.25, 0.49, 0.5, 0.99)] == [0, 0, 1, 1, 2, 2]
 
 
-@pytest.mark.parametrize("argv, names", [
-    (["-B", "0"], "--batch-size"),
-    (["--total-batch-size", "100"], "--total-batch-size"),
-    (["--model", "d7x"], "--model"),
-    (["--model", "missing.bin"], "missing.bin"),
-    (["--train-data", "/nonexistent/train.bin"], "/nonexistent/train.bin"),
-    (["--backend", "nosuch"], "--backend"),
-    (["--resume"], "--resume"),
-    (["--lr", "abc"], "--lr"),
-    (["--schedule", "wsd"], "--schedule"),
-])
+@pytest.mark.parametrize(
+    "argv, names",
+    [
+        (["-B", "0"], "--batch-size"),
+        (["--total-batch-size", "100"], "--total-batch-size"),
+        (["--model", "d7x"], "--model"),
+        (["--model", "missing.bin"], "missing.bin"),
+        (["--train-data", "/nonexistent/train.bin"], "/nonexistent/train.bin"),
+        (["--backend", "nosuch"], "--backend"),
+        (["--resume"], "--resume"),
+        (["--lr", "abc"], "--lr"),
+        (["--schedule", "wsd"], "--schedule"),
+    ],
+)
 def test_bad_arguments_exit_2_with_one_line(data, tmp_path, capsys, argv, names):
-    base = ["--backend", "reference", "--model", MODEL, "--train-data", str(data[0]), "--val-data", str(data[1]),
-            "-B", "2", "-T", "16", "--steps", "1", "--output-dir", str(tmp_path)]
+    base = [
+        "--backend",
+        "reference",
+        "--model",
+        MODEL,
+        "--train-data",
+        str(data[0]),
+        "--val-data",
+        str(data[1]),
+        "-B",
+        "2",
+        "-T",
+        "16",
+        "--steps",
+        "1",
+        "--output-dir",
+        str(tmp_path),
+    ]
     assert trainer.main(base + argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("train: error:") and names in err, err
@@ -150,24 +240,65 @@ def test_bad_arguments_exit_2_with_one_line(data, tmp_path, capsys, argv, names)
 def test_bad_token_file_names_the_file(tmp_path, capsys):
     bad = tmp_path / "train.bin"
     bad.write_bytes(b"\0" * 100)
-    assert trainer.main(["--backend", "reference", "--model", MODEL, "--train-data", str(bad),
-                         "--val-data", str(bad), "-T", "16", "--output-dir", str(tmp_path)]) == 2
+    assert (
+        trainer.main(
+            [
+                "--backend",
+                "reference",
+                "--model",
+                MODEL,
+                "--train-data",
+                str(bad),
+                "--val-data",
+                str(bad),
+                "-T",
+                "16",
+                "--output-dir",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "--train-data" in err and str(bad) in err, err
 
 
-@pytest.mark.parametrize("damage, field, detail", [
-    (lambda path: patch_header(path, 0, 20240327), "magic", "header[0] magic is 20240327, expected 20261126"),
-    (lambda path: truncate(path, 4), "size", "file is truncated"),
-    (lambda path: truncate(path, 10**9), "header", "shorter than the 1024-byte header"),
-    (lambda path: patch_header(path, 3, 0), "header[3]", "header[3] B is 0, must be positive"),
-    (lambda path: patch_header(path, 5, -2), "header[5]", "header[5] grad_accum is -2, must be positive"),
-    (lambda path: patch_header(path, 7, 1), "header[7]", "header[7] is 1, expected 0 (reserved)"),
-])
+@pytest.mark.parametrize(
+    "damage, field, detail",
+    [
+        (lambda path: patch_header(path, 0, 20240327), "magic", "header[0] magic is 20240327, expected 20261126"),
+        (lambda path: truncate(path, 4), "size", "file is truncated"),
+        (lambda path: truncate(path, 10**9), "header", "shorter than the 1024-byte header"),
+        (lambda path: patch_header(path, 3, 0), "header[3]", "header[3] B is 0, must be positive"),
+        (lambda path: patch_header(path, 5, -2), "header[5]", "header[5] grad_accum is -2, must be positive"),
+        (lambda path: patch_header(path, 7, 1), "header[7]", "header[7] is 1, expected 0 (reserved)"),
+    ],
+)
 def test_malformed_state_names_file_and_field(data, tmp_path, capsys, damage, field, detail):
-    argv = ["--backend", "reference", "--model", MODEL, "--train-data", str(data[0]), "--val-data", str(data[1]),
-            "-B", "2", "-T", "16", "--steps", "1", "--checkpoint-every", "1", "--val-every", "0", "--sample-every", "0",
-            "--output-dir", str(tmp_path)]
+    argv = [
+        "--backend",
+        "reference",
+        "--model",
+        MODEL,
+        "--train-data",
+        str(data[0]),
+        "--val-data",
+        str(data[1]),
+        "-B",
+        "2",
+        "-T",
+        "16",
+        "--steps",
+        "1",
+        "--checkpoint-every",
+        "1",
+        "--val-every",
+        "0",
+        "--sample-every",
+        "0",
+        "--output-dir",
+        str(tmp_path),
+    ]
     assert trainer.main(argv) == 0
     path = tmp_path / "state_00000001.bin"
     damage(path)
@@ -181,26 +312,63 @@ def test_malformed_state_names_file_and_field(data, tmp_path, capsys, damage, fi
 
 
 def test_keep_last_deletes_old_checkpoints(data, tmp_path):
-    run(data, tmp_path, "--steps", "6", "--checkpoint-every", "2", "--keep-last", "2", "--val-every", "0",
-        "--sample-every", "0")
+    run(
+        data,
+        tmp_path,
+        "--steps",
+        "6",
+        "--checkpoint-every",
+        "2",
+        "--keep-last",
+        "2",
+        "--val-every",
+        "0",
+        "--sample-every",
+        "0",
+    )
     names = sorted(p.name for p in tmp_path.iterdir() if p.name[:4] in ("DONE", "mode", "stat"))
-    assert names == ["DONE_00000004", "DONE_00000006", "model_00000004.bin", "model_00000006.bin",
-                     "state_00000004.bin", "state_00000006.bin"]
+    assert names == [
+        "DONE_00000004",
+        "DONE_00000006",
+        "model_00000004.bin",
+        "model_00000006.bin",
+        "state_00000004.bin",
+        "state_00000006.bin",
+    ]
     assert newest_checkpoint(tmp_path) == 6
 
 
-@pytest.mark.parametrize("argv, names", [
-    (["--resume"], "is not a directory"),
-    (["--train-data", "/nonexistent/train_*.bin"], "/nonexistent/train_*.bin: no token file matches"),
-    (["--val-data", "/nonexistent/val.bin"], "--val-data"),
-    (["--model", "missing.bin"], "missing.bin"),
-    (["--backend", "nosuch"], "--backend"),
-])
+@pytest.mark.parametrize(
+    "argv, names",
+    [
+        (["--resume"], "is not a directory"),
+        (["--train-data", "/nonexistent/train_*.bin"], "/nonexistent/train_*.bin: no token file matches"),
+        (["--val-data", "/nonexistent/val.bin"], "--val-data"),
+        (["--model", "missing.bin"], "missing.bin"),
+        (["--backend", "nosuch"], "--backend"),
+    ],
+)
 def test_bad_input_creates_no_output_directory(data, tmp_path, capsys, argv, names):
     """Every input is checked before --output-dir is made: a failed start leaves nothing behind."""
     outdir = tmp_path / "out" / "run"
-    base = ["--backend", "reference", "--model", MODEL, "--train-data", str(data[0]), "--val-data", str(data[1]),
-            "-B", "2", "-T", "16", "--steps", "1", "--output-dir", str(outdir)]
+    base = [
+        "--backend",
+        "reference",
+        "--model",
+        MODEL,
+        "--train-data",
+        str(data[0]),
+        "--val-data",
+        str(data[1]),
+        "-B",
+        "2",
+        "-T",
+        "16",
+        "--steps",
+        "1",
+        "--output-dir",
+        str(outdir),
+    ]
     assert trainer.main(base + argv) == 2
     assert names in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -209,8 +377,25 @@ def test_bad_input_creates_no_output_directory(data, tmp_path, capsys, argv, nam
 def test_bad_token_file_creates_no_output_directory(tmp_path, capsys):
     bad = tmp_path / "train.bin"
     bad.write_bytes(b"\0" * 100)
-    assert trainer.main(["--backend", "reference", "--model", MODEL, "--train-data", str(bad), "--val-data", str(bad),
-                         "-T", "16", "--output-dir", str(tmp_path / "out")]) == 2
+    assert (
+        trainer.main(
+            [
+                "--backend",
+                "reference",
+                "--model",
+                MODEL,
+                "--train-data",
+                str(bad),
+                "--val-data",
+                str(bad),
+                "-T",
+                "16",
+                "--output-dir",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     assert "--train-data" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -231,7 +416,7 @@ def test_rank_and_world_size_from_the_environment(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     args = trainer.parse_args(["-B", "2", "-T", "16"])
     assert (args.rank, args.world_size, args.total_batch_size) == (1, 2, 64)
-    args = trainer.parse_args(["--rank", "0", "--world-size", "1"])       # an option overrides the environment
+    args = trainer.parse_args(["--rank", "0", "--world-size", "1"])  # an option overrides the environment
     assert (args.rank, args.world_size) == (0, 1)
     with pytest.raises(trainer.UsageError, match=r"--rank: 2 is outside \[0, world size 2\)"):
         trainer.parse_args(["--rank", "2"])
@@ -248,11 +433,36 @@ def test_sharded_ranks_resume_and_refuse_other_data_settings(shards, tmp_path, c
     another rank, world size or shuffle setting is refused, naming the state file."""
     whole = {}
     for rank in (0, 1):
-        argv = ["--backend", "reference", "--model", MODEL, "--train-data", shards[0], "--val-data", str(shards[1]),
-                "-B", "2", "-T", "16", "--world-size", "2", "--rank", str(rank), "--steps", "6", "--val-every", "0",
-                "--sample-every", "0", "--checkpoint-every", "2", "--quiet"]
-        whole[rank] = trainer.train(trainer.parse_args(argv + ["--output-dir", str(tmp_path / f"whole{rank}")]),
-                                    out=lambda line: None).train_losses
+        argv = [
+            "--backend",
+            "reference",
+            "--model",
+            MODEL,
+            "--train-data",
+            shards[0],
+            "--val-data",
+            str(shards[1]),
+            "-B",
+            "2",
+            "-T",
+            "16",
+            "--world-size",
+            "2",
+            "--rank",
+            str(rank),
+            "--steps",
+            "6",
+            "--val-every",
+            "0",
+            "--sample-every",
+            "0",
+            "--checkpoint-every",
+            "2",
+            "--quiet",
+        ]
+        whole[rank] = trainer.train(
+            trainer.parse_args(argv + ["--output-dir", str(tmp_path / f"whole{rank}")]), out=lambda line: None
+        ).train_losses
         split = str(tmp_path / f"split{rank}")
         trainer.train(trainer.parse_args(argv + ["--output-dir", split, "--stop-at", "3"]), out=lambda line: None)
         for other in (["--rank", str(1 - rank)], ["--world-size", "1", "--rank", "0"], ["--no-shuffle"]):
@@ -261,7 +471,7 @@ def test_sharded_ranks_resume_and_refuse_other_data_settings(shards, tmp_path, c
             assert "state_00000002.bin" in err and "(process_rank, num_processes, shuffle, num_shards)" in err, err
         rest = trainer.train(trainer.parse_args(argv + ["--output-dir", split, "--resume"]), out=lambda line: None)
         assert rest.train_losses == {s: loss for s, loss in whole[rank].items() if s >= 2}
-    assert all(whole[0][s] != whole[1][s] for s in whole[0])     # the two ranks train on different tokens
+    assert all(whole[0][s] != whole[1][s] for s in whole[0])  # the two ranks train on different tokens
 
 
 def test_launched_ranks_need_a_backend_that_averages(data, tmp_path, monkeypatch):

@@ -20,6 +20,7 @@ OpenBLAS's core name (openblas_get_corename) for the cpu backend's scipy-openbla
 OpenBLAS (the reference), MKL's code branch for PyTorch. OPENBLAS_CORETYPE in the environment
 forces OpenBLAS's core whatever the CPU: the run then warns (stderr and the JSON's meta.warnings).
 """
+
 import argparse
 import datetime
 import functools
@@ -42,7 +43,7 @@ from tools import blas_info
 from tools.options import add_report_options
 
 PHASES = ("forward", "zero_grad", "backward", "update")
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # where `-m tools.bench` imports
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where `-m tools.bench` imports
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -75,8 +76,13 @@ def backend_phases(model, config, B, T):
     def update():
         t[0] += 1
         model.update(settings, t[0])
-    return {"forward": lambda: model.forward(inputs, targets), "zero_grad": model.zero_grad,
-            "backward": model.backward, "update": update}
+
+    return {
+        "forward": lambda: model.forward(inputs, targets),
+        "zero_grad": model.zero_grad,
+        "backward": model.backward,
+        "update": update,
+    }
 
 
 def torch_phases(config, params, B, T):
@@ -84,6 +90,7 @@ def torch_phases(config, params, B, T):
     import torch
 
     from reference.torch_gpt2 import AdamW, from_flat
+
     model = from_flat(config, params, torch.float32)
     optimizer = AdamW(model, AdamWSettings(**TEST_GPT2_SETTINGS))
     inputs, targets = (torch.from_numpy(a.astype(np.int64)) for a in _batch(config, B, T))
@@ -91,20 +98,30 @@ def torch_phases(config, params, B, T):
 
     def forward():
         loss[0] = model(inputs, targets)
-    return {"forward": forward, "zero_grad": optimizer.zero_grad, "backward": lambda: loss[0].backward(),
-            "update": optimizer.step}
+
+    return {
+        "forward": forward,
+        "zero_grad": optimizer.zero_grad,
+        "backward": lambda: loss[0].backward(),
+        "update": optimizer.step,
+    }
 
 
 # ----------------------------------------------------------------------------- worker: matmul peak, kernels
 def matmul_shapes(config):
     """(label, OC, C, has_bias) of every matmul of a step's forward; the backward has twice their FLOPs."""
     C = config.channels
-    return [("qkv", 3 * C, C, True), ("attproj", C, C, True), ("fc", 4 * C, C, True),
-            ("fcproj", C, 4 * C, True), ("lm_head", config.padded_vocab_size, C, False)]
+    return [
+        ("qkv", 3 * C, C, True),
+        ("attproj", C, C, True),
+        ("fc", 4 * C, C, True),
+        ("fcproj", C, 4 * C, True),
+        ("lm_head", config.padded_vocab_size, C, False),
+    ]
 
 
 def _median_seconds(fn, repeats):
-    fn()                                   # first call: page faults, library warm-up
+    fn()  # first call: page faults, library warm-up
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -132,8 +149,10 @@ def _torch_matmul(torch):
     linear = torch.nn.functional.linear
 
     def matmul(out, inp, weight, bias):
-        torch.from_numpy(out).copy_(linear(torch.from_numpy(inp), torch.from_numpy(weight),
-                                           None if bias is None else torch.from_numpy(bias)))
+        torch.from_numpy(out).copy_(
+            linear(torch.from_numpy(inp), torch.from_numpy(weight), None if bias is None else torch.from_numpy(bias))
+        )
+
     return matmul
 
 
@@ -159,34 +178,79 @@ def kernel_calls(config, B, T):
     mean, rstd = randn(B, T), np.ones((B, T), np.float32)
     calls = [
         ("encoder_forward", "encoder_forward", 1, lambda: (zeros(B, T, C), tokens, randn(Vp, C), randn(T, C))),
-        ("layernorm_forward", "layernorm_forward", 2 * L + 1,
-         lambda: (zeros(B, T, C), zeros(B, T), zeros(B, T), randn(B, T, C), randn(C), randn(C))),
+        (
+            "layernorm_forward",
+            "layernorm_forward",
+            2 * L + 1,
+            lambda: (zeros(B, T, C), zeros(B, T), zeros(B, T), randn(B, T, C), randn(C), randn(C)),
+        ),
     ]
     for label, OC, IC, has_bias in matmul_shapes(config):
         n = 1 if label == "lm_head" else L
         bias = (lambda OC=OC: randn(OC)) if has_bias else (lambda: None)
         dbias = (lambda OC=OC: zeros(OC)) if has_bias else (lambda: None)
-        calls.append((f"matmul_forward {label}", "matmul_forward", n,
-                      lambda OC=OC, IC=IC, bias=bias: (zeros(B, T, OC), randn(B, T, IC), randn(OC, IC), bias())))
-        calls.append((f"matmul_backward {label}", "matmul_backward", n,
-                      lambda OC=OC, IC=IC, dbias=dbias: (zeros(B, T, IC), zeros(OC, IC), dbias(), randn(B, T, OC),
-                                                         randn(B, T, IC), randn(OC, IC))))
+        calls.append(
+            (
+                f"matmul_forward {label}",
+                "matmul_forward",
+                n,
+                lambda OC=OC, IC=IC, bias=bias: (zeros(B, T, OC), randn(B, T, IC), randn(OC, IC), bias()),
+            )
+        )
+        calls.append(
+            (
+                f"matmul_backward {label}",
+                "matmul_backward",
+                n,
+                lambda OC=OC, IC=IC, dbias=dbias: (
+                    zeros(B, T, IC),
+                    zeros(OC, IC),
+                    dbias(),
+                    randn(B, T, OC),
+                    randn(B, T, IC),
+                    randn(OC, IC),
+                ),
+            )
+        )
     calls += [
-        ("attention_forward", "attention_forward", L,
-         lambda: (zeros(B, T, C), zeros(B, NH, T, T), zeros(B, NH, T, T), randn(B, T, 3 * C), NH)),
+        (
+            "attention_forward",
+            "attention_forward",
+            L,
+            lambda: (zeros(B, T, C), zeros(B, NH, T, T), zeros(B, NH, T, T), randn(B, T, 3 * C), NH),
+        ),
         ("gelu_forward", "gelu_forward", L, lambda: (zeros(B, T, 4 * C), randn(B, T, 4 * C))),
         ("residual_forward", "residual_forward", 2 * L, lambda: (zeros(B, T, C), randn(B, T, C), randn(B, T, C))),
         ("softmax_forward", "softmax_forward", 1, lambda: (zeros(B, T, Vp), logits, V)),
         ("crossentropy_forward", "crossentropy_forward", 1, lambda: (zeros(B, T), probs, tokens)),
-        ("crossentropy_softmax_backward", "crossentropy_softmax_backward", 1,
-         lambda: (zeros(B, T, Vp), np.full((B, T), 1.0 / (B * T), np.float32), probs, tokens, V)),
+        (
+            "crossentropy_softmax_backward",
+            "crossentropy_softmax_backward",
+            1,
+            lambda: (zeros(B, T, Vp), np.full((B, T), 1.0 / (B * T), np.float32), probs, tokens, V),
+        ),
         ("residual_backward", "residual_backward", 2 * L, lambda: (zeros(B, T, C), zeros(B, T, C), randn(B, T, C))),
         ("gelu_backward", "gelu_backward", L, lambda: (zeros(B, T, 4 * C), randn(B, T, 4 * C), randn(B, T, 4 * C))),
-        ("attention_backward", "attention_backward", L,
-         lambda: (zeros(B, T, 3 * C), zeros(B, NH, T, T), zeros(B, NH, T, T), randn(B, T, C), randn(B, T, 3 * C),
-                  att, NH)),
-        ("layernorm_backward", "layernorm_backward", 2 * L + 1,
-         lambda: (zeros(B, T, C), zeros(C), zeros(C), randn(B, T, C), randn(B, T, C), randn(C), mean, rstd)),
+        (
+            "attention_backward",
+            "attention_backward",
+            L,
+            lambda: (
+                zeros(B, T, 3 * C),
+                zeros(B, NH, T, T),
+                zeros(B, NH, T, T),
+                randn(B, T, C),
+                randn(B, T, 3 * C),
+                att,
+                NH,
+            ),
+        ),
+        (
+            "layernorm_backward",
+            "layernorm_backward",
+            2 * L + 1,
+            lambda: (zeros(B, T, C), zeros(C), zeros(C), randn(B, T, C), randn(B, T, C), randn(C), mean, rstd),
+        ),
         ("encoder_backward", "encoder_backward", 1, lambda: (zeros(Vp, C), zeros(T, C), randn(B, T, C), tokens)),
     ]
     return calls
@@ -198,7 +262,7 @@ def _kernel_times(kernels, config, B, T, repeats):
     for label, name, calls, build in kernel_calls(config, B, T):
         if not hasattr(kernels, name):
             continue
-        args = build()     # accumulating kernels grow their outputs across repeats: harmless for timing
+        args = build()  # accumulating kernels grow their outputs across repeats: harmless for timing
         seconds = _median_seconds(functools.partial(getattr(kernels, name), *args), repeats)
         result[label] = {"kernel": name, "calls": calls, "ms": 1000 * seconds}
     return result
@@ -210,6 +274,7 @@ def worker(args):
     B, T = args.batch_size, args.seq_len
     if args.worker == "torch":
         import torch
+
         if args.threads:
             torch.set_num_threads(args.threads)
         _, params = read_checkpoint(args.worker_checkpoint)
@@ -219,8 +284,9 @@ def worker(args):
         blas = blas_info.torch_blas(torch)
     else:
         from backends.registry import get_backend
+
         backend = get_backend(args.worker)
-        library = getattr(backend, "library", None)      # the reference has no thread setting of its own
+        library = getattr(backend, "library", None)  # the reference has no thread setting of its own
         if args.threads and library is not None and library.has("llmc_set_num_threads"):
             backend.set_num_threads(args.threads)
         # built from the file by the backend itself: no copy of the parameters in Python counts
@@ -233,7 +299,7 @@ def worker(args):
         blas = blas_info.openblas_info(library.path) if library is not None else blas_info.numpy_blas()
     times = _time_phases(phases, args.steps, args.warmup)
     # the training run's peak resident set, read before the matmul and kernel timings below allocate more
-    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024    # ru_maxrss is KiB on Linux
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # ru_maxrss is KiB on Linux
     step_ms = [1000 * sum(p) for p in zip(*times.values(), strict=True)]
     result = {
         "backend": args.worker,
@@ -241,7 +307,7 @@ def worker(args):
         "step_ms": statistics.median(step_ms),
         "phase_ms": {name: 1000 * statistics.median(t) for name, t in times.items()},
         "step_ms_all": step_ms,
-        "load_avg_before": load_before,   # other work on the machine slows every number: say how much there was
+        "load_avg_before": load_before,  # other work on the machine slows every number: say how much there was
         "peak_rss_mib": peak_rss_mib,
         "matmul_gflops": _matmul_gflops(matmul, config, B, T, args.kernel_repeats) if matmul else {},
         "blas": blas,
@@ -272,8 +338,18 @@ def run_worker(name, args, argv, checkpoint):
         env.update({k: str(args.threads) for k in THREAD_ENV})
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.json")
-        cmd = [sys.executable, "-m", "tools.bench", *argv, "--worker", name, "--worker-out", out,
-               "--worker-checkpoint", checkpoint]
+        cmd = [
+            sys.executable,
+            "-m",
+            "tools.bench",
+            *argv,
+            "--worker",
+            name,
+            "--worker-out",
+            out,
+            "--worker-checkpoint",
+            checkpoint,
+        ]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO_ROOT)
         if proc.returncode != 0 or not os.path.exists(out):
             lines = (proc.stderr or proc.stdout).strip().splitlines()
@@ -301,11 +377,13 @@ def summarize(results, config, B, T):
 def format_results(report):
     meta, results = report["meta"], report["results"]
     baseline = report["baseline"]
-    lines = [f"{meta['model']} ({meta['num_parameters']:,} parameters), B={meta['B']} T={meta['T']}, "
-             f"{meta['threads'] or 'default'} threads, median of {meta['steps']} steps after {meta['warmup']} "
-             f"warm-up | {meta['cpu']}",
-             f"{'backend':<12}{'ms/step':>10}{'x ' + (baseline or '-'):>14}{'tok/s':>9}{'GFLOP/s':>9}{'% peak':>8}"
-             f"{'fwd':>9}{'bwd':>9}{'update':>9}{'peak RSS':>11}   BLAS kernel"]
+    lines = [
+        f"{meta['model']} ({meta['num_parameters']:,} parameters), B={meta['B']} T={meta['T']}, "
+        f"{meta['threads'] or 'default'} threads, median of {meta['steps']} steps after {meta['warmup']} "
+        f"warm-up | {meta['cpu']}",
+        f"{'backend':<12}{'ms/step':>10}{'x ' + (baseline or '-'):>14}{'tok/s':>9}{'GFLOP/s':>9}{'% peak':>8}"
+        f"{'fwd':>9}{'bwd':>9}{'update':>9}{'peak RSS':>11}   BLAS kernel",
+    ]
     for r in results:
         if "error" in r:
             lines.append(f"{r['backend']:<12}  failed: {r['error']}")
@@ -313,36 +391,49 @@ def format_results(report):
         ph = r["phase_ms"]
         ratio = f"{r['ratio_to_baseline']:.2f}" if r["ratio_to_baseline"] is not None else "-"
         share = f"{100 * r['share_of_peak']:.1f}" if r["share_of_peak"] is not None else "-"
-        lines.append(f"{r['backend']:<12}{r['step_ms']:>10.1f}{ratio:>14}{r['tok_per_s']:>9.0f}{r['gflops']:>9.1f}"
-                     f"{share:>8}{ph['forward']:>9.1f}{ph['backward']:>9.1f}{ph['update']:>9.1f}"
-                     f"{r['peak_rss_mib']:>8.0f} MiB   {blas_info.describe(r.get('blas'))}   "
-                     f"(min {min(r['step_ms_all']):.1f} ms, load {r['load_avg_before']:.2f})")
+        lines.append(
+            f"{r['backend']:<12}{r['step_ms']:>10.1f}{ratio:>14}{r['tok_per_s']:>9.0f}{r['gflops']:>9.1f}"
+            f"{share:>8}{ph['forward']:>9.1f}{ph['backward']:>9.1f}{ph['update']:>9.1f}"
+            f"{r['peak_rss_mib']:>8.0f} MiB   {blas_info.describe(r.get('blas'))}   "
+            f"(min {min(r['step_ms_all']):.1f} ms, load {r['load_avg_before']:.2f})"
+        )
     peak = report["matmul_peak_gflops"]
     if peak:
-        lines.append(f"measured sgemm peak at these shapes: {peak:.1f} GFLOP/s "
-                     "(best matmul_forward / F.linear of any backend)")
-        lines += [f"  {r['backend']:<10} whole step {r['gflops']:.1f} GFLOP/s = {100 * r['share_of_peak']:.1f}% of "
-                  f"that peak" for r in results if "error" not in r]
+        lines.append(
+            f"measured sgemm peak at these shapes: {peak:.1f} GFLOP/s (best matmul_forward / F.linear of any backend)"
+        )
+        lines += [
+            f"  {r['backend']:<10} whole step {r['gflops']:.1f} GFLOP/s = {100 * r['share_of_peak']:.1f}% of that peak"
+            for r in results
+            if "error" not in r
+        ]
     for r in results:
         if r.get("matmul_gflops"):
-            lines.append(f"  {r['backend']:<10} matmul GFLOP/s: " +
-                         ", ".join(f"{k} {v:.1f}" for k, v in r["matmul_gflops"].items()))
+            lines.append(
+                f"  {r['backend']:<10} matmul GFLOP/s: "
+                + ", ".join(f"{k} {v:.1f}" for k, v in r["matmul_gflops"].items())
+            )
     for r in results:
         if r.get("layers"):
             total = sum(x["ms"] * x["calls"] for x in r["layers"].values())
             lines.append(f"per-kernel time of {r['backend']} (one step's calls, kernels alone: {total:.1f} ms)")
             for label, x in sorted(r["layers"].items(), key=lambda kv: -kv[1]["ms"] * kv[1]["calls"]):
                 ms = x["ms"] * x["calls"]
-                lines.append(f"  {label:<32}{x['calls']:>4} x {x['ms']:8.3f} ms = {ms:8.2f} ms  "
-                             f"{100 * ms / total:5.1f}%")
+                lines.append(
+                    f"  {label:<32}{x['calls']:>4} x {x['ms']:8.3f} ms = {ms:8.2f} ms  {100 * ms / total:5.1f}%"
+                )
     return "\n".join(lines)
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.splitlines()[0])
-    p.add_argument("--backend", action="extend", nargs="+", metavar="NAME",
-                   help="backend to time (repeatable; torch: PyTorch eager, the baseline); "
-                        "default: cpu reference torch")
+    p.add_argument(
+        "--backend",
+        action="extend",
+        nargs="+",
+        metavar="NAME",
+        help="backend to time (repeatable; torch: PyTorch eager, the baseline); default: cpu reference torch",
+    )
     p.add_argument("--model", default="d12", help="descriptor: d12, L4-NH4-C128, ...")
     p.add_argument("-B", "--batch-size", type=int, default=4)
     p.add_argument("-T", "--seq-len", type=int, default=64)
@@ -351,8 +442,12 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, default=2, help="threads per backend (0: library default)")
     p.add_argument("--layers", nargs="*", default=["cpu"], help="backends whose kernels are timed one by one")
     p.add_argument("--kernel-repeats", type=int, default=5, help="timed calls per kernel / matmul shape")
-    p.add_argument("--rounds", type=int, default=1,
-                   help="fresh workers per backend, in alternation; each backend's fastest round is kept")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="fresh workers per backend, in alternation; each backend's fastest round is kept",
+    )
     add_report_options(p, markdown=False)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
@@ -382,30 +477,40 @@ def main(argv=None):
     if warning:
         print(f"bench: warning: {warning}", file=sys.stderr)
     runs = {name: [] for name in args.backend}
-    with tempfile.TemporaryDirectory() as tmp:     # every worker starts from the same llm.c checkpoint
+    with tempfile.TemporaryDirectory() as tmp:  # every worker starts from the same llm.c checkpoint
         checkpoint = os.path.join(tmp, "model.bin")
         write_checkpoint(checkpoint, config, init_params(config, seed=42, dtype=np.float32))
         for round_ in range(args.rounds):
-            for name in args.backend:      # alternating, so a burst of other work hits every backend alike
+            for name in args.backend:  # alternating, so a burst of other work hits every backend alike
                 print(f"timing {name} (round {round_ + 1}/{args.rounds}) ...", file=sys.stderr, flush=True)
                 runs[name].append(run_worker(name, args, argv, checkpoint))
     results = []
-    for rounds in runs.values():      # each backend's fastest round
+    for rounds in runs.values():  # each backend's fastest round
         ok = [r for r in rounds if "error" not in r]
         best = min(ok, key=lambda r: r["step_ms"]) if ok else rounds[-1]
         best["round_step_ms"] = [r.get("step_ms") for r in rounds]
         results.append(best)
     baseline, peak = summarize(results, config, args.batch_size, args.seq_len)
     report = {
-        "meta": {"tool": "tools.bench", "command": "python -m tools.bench " + " ".join(argv),
-                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                 "cpu": cpu_model_name(), "cores": os.cpu_count(), "load_avg": os.getloadavg(),
-                 "model": args.model, "num_parameters": config.num_parameters, "B": args.batch_size,
-                 "T": args.seq_len, "threads": args.threads, "steps": args.steps, "warmup": args.warmup,
-                 "rounds": args.rounds,
-                 "flops_per_step": config.flops_per_token(args.seq_len) * args.batch_size * args.seq_len,
-                 "blas_env": {k: os.environ.get(k) for k in blas_info.FORCING_ENV},
-                 "warnings": [warning] if warning else []},
+        "meta": {
+            "tool": "tools.bench",
+            "command": "python -m tools.bench " + " ".join(argv),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "cpu": cpu_model_name(),
+            "cores": os.cpu_count(),
+            "load_avg": os.getloadavg(),
+            "model": args.model,
+            "num_parameters": config.num_parameters,
+            "B": args.batch_size,
+            "T": args.seq_len,
+            "threads": args.threads,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "rounds": args.rounds,
+            "flops_per_step": config.flops_per_token(args.seq_len) * args.batch_size * args.seq_len,
+            "blas_env": {k: os.environ.get(k) for k in blas_info.FORCING_ENV},
+            "warnings": [warning] if warning else [],
+        },
         "baseline": baseline,
         "matmul_peak_gflops": peak,
         "results": results,

@@ -8,6 +8,7 @@ its ratio to the sgemm peak measured in the same run, the BLAS kernel; then the 
 with matplotlib, DIR/step_time.png and DIR/kernels.png. A run whose environment forced OpenBLAS's core
 (OPENBLAS_CORETYPE) carries that warning.
 """
+
 import argparse
 from dataclasses import dataclass, field
 import json
@@ -21,13 +22,14 @@ from tools.blas_info import describe
 @dataclass
 class Run:
     """One benchmark run: the rows of one JSON file for one model shape."""
+
     source: str
     title: str
-    rows: list = field(default_factory=list)   # dicts: backend, step_ms, tok_per_s, gflops, share, ratio, phase_ms, rss
+    rows: list = field(default_factory=list)  # dicts: backend, step_ms, tok_per_s, gflops, share, ratio, phase_ms, rss
     baseline: str = None
     peak_gflops: float = None
-    matmul: dict = field(default_factory=dict)    # backend -> {shape label: GFLOP/s}
-    layers: dict = field(default_factory=dict)    # backend -> {label: {calls, ms}}
+    matmul: dict = field(default_factory=dict)  # backend -> {shape label: GFLOP/s}
+    layers: dict = field(default_factory=dict)  # backend -> {label: {calls, ms}}
     notes: list = field(default_factory=list)
 
 
@@ -47,22 +49,34 @@ def _finish(run, flops_per_step, tokens):
 def runs_from_tools_bench(path, data):
     meta = data["meta"]
     forced = (meta.get("blas_env") or {}).get("OPENBLAS_CORETYPE")
-    run = Run(source=path, title=f"{meta['model']} B={meta['B']} T={meta['T']}, {meta['threads']} threads, "
-                                 f"{meta['cpu']}, {meta['date']} (tools.bench, median of {meta['steps']} steps)"
-                                 + (f", OPENBLAS_CORETYPE={forced}" if forced else ""),
-              peak_gflops=data.get("matmul_peak_gflops"))
+    run = Run(
+        source=path,
+        title=f"{meta['model']} B={meta['B']} T={meta['T']}, {meta['threads']} threads, "
+        f"{meta['cpu']}, {meta['date']} (tools.bench, median of {meta['steps']} steps)"
+        + (f", OPENBLAS_CORETYPE={forced}" if forced else ""),
+        peak_gflops=data.get("matmul_peak_gflops"),
+    )
     if "load_avg" in meta:
-        run.notes.append(f"load average at the end: {', '.join(f'{x:.2f}' for x in meta['load_avg'])} "
-                         f"on {meta['cores']} cores")
+        run.notes.append(
+            f"load average at the end: {', '.join(f'{x:.2f}' for x in meta['load_avg'])} on {meta['cores']} cores"
+        )
     run.notes.append(f"command: `{meta['command']}`")
     run.notes += [f"**warning**: {w}" for w in meta.get("warnings", [])]
     for r in data["results"]:
         if "error" in r:
             run.notes.append(f"{r['backend']}: failed: {r['error']}")
             continue
-        run.rows.append({"backend": r["backend"], "step_ms": r["step_ms"], "phase_ms": r["phase_ms"],
-                         "rss": r.get("peak_rss_mib"), "min_ms": min(r["step_ms_all"]),
-                         "load": r.get("load_avg_before"), "blas": r.get("blas")})
+        run.rows.append(
+            {
+                "backend": r["backend"],
+                "step_ms": r["step_ms"],
+                "phase_ms": r["phase_ms"],
+                "rss": r.get("peak_rss_mib"),
+                "min_ms": min(r["step_ms_all"]),
+                "load": r.get("load_avg_before"),
+                "blas": r.get("blas"),
+            }
+        )
         if r.get("matmul_gflops"):
             run.matmul[r["backend"]] = r["matmul_gflops"]
         if r.get("layers"):
@@ -78,16 +92,28 @@ def runs_from_pytest_benchmark(path, data):
     for b in data["benchmarks"]:
         info = b.get("extra_info", {})
         if "flops_per_step" not in info:
-            continue                                   # not one of test_bench.py's
+            continue  # not one of test_bench.py's
         key = (info["model"], info["B"], info["T"], info.get("threads"))
         groups.setdefault(key, []).append((info, b["stats"]))
     runs = []
     for (model, B, T, threads), entries in groups.items():
-        run = Run(source=path, title=f"{model} B={B} T={T}, {threads} threads, {cpu}, {data.get('datetime', '?')} "
-                                     f"(pytest-benchmark, median of {entries[0][1]['rounds']} rounds)")
+        run = Run(
+            source=path,
+            title=f"{model} B={B} T={T}, {threads} threads, {cpu}, {data.get('datetime', '?')} "
+            f"(pytest-benchmark, median of {entries[0][1]['rounds']} rounds)",
+        )
         for info, stats in entries:
-            run.rows.append({"backend": info["backend"], "step_ms": 1000 * stats["median"], "phase_ms": None,
-                             "rss": None, "min_ms": 1000 * stats["min"], "load": None, "blas": info.get("blas")})
+            run.rows.append(
+                {
+                    "backend": info["backend"],
+                    "step_ms": 1000 * stats["median"],
+                    "phase_ms": None,
+                    "rss": None,
+                    "min_ms": 1000 * stats["min"],
+                    "load": None,
+                    "blas": info.get("blas"),
+                }
+            )
         run.notes += sorted({f"**warning**: {info['blas_warning']}" for info, _ in entries if info.get("blas_warning")})
         _finish(run, entries[0][0]["flops_per_step"], B * T)
         runs.append(run)
@@ -121,30 +147,43 @@ def markdown(runs, charts):
     for run in runs:
         lines += [f"## {run.title}", "", f"Source: `{run.source}`"]
         lines += [f"- {note}" for note in run.notes]
-        lines += ["", f"| backend | ms / step | × {run.baseline or '–'} | tok/s | GFLOP/s | % of sgemm peak "
-                      "| forward ms | backward ms | update ms | peak RSS MiB | min ms / step | load before "
-                      "| BLAS kernel |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        lines += [
+            "",
+            f"| backend | ms / step | × {run.baseline or '–'} | tok/s | GFLOP/s | % of sgemm peak "
+            "| forward ms | backward ms | update ms | peak RSS MiB | min ms / step | load before "
+            "| BLAS kernel |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
         for r in run.rows:
             ph = r["phase_ms"] or {}
-            lines.append(f"| {r['backend']} | {r['step_ms']:.1f} | {_fmt(r['ratio'], '.2f')} | {r['tok_per_s']:.0f} "
-                         f"| {r['gflops']:.1f} | {_fmt(r['share'] and 100 * r['share'], '.1f')} "
-                         f"| {_fmt(ph.get('forward'), '.1f')} | {_fmt(ph.get('backward'), '.1f')} "
-                         f"| {_fmt(ph.get('update'), '.1f')} | {_fmt(r['rss'], '.0f')} | {r['min_ms']:.1f} "
-                         f"| {_fmt(r['load'], '.2f')} | {describe(r.get('blas'))} |")
+            lines.append(
+                f"| {r['backend']} | {r['step_ms']:.1f} | {_fmt(r['ratio'], '.2f')} | {r['tok_per_s']:.0f} "
+                f"| {r['gflops']:.1f} | {_fmt(r['share'] and 100 * r['share'], '.1f')} "
+                f"| {_fmt(ph.get('forward'), '.1f')} | {_fmt(ph.get('backward'), '.1f')} "
+                f"| {_fmt(ph.get('update'), '.1f')} | {_fmt(r['rss'], '.0f')} | {r['min_ms']:.1f} "
+                f"| {_fmt(r['load'], '.2f')} | {describe(r.get('blas'))} |"
+            )
         if run.peak_gflops:
-            lines += ["", f"Measured sgemm peak at these shapes: **{run.peak_gflops:.1f} GFLOP/s** "
-                          "(the best matmul_forward / F.linear of any backend in the run; a whole step's GFLOP/s "
-                          "as a ratio of it is the % column above):", ""]
+            lines += [
+                "",
+                f"Measured sgemm peak at these shapes: **{run.peak_gflops:.1f} GFLOP/s** "
+                "(the best matmul_forward / F.linear of any backend in the run; a whole step's GFLOP/s "
+                "as a ratio of it is the % column above):",
+                "",
+            ]
             shapes = list(next(iter(run.matmul.values())))
             lines += ["| backend | " + " | ".join(shapes) + " |", "|---|" + "---:|" * len(shapes)]
             for backend, g in run.matmul.items():
-                lines.append(f"| {backend} | " + " | ".join(_fmt(g.get(s), '.1f') for s in shapes) + " |")
+                lines.append(f"| {backend} | " + " | ".join(_fmt(g.get(s), ".1f") for s in shapes) + " |")
         for backend, layers in run.layers.items():
             total = sum(x["calls"] * x["ms"] for x in layers.values())
-            lines += ["", f"Per-kernel time of **{backend}**, each kernel alone at these shapes "
-                          f"(sum {total:.1f} ms per step):", "",
-                      "| kernel | calls / step | ms / call | ms / step | share |", "|---|---:|---:|---:|---:|"]
+            lines += [
+                "",
+                f"Per-kernel time of **{backend}**, each kernel alone at these shapes (sum {total:.1f} ms per step):",
+                "",
+                "| kernel | calls / step | ms / call | ms / step | share |",
+                "|---|---:|---:|---:|---:|",
+            ]
             for label, x in sorted(layers.items(), key=lambda kv: -kv[1]["calls"] * kv[1]["ms"]):
                 ms = x["calls"] * x["ms"]
                 lines.append(f"| {label} | {x['calls']} | {x['ms']:.3f} | {ms:.2f} | {100 * ms / total:.1f}% |")
@@ -162,6 +201,7 @@ def charts(runs, outdir):
     """-> names of the PNGs written into outdir ([] without matplotlib)."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -169,8 +209,9 @@ def charts(runs, outdir):
         return []
     written = []
     # ms per step: one panel per run, stacked by phase where the run has phases
-    fig, axes = plt.subplots(len(runs), 1, figsize=(8, 1.2 + 0.55 * sum(len(r.rows) for r in runs) + 0.6 * len(runs)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(runs), 1, figsize=(8, 1.2 + 0.55 * sum(len(r.rows) for r in runs) + 0.6 * len(runs)), squeeze=False
+    )
     colors = {"forward": "#4c72b0", "zero_grad": "#aaaaaa", "backward": "#dd8452", "update": "#55a868"}
     for ax, run in zip(axes[:, 0], runs, strict=True):
         names = [r["backend"] for r in run.rows]

@@ -11,6 +11,7 @@ Symbols are looked up through a library's own handle (dlsym searches it and its 
 answer is about the BLAS that library is linked against, and the file that provides it is found from the
 function's address in /proc/self/maps.
 """
+
 import ctypes
 import os
 import re
@@ -18,8 +19,19 @@ import re
 FORCING_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 # mkl_service.h's MKL_CBWR_* branch values
-MKL_BRANCHES = {3: "COMPATIBLE", 4: "SSE2", 6: "SSSE3", 7: "SSE4_1", 8: "SSE4_2", 9: "AVX", 10: "AVX2",
-                11: "AVX512_MIC", 12: "AVX512", 13: "AVX512_MIC_E1", 14: "AVX512_E1"}
+MKL_BRANCHES = {
+    3: "COMPATIBLE",
+    4: "SSE2",
+    6: "SSSE3",
+    7: "SSE4_1",
+    8: "SSE4_2",
+    9: "AVX",
+    10: "AVX2",
+    11: "AVX512_MIC",
+    12: "AVX512",
+    13: "AVX512_MIC_E1",
+    14: "AVX512_E1",
+}
 
 
 def forced_core_warning(environ=os.environ):
@@ -28,8 +40,10 @@ def forced_core_warning(environ=os.environ):
     if "OPENBLAS_CORETYPE" not in forced:
         return None
     settings = " ".join(f"{k}={v}" for k, v in forced.items())
-    return (f"{settings} forces OpenBLAS's {forced['OPENBLAS_CORETYPE']} kernels whatever this CPU is: "
-            f"figures measured so are not what an unset environment gets (env -u {' -u '.join(forced)} ...)")
+    return (
+        f"{settings} forces OpenBLAS's {forced['OPENBLAS_CORETYPE']} kernels whatever this CPU is: "
+        f"figures measured so are not what an unset environment gets (env -u {' -u '.join(forced)} ...)"
+    )
 
 
 def _mapped_file(address):
@@ -70,17 +84,22 @@ def openblas_info(library_path):
                 continue
             corename.restype = config.restype = ctypes.c_char_p
             address = ctypes.cast(corename, ctypes.c_void_p).value
-            return {"blas": "OpenBLAS", "corename": corename().decode(), "config": config().decode().strip(),
-                    "library": _mapped_file(address)}
+            return {
+                "blas": "OpenBLAS",
+                "corename": corename().decode(),
+                "config": config().decode().strip(),
+                "library": _mapped_file(address),
+            }
     return None
 
 
 def numpy_blas():
     """What numpy's matmul (the reference backend) runs on."""
     import numpy as np
+
     try:
         from numpy._core import _multiarray_umath
-    except ImportError:                 # numpy 1.x
+    except ImportError:  # numpy 1.x
         from numpy.core import _multiarray_umath
     info = openblas_info(_multiarray_umath.__file__)
     if info is None:
@@ -94,8 +113,11 @@ def torch_blas(torch):
     """What PyTorch's CPU matmul runs on: its BLAS (BLAS_INFO), MKL's version and code branch, and the CPU
     capability ATen's own kernels were dispatched to."""
     blas = re.search(r"BLAS_INFO=(\w+)", torch.__config__.show())
-    info = {"blas": blas[1].upper() if blas else "?", "corename": None,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    info = {
+        "blas": blas[1].upper() if blas else "?",
+        "corename": None,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
     handle = _handle(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
     if handle is not None and hasattr(handle, "MKL_Get_Version_String"):
         buf = ctypes.create_string_buffer(256)

@@ -19,6 +19,7 @@ list file) is one line on stderr and exit status 2. A port's skip / expected-fai
 The default report paths (out/conform/conform.json, out/conform/support_matrix.md) are overwritten by
 every run; give --report-json / --report-md to keep a report.
 """
+
 from pathlib import Path
 import sys
 import time
@@ -60,10 +61,20 @@ def build_parser():
     add_backend_option(parser)
     add_fixture_option(parser)
     add_report_options(parser, json_default=str(DEFAULT_JSON), md_default=str(DEFAULT_MARKDOWN))
-    parser.add_argument("--port-skips", action="append", default=[], metavar="FILE",
-                        help="a port's skip list (conformance/port_lists.py): matching checks are left out")
-    parser.add_argument("--port-xfails", action="append", default=[], metavar="FILE",
-                        help="a port's expected failures: a matching check passes by failing, and fails by passing")
+    parser.add_argument(
+        "--port-skips",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a port's skip list (conformance/port_lists.py): matching checks are left out",
+    )
+    parser.add_argument(
+        "--port-xfails",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a port's expected failures: a matching check passes by failing, and fails by passing",
+    )
     return parser
 
 
@@ -78,7 +89,7 @@ def _usage(what, action, *args):
         return action(*args)
     except PortCrashed:
         raise
-    except (OSError, ValueError, PortError) as e:   # a missing file, a FormatError, a bad list line, a bad name
+    except (OSError, ValueError, PortError) as e:  # a missing file, a FormatError, a bad list line, a bad name
         raise UsageError(f"{what}: {e}") from e
 
 
@@ -94,7 +105,7 @@ def conform(args):
             described[name] = f"unavailable: {e}"
             print(f"backend {name}: unavailable: {e}")
             continue
-        except PortCrashed as e:        # loading the port killed it: each of its checks is an ERROR
+        except PortCrashed as e:  # loading the port killed it: each of its checks is an ERROR
             described[name] = broken[name] = f"{type(e).__name__}: {e}"
             print(f"backend {name}: ERROR: {e}")
             continue
@@ -106,27 +117,39 @@ def conform(args):
     def report(complete):
         kept, notes = apply_to_results(list(results), skips, xfails) if complete else (results, [])
         kept_not_run = apply_to_not_run(not_run, skips) if complete else not_run
-        meta = suite_meta(described, source="python -m tools.conform", training_losses=losses, not_run=kept_not_run,
-                          port_list_notes=notes, complete=complete)
+        meta = suite_meta(
+            described,
+            source="python -m tools.conform",
+            training_losses=losses,
+            not_run=kept_not_run,
+            port_list_notes=notes,
+            complete=complete,
+        )
         write_json(kept, args.report_json, meta)
         write_markdown(kept, args.report_md, meta)
         return kept, kept_not_run, notes
 
     for path in args.fixture or default_fixture_dirs():
-        fixture = _usage(f"--fixture {path}", load_fixture, path)   # one in memory at a time: gpt2_124M's is 1.3 GB
+        fixture = _usage(f"--fixture {path}", load_fixture, path)  # one in memory at a time: gpt2_124M's is 1.3 GB
         expected = [float(v) for v in fixture.expected_losses]
         for name, reason in broken.items():
             not_run += [NotRun(check, name, "ERROR", reason) for check in check_names(fixture)]
         for backend in backends:
             start = time.perf_counter()
-            run = run_model(backend, fixture)     # its checks so far count; the rest are ERROR (or skipped)
+            run = run_model(backend, fixture)  # its checks so far count; the rest are ERROR (or skipped)
             results += run.results
             not_run += run.not_run
-            print(f"{backend.name} on {fixture.name}: {time.perf_counter() - start:.1f} s"
-                  + (f", {len(run.not_run)} checks did not run" if run.not_run else ""), flush=True)
-        losses[fixture.name] = {"expected": expected, "source": fixture.losses_source,
-                                **training_losses(results, fixture.name)}
-        report(complete=False)                    # what was judged so far survives whatever comes next
+            print(
+                f"{backend.name} on {fixture.name}: {time.perf_counter() - start:.1f} s"
+                + (f", {len(run.not_run)} checks did not run" if run.not_run else ""),
+                flush=True,
+            )
+        losses[fixture.name] = {
+            "expected": expected,
+            "source": fixture.losses_source,
+            **training_losses(results, fixture.name),
+        }
+        report(complete=False)  # what was judged so far survives whatever comes next
         del fixture
 
     results, not_run, notes = report(complete=True)
@@ -135,9 +158,14 @@ def conform(args):
         print(note)
     failed = [r for r in results if not r.passed]
     errors = [n for n in not_run if n.verdict == "ERROR"]
-    print(f"{summary(results, not_run)}; wrote {args.report_json} and {args.report_md}"
-          + (" (the default paths: the next run overwrites them; --report-json/--report-md PATH keep a report)"
-             if (args.report_json, args.report_md) == (str(DEFAULT_JSON), str(DEFAULT_MARKDOWN)) else ""))
+    print(
+        f"{summary(results, not_run)}; wrote {args.report_json} and {args.report_md}"
+        + (
+            " (the default paths: the next run overwrites them; --report-json/--report-md PATH keep a report)"
+            if (args.report_json, args.report_md) == (str(DEFAULT_JSON), str(DEFAULT_MARKDOWN))
+            else ""
+        )
+    )
     return 1 if failed or errors or not results else 0
 
 

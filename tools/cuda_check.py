@@ -18,6 +18,7 @@ at the backend's precision. The backend "torch-bf16" (PyTorch autocast bf16, too
 model check in the other AdamW convention only: the second bf16 measurement of the gradient norm. Prints the
 table, writes the JSON report (--report-json), exits 1 if any check fails.
 """
+
 import dataclasses
 import sys
 import time
@@ -35,13 +36,16 @@ from reference.layers import KERNEL_NAMES
 from reference.model import GPT2, PARAM_NAMES, GPT2Config, init_params, split_params
 from tools.options import Parser, add_backend_option, add_report_options, chosen_backends, run_main
 
-GPU_KERNEL_SHAPES = (KernelShape(B=2, T=512, C=256, NH=4, OC=384, V=1000, Vp=1024),
-                     KernelShape(B=1, T=1024, C=768, NH=12, OC=768, V=1000, Vp=1024))
+GPU_KERNEL_SHAPES = (
+    KernelShape(B=2, T=512, C=256, NH=4, OC=384, V=1000, Vp=1024),
+    KernelShape(B=1, T=1024, C=768, NH=12, OC=768, V=1000, Vp=1024),
+)
 SMALL = "L2-NH4-C64-V256-T64"
 LLMC_ERR_ALLOC = ERROR_CODES["LLMC_ERR_ALLOC"]
 # PyTorch's convention (llm.c's CUDA trainer): the suite's fixtures train with test_gpt2.c's instead
-DECAY_2D_CLIP = AdamWSettings(learning_rate=1e-3, beta1=0.9, beta2=0.95, weight_decay=0.1, decay_all=False,
-                              grad_clip=1.0)
+DECAY_2D_CLIP = AdamWSettings(
+    learning_rate=1e-3, beta1=0.9, beta2=0.95, weight_decay=0.1, decay_all=False, grad_clip=1.0
+)
 TORCH_GRADS = ("wte", "wpe", "qkvw", "fcprojw", "ln1w", "lnfb")
 
 
@@ -121,8 +125,16 @@ def check_determinism(backend, descriptor, B, T, steps=3):
     config = GPT2Config.from_descriptor(descriptor)
     run1 = train_fingerprint(backend, config, B, T, steps)
     run2 = train_fingerprint(backend, config, B, T, steps)
-    return [compare(f"determinism/{descriptor} B={B} T={T}/{key}", backend.name, run2[key], run1[key],
-                    ("rerun", backend.precision)) for key in run1]
+    return [
+        compare(
+            f"determinism/{descriptor} B={B} T={T}/{key}",
+            backend.name,
+            run2[key],
+            run1[key],
+            ("rerun", backend.precision),
+        )
+        for key in run1
+    ]
 
 
 def check_out_of_memory(backend, descriptor=SMALL, B=4, T=64):
@@ -151,12 +163,26 @@ def check_out_of_memory(backend, descriptor=SMALL, B=4, T=64):
         after = dict(losses=np.array(losses, np.float32), params=model.params(), grads=model.grads())
     finally:
         model.close()
-    alloc = compare(f"{tag}/huge_model_refused_with_LLMC_ERR_ALLOC", backend.name,
-                    1.0 if code == LLMC_ERR_ALLOC else 0.0, 1.0, ("rerun", backend.precision))
-    alloc = dataclasses.replace(alloc,
-                                detail=f"the huge model's error code: {code} (LLMC_ERR_ALLOC is {LLMC_ERR_ALLOC})")
-    return [alloc] + [compare(f"{tag}/model_made_before_still_trains/{key}", backend.name, after[key],
-                              undisturbed[key], ("rerun", backend.precision)) for key in undisturbed]
+    alloc = compare(
+        f"{tag}/huge_model_refused_with_LLMC_ERR_ALLOC",
+        backend.name,
+        1.0 if code == LLMC_ERR_ALLOC else 0.0,
+        1.0,
+        ("rerun", backend.precision),
+    )
+    alloc = dataclasses.replace(
+        alloc, detail=f"the huge model's error code: {code} (LLMC_ERR_ALLOC is {LLMC_ERR_ALLOC})"
+    )
+    return [alloc] + [
+        compare(
+            f"{tag}/model_made_before_still_trains/{key}",
+            backend.name,
+            after[key],
+            undisturbed[key],
+            ("rerun", backend.precision),
+        )
+        for key in undisturbed
+    ]
 
 
 def check_against_torch(backend, descriptor="d12", B=16, T=1024):
@@ -165,6 +191,7 @@ def check_against_torch(backend, descriptor="d12", B=16, T=1024):
     import torch
 
     from reference.torch_gpt2 import flat_grads, from_flat
+
     config = GPT2Config.from_descriptor(descriptor)
     V, prec, tag = config.vocab_size, backend.precision, f"torch-float64/{descriptor} B={B} T={T}"
     params = init_params(config, seed=42)
@@ -190,8 +217,11 @@ def check_against_torch(backend, descriptor="d12", B=16, T=1024):
     results = [compare(f"{tag}/loss", backend.name, loss, ref_loss.item(), ("loss", prec))]
     for name in TORCH_GRADS:
         rows = slice(0, V) if name == "wte" else slice(None)
-        results.append(compare(f"{tag}/grad/d{name}", backend.name, grads[name][rows], ref_grads[name][rows],
-                               (f"grad:d{name}", prec)))
+        results.append(
+            compare(
+                f"{tag}/grad/d{name}", backend.name, grads[name][rows], ref_grads[name][rows], (f"grad:d{name}", prec)
+            )
+        )
     return results
 
 
@@ -210,6 +240,7 @@ def check(args):
         try:
             if name == "torch-bf16":
                 from tools.measure_errors import TorchAutocastBackend
+
                 backend = TorchAutocastBackend()
             else:
                 backend = get_backend(name)
@@ -225,7 +256,7 @@ def check(args):
         results += check_kernels(backend)
         results += check_model_adamw(backend)
         results += check_determinism(backend, SMALL, 4, 64)
-        if name != "cpu":   # the CPU library would try to allocate the terabytes in host memory
+        if name != "cpu":  # the CPU library would try to allocate the terabytes in host memory
             results += check_out_of_memory(backend)
         if not args.quick:
             results += check_determinism(backend, "d12", 4, 1024)
@@ -234,8 +265,11 @@ def check(args):
         print(f"{name}: checks took {time.time() - t0:.1f} s", flush=True)
     print(format_table(results))
     path = args.report_json
-    write_json(results, path, suite_meta(described, source="python -m tools.cuda_check", quick=args.quick,
-                                         no_torch=args.no_torch))
+    write_json(
+        results,
+        path,
+        suite_meta(described, source="python -m tools.cuda_check", quick=args.quick, no_torch=args.no_torch),
+    )
     failed = [r for r in results if not r.passed]
     for r in failed:
         print("FAILED:", r.message())

@@ -3,6 +3,7 @@
 Byte-identical to what llm.c's train_gpt2.py write_tokenizer produces (version 2, 50257 tokens,
 EOT 50256, 372,108 bytes), built from the offline GPT-2 encoding in reference/tokenizer.py.
 """
+
 import argparse
 import os
 

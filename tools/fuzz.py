@@ -30,6 +30,7 @@ the cases per target and how many were accepted and rejected.
 Exit status: 0 every case passed; 1 a crash, a hang, an unexpected exception, a wrong error code, or the
 C loader and the Python reader disagreeing; 2 a usage error.
 """
+
 import argparse
 import inspect
 import json
@@ -52,7 +53,7 @@ FILE_TARGETS = ("checkpoint-v3", "checkpoint-v5", "debug-state", "tokens", "toke
 ABI_TARGETS = ("abi-config", "abi-forward", "abi-update", "abi-threads", "abi-null", "abi-kernels")
 SELFTEST_TARGETS = ("selftest-crash", "selftest-hang")
 TARGETS = FILE_TARGETS + ABI_TARGETS
-TINY = "L1-NH2-C8-V10-T8"   # Vp 128: a 4 KB checkpoint, microseconds per call
+TINY = "L1-NH2-C8-V10-T8"  # Vp 128: a 4 KB checkpoint, microseconds per call
 ACCEPTED, REJECTED = "accepted", "rejected"
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
@@ -91,11 +92,20 @@ def mutate(data, rng, header_ints=256, payload_start=1024, elem=4):
         elif kind == "bytes" and data:
             at = rng.randrange(len(data))
             new = bytes(rng.randrange(256) for _ in range(rng.randint(1, 4)))
-            data[at:at + len(new)] = new
+            data[at : at + len(new)] = new
             done.append(f"bytes[{at}]={new.hex()}")
         elif kind == "truncate" and data:
-            size = rng.choice([0, 3, 4 * header_ints - 1, 4 * header_ints, len(data) - 1, len(data) - elem or 1,
-                               rng.randrange(len(data))])
+            size = rng.choice(
+                [
+                    0,
+                    3,
+                    4 * header_ints - 1,
+                    4 * header_ints,
+                    len(data) - 1,
+                    len(data) - elem or 1,
+                    rng.randrange(len(data)),
+                ]
+            )
             size = max(0, min(len(data) - 1, size))
             del data[size:]
             done.append(f"truncate->{size}")
@@ -106,18 +116,18 @@ def mutate(data, rng, header_ints=256, payload_start=1024, elem=4):
         elif kind == "header" and len(data) >= 4:
             fields = min(header_ints, len(data) // 4)
             index = rng.randrange(min(fields, 12)) if rng.random() < 0.8 else rng.randrange(fields)
-            old = int(np.frombuffer(bytes(data[4 * index:4 * index + 4]), "<i4")[0])
+            old = int(np.frombuffer(bytes(data[4 * index : 4 * index + 4]), "<i4")[0])
             value = extreme_int(rng, old)
-            data[4 * index:4 * index + 4] = np.array([value], "<i4").tobytes()
+            data[4 * index : 4 * index + 4] = np.array([value], "<i4").tobytes()
             done.append(f"header[{index}]={value}")
         elif kind == "payload" and elem and len(data) >= payload_start + elem:
             at = payload_start + elem * rng.randrange((len(data) - payload_start) // elem)
             if elem == 4:
                 value = rng.choice(EXTREME_FLOATS)
-                data[at:at + 4] = np.array([value], "<f4").tobytes()
+                data[at : at + 4] = np.array([value], "<f4").tobytes()
             else:
                 value = rng.choice(EXTREME_BF16)
-                data[at:at + 2] = np.array([value], "<u2").tobytes()
+                data[at : at + 2] = np.array([value], "<u2").tobytes()
             done.append(f"payload[{at}]={value!r}")
     return bytes(data), " ".join(done) or "none"
 
@@ -154,8 +164,11 @@ class Worker:
         logits = rng.standard_normal((1, 4, c.vocab_size)).astype(np.float32)
         grads = rng.standard_normal(c.num_parameters).astype(np.float32)
         token_bytes = [bytes([65 + i]) * (1 + i % 4) for i in range(20)]
-        arrays = {"x": np.arange(6, dtype=np.int32).reshape(2, 3), "loss": np.float32(1.5),
-                  "logits": rng.standard_normal((2, 3, 4)).astype(np.float32)}
+        arrays = {
+            "x": np.arange(6, dtype=np.int32).reshape(2, 3),
+            "loss": np.float32(1.5),
+            "logits": rng.standard_normal((2, 3, 4)).astype(np.float32),
+        }
         return {
             "checkpoint-v3": lambda p: formats.write_checkpoint(p, c, self.params, "fp32"),
             "checkpoint-v5": lambda p: formats.write_checkpoint(p, c, self.params, "bf16"),
@@ -174,7 +187,7 @@ class Worker:
             failure = None
         except CaseFailure as e:
             verdict, failure = "failed", str(e)
-        except Exception as e:   # a defect of this tool, reported as one
+        except Exception as e:  # a defect of this tool, reported as one
             verdict, failure = "failed", f"the fuzz case itself raised {type(e).__name__}: {e}"
         return {"verdict": verdict, "failure": failure, "mutations": self.mutations}
 
@@ -189,9 +202,10 @@ class Worker:
             return ACCEPTED, reader(self.case_path, *args)
         except expected_error as e:
             return REJECTED, e
-        except Exception as e:   # any other exception is the finding
-            raise CaseFailure(f"{reader.__module__}.{reader.__name__} raised {type(e).__name__}, not "
-                              f"{expected_error.__name__}: {e}") from e
+        except Exception as e:  # any other exception is the finding
+            raise CaseFailure(
+                f"{reader.__module__}.{reader.__name__} raised {type(e).__name__}, not {expected_error.__name__}: {e}"
+            ) from e
 
     # -- files
     def _checkpoint(self, rng, version):
@@ -210,8 +224,9 @@ class Worker:
             c, c_result = ACCEPTED, model.params()
             model.close()
         if py != c:
-            raise CaseFailure(f"the C loader {c} what read_checkpoint {py}: C: {_describe(c_result)}; "
-                              f"Python: {_describe(py_result)}")
+            raise CaseFailure(
+                f"the C loader {c} what read_checkpoint {py}: C: {_describe(c_result)}; Python: {_describe(py_result)}"
+            )
         if py == ACCEPTED and c_result.view(np.uint32).tolist() != py_result[1].view(np.uint32).tolist():
             raise CaseFailure("the C loader and read_checkpoint read different parameter values")
         return py
@@ -259,19 +274,29 @@ class Worker:
             from native.binding import ERROR_NAMES
 
             message = self.library.last_error() if rc else ""
-            raise CaseFailure(f"{call} returned {ERROR_NAMES.get(rc, rc)} ({message}), expected "
-                              f"{' or '.join(allowed)}")
+            raise CaseFailure(f"{call} returned {ERROR_NAMES.get(rc, rc)} ({message}), expected {' or '.join(allowed)}")
         return ACCEPTED if rc == self._code("OK") else REJECTED
 
     def _new_model(self, max_B=2, max_T=8):
         ffi, lib = self.library.ffi, self.library.lib
         c = self.config
-        cfg = ffi.new("llmc_config*", dict(max_seq_len=c.max_seq_len, vocab_size=c.vocab_size,
-                                           padded_vocab_size=c.padded_vocab_size, num_layers=c.num_layers,
-                                           num_heads=c.num_heads, channels=c.channels))
+        cfg = ffi.new(
+            "llmc_config*",
+            dict(
+                max_seq_len=c.max_seq_len,
+                vocab_size=c.vocab_size,
+                padded_vocab_size=c.padded_vocab_size,
+                num_layers=c.num_layers,
+                num_heads=c.num_heads,
+                channels=c.channels,
+            ),
+        )
         out = ffi.new("llmc_model**")
-        self._expect("llmc_model_from_params(TINY)", lib.llmc_model_from_params(
-            cfg, ffi.from_buffer("float[]", self.params), max_B, max_T, out), ["OK"])
+        self._expect(
+            "llmc_model_from_params(TINY)",
+            lib.llmc_model_from_params(cfg, ffi.from_buffer("float[]", self.params), max_B, max_T, out),
+            ["OK"],
+        )
         return ffi.gc(out[0], lib.llmc_model_free)
 
     def _train_call(self, model, what):
@@ -293,8 +318,11 @@ class Worker:
         max_B = rng.choice([1, 2, extreme_int(rng)])
         max_T = rng.choice([1, fields["max_seq_len"], extreme_int(rng)])
         self.mutations = f"config {fields} max_B={max_B} max_T={max_T}"
-        valid = (all(v > 0 for v in fields.values()) and fields["channels"] % fields["num_heads"] == 0
-                 and fields["padded_vocab_size"] >= fields["vocab_size"])
+        valid = (
+            all(v > 0 for v in fields.values())
+            and fields["channels"] % fields["num_heads"] == 0
+            and fields["padded_vocab_size"] >= fields["vocab_size"]
+        )
         if valid:
             from reference.model import GPT2Config
 
@@ -303,14 +331,15 @@ class Worker:
                 return self._config_without_params(fields)
             params = np.zeros(n, np.float32)
         else:
-            params = np.zeros(1, np.float32)   # refused before C reads any parameter
+            params = np.zeros(1, np.float32)  # refused before C reads any parameter
         out = ffi.new("llmc_model**")
-        rc = lib.llmc_model_from_params(ffi.new("llmc_config*", fields), ffi.from_buffer("float[]", params),
-                                        max_B, max_T, out)
+        rc = lib.llmc_model_from_params(
+            ffi.new("llmc_config*", fields), ffi.from_buffer("float[]", params), max_B, max_T, out
+        )
         if not valid or max_B < 1 or max_T < 1 or max_T > fields["max_seq_len"]:
             allowed = ["ARGUMENT"]
         elif max(fields.values()) <= 1024 and max_B * max_T * 4 * fields["channels"] < 2**31:
-            allowed = ["OK", "ALLOC"]   # well within every bound of llmc.h
+            allowed = ["OK", "ALLOC"]  # well within every bound of llmc.h
         else:
             allowed = ["OK", "ARGUMENT", "ALLOC"]
         verdict = self._expect("llmc_model_from_params", rc, allowed)
@@ -339,19 +368,28 @@ class Worker:
             targets = [rng.randrange(V) for _ in range(max_B * max_T)]
             for tokens in (inputs, targets):
                 if rng.random() < 0.3:
-                    tokens[rng.randrange(len(tokens))] = rng.choice([-1, V, self.config.padded_vocab_size,
-                                                                     INT32_MAX, INT32_MIN])
+                    tokens[rng.randrange(len(tokens))] = rng.choice(
+                        [-1, V, self.config.padded_vocab_size, INT32_MAX, INT32_MIN]
+                    )
             null_inputs, use_targets = rng.random() < 0.1, rng.random() < 0.7
-            steps.append(f"forward(B={B}, T={T}{', NULL inputs' if null_inputs else ''}"
-                         f"{', targets' if use_targets else ''})")
+            steps.append(
+                f"forward(B={B}, T={T}{', NULL inputs' if null_inputs else ''}{', targets' if use_targets else ''})"
+            )
             self.mutations = " ".join(steps)
             loss = ffi.new("float*")
-            rc = lib.llmc_forward(model, ffi.NULL if null_inputs else ffi.new("int[]", inputs),
-                                  ffi.new("int[]", targets) if use_targets else ffi.NULL, B, T, loss)
+            rc = lib.llmc_forward(
+                model,
+                ffi.NULL if null_inputs else ffi.new("int[]", inputs),
+                ffi.new("int[]", targets) if use_targets else ffi.NULL,
+                B,
+                T,
+                loss,
+            )
             if null_inputs or not (1 <= B <= max_B and 1 <= T <= max_T):
                 allowed = ["ARGUMENT"]
-            elif any(not 0 <= t < V for t in inputs[:B * T]) or (
-                    use_targets and any(not 0 <= t < V for t in targets[:B * T])):
+            elif any(not 0 <= t < V for t in inputs[: B * T]) or (
+                use_targets and any(not 0 <= t < V for t in targets[: B * T])
+            ):
                 allowed = ["TOKEN"]
             else:
                 allowed = ["OK"]
@@ -371,14 +409,23 @@ class Worker:
         self._train_call(model, "a new model")
         names = ("learning_rate", "beta1", "beta2", "eps", "weight_decay", "grad_clip")
         sane = dict(zip(names, (1e-3, 0.9, 0.999, 1e-8, 0.1, 1.0), strict=True))
-        settings = {name: sane[name] if rng.random() < 0.7 else rng.choice(
-            EXTREME_FLOATS + (0.5, 0.99999994, 1.0000001, rng.uniform(-2, 2))) for name in names}
+        settings = {
+            name: sane[name]
+            if rng.random() < 0.7
+            else rng.choice(EXTREME_FLOATS + (0.5, 0.99999994, 1.0000001, rng.uniform(-2, 2)))
+            for name in names
+        }
         t = rng.choice([1, 2, 1000, rng.choice([0, -1, INT32_MAX, INT32_MIN])])
         null_opt = rng.random() < 0.05
         self.mutations = f"update({settings}, t={t}{', NULL opt' if null_opt else ''})"
-        as_float = {name: float(np.float32(value)) for name, value in settings.items()}   # what C sees
-        bad = (null_opt or t < 1 or not all(math.isfinite(v) for v in as_float.values())
-               or not (0 <= as_float["beta1"] < 1 and 0 <= as_float["beta2"] < 1) or not as_float["eps"] > 0)
+        as_float = {name: float(np.float32(value)) for name, value in settings.items()}  # what C sees
+        bad = (
+            null_opt
+            or t < 1
+            or not all(math.isfinite(v) for v in as_float.values())
+            or not (0 <= as_float["beta1"] < 1 and 0 <= as_float["beta2"] < 1)
+            or not as_float["eps"] > 0
+        )
         opt = ffi.NULL if null_opt else ffi.new("llmc_adamw*", dict(settings, decay_all=rng.randint(0, 1)))
         before = ffi.new("float[]", len(self.params))
         lib.llmc_get_params(model, before)
@@ -395,17 +442,41 @@ class Worker:
         from native.binding import MAX_THREADS
 
         lib = self.library.lib
-        n = rng.choice([-1, 0, 1, 2, 3, 8, 64, MAX_THREADS, MAX_THREADS + 1, 100_000, 2**30, INT32_MAX, INT32_MIN,
-                        rng.randint(INT32_MIN, INT32_MAX)])
+        n = rng.choice(
+            [
+                -1,
+                0,
+                1,
+                2,
+                3,
+                8,
+                64,
+                MAX_THREADS,
+                MAX_THREADS + 1,
+                100_000,
+                2**30,
+                INT32_MAX,
+                INT32_MIN,
+                rng.randint(INT32_MIN, INT32_MAX),
+            ]
+        )
         self.mutations = f"llmc_set_num_threads({n})"
         try:
             verdict = self._expect(self.mutations, lib.llmc_set_num_threads(n), ["OK"] if n >= 1 else ["ARGUMENT"])
             model = self._new_model()
             self._train_call(model, self.mutations)
-            self._expect(f"llmc_update after {self.mutations}", lib.llmc_update(
-                model, self.library.ffi.new("llmc_adamw*", dict(learning_rate=1e-3, beta1=0.9, beta2=0.999,
-                                                                 eps=1e-8, grad_clip=1.0)), 1,
-                self.library.ffi.new("float*")), ["OK"])
+            self._expect(
+                f"llmc_update after {self.mutations}",
+                lib.llmc_update(
+                    model,
+                    self.library.ffi.new(
+                        "llmc_adamw*", dict(learning_rate=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, grad_clip=1.0)
+                    ),
+                    1,
+                    self.library.ffi.new("float*"),
+                ),
+                ["OK"],
+            )
             try:
                 self.library.set_num_threads(n)
                 binding_refused = False
@@ -423,9 +494,17 @@ class Worker:
         n = len(self.params)
         buf, tokens = ffi.new("float[]", n), ffi.new("int[]", 16)
         c = self.config
-        cfg = ffi.new("llmc_config*", dict(max_seq_len=c.max_seq_len, vocab_size=c.vocab_size,
-                                           padded_vocab_size=c.padded_vocab_size, num_layers=c.num_layers,
-                                           num_heads=c.num_heads, channels=c.channels))
+        cfg = ffi.new(
+            "llmc_config*",
+            dict(
+                max_seq_len=c.max_seq_len,
+                vocab_size=c.vocab_size,
+                padded_vocab_size=c.padded_vocab_size,
+                num_layers=c.num_layers,
+                num_heads=c.num_heads,
+                channels=c.channels,
+            ),
+        )
         opt = ffi.new("llmc_adamw*", dict(learning_rate=1e-3, beta1=0.9, beta2=0.999, eps=1e-8))
         path = os.fsencode(self.dir / "base-checkpoint-v3")
         N, out = ffi.NULL, ffi.new("llmc_model**")
@@ -473,10 +552,11 @@ class Worker:
 
         kernels = NativeKernels(self.library)
         name = rng.choice(KERNEL_NAMES)
-        dims = dict(B=rng.randint(1, 3), T=rng.randint(1, 5), NH=rng.randint(1, 3), OC=rng.randint(1, 6),
-                    V=rng.randint(1, 9))
+        dims = dict(
+            B=rng.randint(1, 3), T=rng.randint(1, 5), NH=rng.randint(1, 3), OC=rng.randint(1, 6), V=rng.randint(1, 9)
+        )
         dims.update(C=dims["NH"] * rng.randint(1, 4), Vp=dims["V"] + rng.randint(0, 4), M=dims["T"] + rng.randint(0, 2))
-        dims["C3"] = 3 * dims["C"]   # attention's qkv width
+        dims["C3"] = 3 * dims["C"]  # attention's qkv width
         args = {arg: _kernel_argument(spec, dims, rng) for arg, spec in KERNEL_ARGS[name].items()}
         self.mutations = f"{name} {dims}"
         if rng.random() < 0.8:
@@ -489,7 +569,7 @@ class Worker:
             method(*ordered)
         except (TypeError, ValueError):
             return REJECTED
-        except Exception as e:   # any other exception is the finding
+        except Exception as e:  # any other exception is the finding
             raise CaseFailure(f"{name} raised {type(e).__name__}: {e}") from e
         return ACCEPTED
 
@@ -507,22 +587,48 @@ KERNEL_ARGS = {
     "encoder_forward": {"out": "B,T,C", "inp": "tok:B,T:Vp", "wte": "Vp,C", "wpe": "M,C"},
     "encoder_backward": {"dwte": "Vp,C", "dwpe": "M,C", "dout": "B,T,C", "inp": "tok:B,T:Vp"},
     "layernorm_forward": {"out": "B,T,C", "mean": "B,T", "rstd": "B,T", "inp": "B,T,C", "weight": "C", "bias": "C"},
-    "layernorm_backward": {"dinp": "B,T,C", "dweight": "C", "dbias": "C", "dout": "B,T,C", "inp": "B,T,C",
-                           "weight": "C", "mean": "B,T", "rstd": "B,T"},
+    "layernorm_backward": {
+        "dinp": "B,T,C",
+        "dweight": "C",
+        "dbias": "C",
+        "dout": "B,T,C",
+        "inp": "B,T,C",
+        "weight": "C",
+        "mean": "B,T",
+        "rstd": "B,T",
+    },
     "matmul_forward": {"out": "B,T,OC", "inp": "B,T,C", "weight": "OC,C", "bias": "?OC"},
-    "matmul_backward": {"dinp": "B,T,C", "dweight": "OC,C", "dbias": "?OC", "dout": "B,T,OC", "inp": "B,T,C",
-                        "weight": "OC,C"},
+    "matmul_backward": {
+        "dinp": "B,T,C",
+        "dweight": "OC,C",
+        "dbias": "?OC",
+        "dout": "B,T,OC",
+        "inp": "B,T,C",
+        "weight": "OC,C",
+    },
     "attention_forward": {"out": "B,T,C", "preatt": "B,NH,T,T", "att": "B,NH,T,T", "inp": "B,T,C3", "NH": "int:NH"},
-    "attention_backward": {"dinp": "B,T,C3", "dpreatt": "B,NH,T,T", "datt": "B,NH,T,T", "dout": "B,T,C",
-                           "inp": "B,T,C3", "att": "B,NH,T,T", "NH": "int:NH"},
+    "attention_backward": {
+        "dinp": "B,T,C3",
+        "dpreatt": "B,NH,T,T",
+        "datt": "B,NH,T,T",
+        "dout": "B,T,C",
+        "inp": "B,T,C3",
+        "att": "B,NH,T,T",
+        "NH": "int:NH",
+    },
     "gelu_forward": {"out": "B,T,C", "inp": "B,T,C"},
     "gelu_backward": {"dinp": "B,T,C", "inp": "B,T,C", "dout": "B,T,C"},
     "residual_forward": {"out": "B,T,C", "inp1": "B,T,C", "inp2": "B,T,C"},
     "residual_backward": {"dinp1": "B,T,C", "dinp2": "B,T,C", "dout": "B,T,C"},
     "softmax_forward": {"probs": "B,T,Vp", "logits": "B,T,Vp", "V": "int:V"},
     "crossentropy_forward": {"losses": "B,T", "probs": "B,T,Vp", "targets": "tok:B,T:Vp"},
-    "crossentropy_softmax_backward": {"dlogits": "B,T,Vp", "dlosses": "B,T", "probs": "B,T,Vp",
-                                      "targets": "tok:B,T:V", "V": "int:V"},
+    "crossentropy_softmax_backward": {
+        "dlogits": "B,T,Vp",
+        "dlosses": "B,T",
+        "probs": "B,T,Vp",
+        "targets": "tok:B,T:V",
+        "V": "int:V",
+    },
 }
 
 
@@ -546,8 +652,9 @@ def _spoil(value, spec, dims, rng):
         return bad, f"{bad!r}"
     if value is None:
         value = _kernel_argument(spec[1:], dims, rng)
-    how = rng.choice(["dim", "ndim", "dtype", "layout", "readonly", "type", "tokens" if spec.startswith("tok:")
-                      else "dim", "empty"])
+    how = rng.choice(
+        ["dim", "ndim", "dtype", "layout", "readonly", "type", "tokens" if spec.startswith("tok:") else "dim", "empty"]
+    )
     if how == "dim":
         axis = rng.randrange(value.ndim)
         shape = list(value.shape)
@@ -583,13 +690,16 @@ def _describe(result):
 def worker_main(workdir):
     """The worker's loop: a case per line "TARGET SEED INDEX" on stdin, a JSON line per case on stdout."""
     worker = Worker(workdir)
-    if "asan" not in os.environ.get("LD_PRELOAD", ""):   # the sanitizers reserve terabytes of address space
+    if "asan" not in os.environ.get("LD_PRELOAD", ""):  # the sanitizers reserve terabytes of address space
         import resource
 
         # 4 GiB above what the worker has mapped now: a huge allocation a case asks for fails
         # (LLMC_ERR_ALLOC) instead of taking the machine's memory
-        mapped = next(int(line.split()[1]) * 1024 for line in Path("/proc/self/status").read_text().splitlines()
-                      if line.startswith("VmSize:"))
+        mapped = next(
+            int(line.split()[1]) * 1024
+            for line in Path("/proc/self/status").read_text().splitlines()
+            if line.startswith("VmSize:")
+        )
         limit = mapped + (4 << 30)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     print(json.dumps({"ready": True}), flush=True)
@@ -610,12 +720,18 @@ class WorkerProcess:
         self.timeout = timeout
         self.stderr_path = stderr_path
         self.stderr = open(stderr_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "tools.fuzz", "--worker", str(workdir)], cwd=REPO_ROOT,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tools.fuzz", "--worker", str(workdir)],
+            cwd=REPO_ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+            start_new_session=True,
+        )
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.proc.stdout, selectors.EVENT_READ)
-        ready = self._answer(max(timeout, 120))   # imports and the first load of the library
+        ready = self._answer(max(timeout, 120))  # imports and the first load of the library
         if not (isinstance(ready, dict) and ready.get("ready")):
             self.close()
             raise WorkerStartError(f"the worker did not start ({self.how_it_ended(ready)}):\n{self.stderr_tail()}")
@@ -659,7 +775,7 @@ class WorkerProcess:
     def close(self):
         if self.proc.poll() is None:
             try:
-                os.killpg(self.proc.pid, signal.SIGKILL)   # with anything it started
+                os.killpg(self.proc.pid, signal.SIGKILL)  # with anything it started
             except ProcessLookupError:
                 pass
         self.proc.wait()
@@ -690,13 +806,16 @@ def run(targets, seconds, seed, timeout, cases=None, out=print):
                 worker = WorkerProcess(workdir, timeout, tmp / "worker.stderr")
             answer = worker.ask(target, seed, index)
             counts[target]["cases"] += 1
-            if isinstance(answer, str):   # crash or hang: the worker is gone; try the case alone
+            if isinstance(answer, str):  # crash or hang: the worker is gone; try the case alone
                 ended, tail = worker.how_it_ended(answer), worker.stderr_tail()
                 worker = None
                 solo = WorkerProcess(solo_dir, timeout, tmp / "solo.stderr")
                 again = solo.ask(target, seed, index)
-                alone = (f"it does again alone ({solo.how_it_ended(again)})" if isinstance(again, str) else
-                         "alone it does not (state left by an earlier case in the same worker?)")
+                alone = (
+                    f"it does again alone ({solo.how_it_ended(again)})"
+                    if isinstance(again, str)
+                    else "alone it does not (state left by an earlier case in the same worker?)"
+                )
                 if not isinstance(again, str):
                     solo.close()
                 message = f"the worker {'crashed' if answer == 'crash' else 'hung'} ({ended}); {alone}"
@@ -725,8 +844,10 @@ def _round_robin(targets):
 
 def format_summary(counts, failures, seed, seconds, library):
     total = sum(c["cases"] for c in counts.values())
-    lines = [f"tools.fuzz: seed {seed}, {seconds:.1f} s, {total} cases, {len(failures)} failed; C library {library}",
-             f"{'target':<16}{'cases':>7}{'accepted':>10}{'rejected':>10}{'failed':>8}"]
+    lines = [
+        f"tools.fuzz: seed {seed}, {seconds:.1f} s, {total} cases, {len(failures)} failed; C library {library}",
+        f"{'target':<16}{'cases':>7}{'accepted':>10}{'rejected':>10}{'failed':>8}",
+    ]
     for target, c in counts.items():
         lines.append(f"{target:<16}{c['cases']:>7}{c[ACCEPTED]:>10}{c[REJECTED]:>10}{c['failed']:>8}")
     return "\n".join(lines)
@@ -736,11 +857,17 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m tools.fuzz", description=__doc__.split("\n")[0])
     p.add_argument("--seconds", type=float, default=60.0, help="how long to fuzz (default 60)")
     p.add_argument("--seed", type=int, default=0, help="the seed every case derives from (default 0)")
-    p.add_argument("--target", action="append", choices=TARGETS + SELFTEST_TARGETS, metavar="NAME",
-                   help=f"a target (repeatable; default all of: {', '.join(TARGETS)})")
+    p.add_argument(
+        "--target",
+        action="append",
+        choices=TARGETS + SELFTEST_TARGETS,
+        metavar="NAME",
+        help=f"a target (repeatable; default all of: {', '.join(TARGETS)})",
+    )
     p.add_argument("--case", action="append", metavar="TARGET:INDEX", help="run just this case (repeatable)")
-    p.add_argument("--timeout", type=float, default=20.0, help="seconds a case may take before it counts as a "
-                                                               "hang (default 20)")
+    p.add_argument(
+        "--timeout", type=float, default=20.0, help="seconds a case may take before it counts as a hang (default 20)"
+    )
     p.add_argument("--worker", metavar="DIR", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -772,8 +899,10 @@ def main(argv=None):
         return 1
     print(format_summary(counts, failures, args.seed, time.monotonic() - start, library))
     if failures:
-        print("reproduce each failure alone with: " + shlex.join(["python", "-m", "tools.fuzz", "--seed",
-                                                                  str(args.seed), "--case", "TARGET:INDEX"]))
+        print(
+            "reproduce each failure alone with: "
+            + shlex.join(["python", "-m", "tools.fuzz", "--seed", str(args.seed), "--case", "TARGET:INDEX"])
+        )
     return 1 if failures else 0
 
 

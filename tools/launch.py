@@ -7,6 +7,7 @@ Each rank gets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT (the TCP r
 backends/distributed.py) and NVLink multicast off. `mpirun -np N python -m tools.train ...` works too.
 When one rank fails, the others are stopped, and the exit status is the failing rank's.
 """
+
 import sys
 
 from backends.distributed import launch_local

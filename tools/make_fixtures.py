@@ -22,6 +22,7 @@ tiny_shakespeare_val.bin split (tools/prepare_data.py, as llm.c's train_gpt2.py 
 vocabulary V, the UTF-8 bytes of reference/data/tinyshakespeare.txt, byte b becoming id b % V (the text
 is ASCII, so for V >= 128 the ids are the bytes themselves).
 """
+
 import argparse
 from dataclasses import asdict
 import json
@@ -50,7 +51,7 @@ from reference.oracle import ExpectedOutputs, expected_outputs, expected_traject
 from tools.prepare_data import TINYSHAKESPEARE_TEXT, ensure_tinyshakespeare
 
 GENERATOR_VERSION = 1
-STEPS = 10       # test_gpt2.c's training loop
+STEPS = 10  # test_gpt2.c's training loop
 CHECKPOINT, CHECKPOINT_BF16, DEBUG_STATE = "gpt2_124M.bin", "gpt2_124M_bf16.bin", "gpt2_124M_debug_state.bin"
 MANIFEST = "manifest.json"
 FILE_FORMATS = {
@@ -59,7 +60,7 @@ FILE_FORMATS = {
     DEBUG_STATE: {"format": "llm.c debug state", "magic": STATE_MAGIC, "version": STATE_VERSION},
 }
 
-TRAJECTORIES_FROM = 1 << 24   # parameters: d12 takes minutes per convention in float64, the tiny ones seconds
+TRAJECTORIES_FROM = 1 << 24  # parameters: d12 takes minutes per convention in float64, the tiny ones seconds
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = {  # name -> make_fixture arguments; each file < 4 MB
     "tiny-bytes": dict(descriptor="L2-NH4-C64-V200-T64", B=4, T=32),
@@ -76,10 +77,11 @@ def batch_tokens(config, B, T):
         source = f"tiny_shakespeare_val.bin (tools/prepare_data.py): its first {n} GPT-2 tokens"
     else:
         path = TINYSHAKESPEARE_TEXT
-        text = np.frombuffer(path.read_bytes()[:n], np.uint8).astype(np.int32)   # V may exceed uint8's range
+        text = np.frombuffer(path.read_bytes()[:n], np.uint8).astype(np.int32)  # V may exceed uint8's range
         tokens = text % config.vocab_size
-        source = (f"reference/data/tinyshakespeare.txt: its first {n} UTF-8 bytes, "
-                  f"byte b as token id b % {config.vocab_size}")
+        source = (
+            f"reference/data/tinyshakespeare.txt: its first {n} UTF-8 bytes, byte b as token id b % {config.vocab_size}"
+        )
     check_tokens(tokens, config.vocab_size, path, B, T)
     return tokens, source
 
@@ -93,12 +95,24 @@ def make_fixture(outdir, descriptor, B, T, seed=42):
     tokens, batch_source = batch_tokens(config, B, T)
     x, y = tokens[:-1].reshape(B, T), tokens[1:].reshape(B, T)
     trajectories = {}
-    if config.num_parameters > TRAJECTORIES_FROM:   # the first convention's run gives the expected outputs too
+    if config.num_parameters > TRAJECTORIES_FROM:  # the first convention's run gives the expected outputs too
         first = {}
-        trajectories["train"] = timed(outdir, "train", expected_trajectory, config, params, x, y,
-                                      AdamWSettings(**TEST_GPT2_SETTINGS), STEPS, trajectory_index(config), first)
-        expected = ExpectedOutputs(first["logits"], first["loss"], first["grads"],
-                                   list(trajectories["train"].losses[:STEPS]))
+        trajectories["train"] = timed(
+            outdir,
+            "train",
+            expected_trajectory,
+            config,
+            params,
+            x,
+            y,
+            AdamWSettings(**TEST_GPT2_SETTINGS),
+            STEPS,
+            trajectory_index(config),
+            first,
+        )
+        expected = ExpectedOutputs(
+            first["logits"], first["loss"], first["grads"], list(trajectories["train"].losses[:STEPS])
+        )
     else:
         expected = expected_outputs(config, params, x, y, steps=STEPS, settings=TEST_GPT2_SETTINGS)
 
@@ -106,23 +120,39 @@ def make_fixture(outdir, descriptor, B, T, seed=42):
     outdir.mkdir(parents=True, exist_ok=True)
     write_checkpoint(outdir / CHECKPOINT, config, params, "fp32")
     write_checkpoint(outdir / CHECKPOINT_BF16, config, params, "bf16")
-    write_debug_state(outdir / DEBUG_STATE, x, y, expected.logits.astype(np.float32), np.float32(expected.loss),
-                      expected.grads.astype(np.float32))
+    write_debug_state(
+        outdir / DEBUG_STATE,
+        x,
+        y,
+        expected.logits.astype(np.float32),
+        np.float32(expected.loss),
+        expected.grads.astype(np.float32),
+    )
 
     manifest = {
-        "generator": "tools.make_fixtures", "generator_version": GENERATOR_VERSION,
-        "numpy_version": np.__version__, "python_version": platform.python_version(),
-        "descriptor": descriptor, "config": asdict(config), "num_parameters": config.num_parameters,
-        "seed": seed, "init": "reference.model.init_params(config, seed, float32)",
-        "B": B, "T": T, "batch_source": batch_source,
-        "optimizer": dict(TEST_GPT2_SETTINGS), "steps": STEPS,
+        "generator": "tools.make_fixtures",
+        "generator_version": GENERATOR_VERSION,
+        "numpy_version": np.__version__,
+        "python_version": platform.python_version(),
+        "descriptor": descriptor,
+        "config": asdict(config),
+        "num_parameters": config.num_parameters,
+        "seed": seed,
+        "init": "reference.model.init_params(config, seed, float32)",
+        "B": B,
+        "T": T,
+        "batch_source": batch_source,
+        "optimizer": dict(TEST_GPT2_SETTINGS),
+        "steps": STEPS,
         "expected": {
             "computed_in": "float64 (reference/oracle.py) from the fp32 checkpoint's parameters, stored as fp32",
             "loss": float(np.float32(expected.loss)),
             "losses": [float(np.float32(loss)) for loss in expected.losses],
         },
-        "files": {name: {**fmt, "size": (outdir / name).stat().st_size, "sha256": sha256_file(outdir / name)}
-                  for name, fmt in FILE_FORMATS.items()},
+        "files": {
+            name: {**fmt, "size": (outdir / name).stat().st_size, "sha256": sha256_file(outdir / name)}
+            for name, fmt in FILE_FORMATS.items()
+        },
     }
     with atomic_write(outdir / MANIFEST, "w") as f:
         json.dump(manifest, f, indent=2)
@@ -147,8 +177,18 @@ def make_trajectories(fixture_dir, done=None):
     trajectories = dict(done or {})
     for name in CONVENTIONS:
         if name not in trajectories:
-            trajectories[name] = timed(fixture_dir, name, expected_trajectory, fixture.config, fixture.params,
-                                       fixture.x, fixture.y, convention_settings(fixture, name), TRAIN_STEPS, index)
+            trajectories[name] = timed(
+                fixture_dir,
+                name,
+                expected_trajectory,
+                fixture.config,
+                fixture.params,
+                fixture.x,
+                fixture.y,
+                convention_settings(fixture, name),
+                TRAIN_STEPS,
+                index,
+            )
     write_trajectories(fixture, trajectories)
 
 
@@ -175,8 +215,10 @@ def main(argv=None):
         start = time.perf_counter()
         manifest = make_fixture(outdir, **kwargs)
         sizes = ", ".join(f"{name} {f['size']:,} B" for name, f in manifest["files"].items())
-        print(f"{outdir}: {kwargs['descriptor']} B={kwargs['B']} T={kwargs['T']} in "
-              f"{time.perf_counter() - start:.1f} s; {sizes}")
+        print(
+            f"{outdir}: {kwargs['descriptor']} B={kwargs['B']} T={kwargs['T']} in "
+            f"{time.perf_counter() - start:.1f} s; {sizes}"
+        )
         print(f"  expected losses: {' '.join(f'{loss:.6f}' for loss in manifest['expected']['losses'])}")
 
 

@@ -18,6 +18,7 @@ optimizer, B=4, T=64), with the expected values from reference/torch_gpt2.py in 
 reference/oracle.py's numpy (which agree to ~1e-14, tests/test_oracle.py's torch_crosscheck): seconds
 instead of minutes for d12, on a machine without the 1.3 GB fixtures/gpt2_124M.
 """
+
 import json
 import math
 import sys
@@ -43,11 +44,23 @@ def worst_errors(results):
     rows = {}
     for r in results:
         where = f"{r.backend} {r.check}"
-        row = rows.setdefault((r.backend, r.quantity, r.precision), {
-            "backend": r.backend, "quantity": r.quantity, "precision": r.precision, "max_abs": 0.0,
-            "max_abs_at": "", "rel_norm": 0.0, "rel_norm_at": "", "runs": 0, "tol_max_abs": r.tol_max_abs,
-            "tol_rel_norm": r.tol_rel_norm, "passed": True})
-        for error in ("max_abs", "rel_norm"):       # NaN (a non-finite output) is the worst and stays
+        row = rows.setdefault(
+            (r.backend, r.quantity, r.precision),
+            {
+                "backend": r.backend,
+                "quantity": r.quantity,
+                "precision": r.precision,
+                "max_abs": 0.0,
+                "max_abs_at": "",
+                "rel_norm": 0.0,
+                "rel_norm_at": "",
+                "runs": 0,
+                "tol_max_abs": r.tol_max_abs,
+                "tol_rel_norm": r.tol_rel_norm,
+                "passed": True,
+            },
+        )
+        for error in ("max_abs", "rel_norm"):  # NaN (a non-finite output) is the worst and stays
             if math.isnan(getattr(r, error)) or getattr(r, error) > row[error]:
                 row[error], row[f"{error}_at"] = getattr(r, error), where
         row["runs"] += 1
@@ -66,6 +79,7 @@ class TorchAutocastModel:
         import torch
 
         from reference.torch_gpt2 import from_flat
+
         self.torch, self.config, self.device = torch, config, device
         self.model = from_flat(config, params, dtype=torch.float32, device=device, flash=True)
         self.optimizer = None
@@ -90,17 +104,20 @@ class TorchAutocastModel:
 
     def grads(self):
         from reference.torch_gpt2 import flat_grads
+
         return flat_grads(self.model).astype(np.float32)
 
     def params(self):
         from reference.torch_gpt2 import flat_params
+
         return flat_params(self.model).astype(np.float32)
 
     def update(self, settings, t):
         from reference.torch_gpt2 import AdamW
+
         if self.optimizer is None:
             self.optimizer = AdamW(self.model, settings)
-        return self.optimizer.step()   # its step count t is torch's own: 1 at the first call
+        return self.optimizer.step()  # its step count t is torch's own: 1 at the first call
 
     def close(self):
         self.model = self.optimizer = self._loss = None
@@ -130,6 +147,7 @@ def oracle_fixture(descriptor, B=4, T=64, seed=42):
 
     from reference.torch_gpt2 import AdamW, flat_grads, from_flat
     from tools.make_fixtures import batch_tokens
+
     config = GPT2Config.from_descriptor(descriptor)
     params = init_params(config, seed, np.float32)
     tokens, _ = batch_tokens(config, B, T)
@@ -139,20 +157,30 @@ def oracle_fixture(descriptor, B=4, T=64, seed=42):
     model = from_flat(config, params, dtype=torch.float64, device=device)
     optimizer = AdamW(model, AdamWSettings(**TEST_GPT2_SETTINGS))
     losses = []
-    for step in range(TRAIN_STEPS):   # test_gpt2.c's loop: step 0 gives the debug state's values
+    for step in range(TRAIN_STEPS):  # test_gpt2.c's loop: step 0 gives the debug state's values
         optimizer.zero_grad()
         loss = model(tx, ty)
         loss.backward()
         if step == 0:
-            logits = model.logits[..., :config.vocab_size].detach().float().cpu().numpy()
+            logits = model.logits[..., : config.vocab_size].detach().float().cpu().numpy()
             grads = flat_grads(model).astype(np.float32)
         losses.append(loss.item())
         optimizer.step()
     del model, optimizer
-    return SimpleNamespace(name=f"{descriptor}-torch-float64", config=config, params=params, B=B, T=T, x=x, y=y,
-                           logits=logits, loss=np.float32(losses[0]), grads=grads,
-                           expected_losses=np.array(losses, np.float64),
-                           optimizer=AdamWSettings(**TEST_GPT2_SETTINGS))
+    return SimpleNamespace(
+        name=f"{descriptor}-torch-float64",
+        config=config,
+        params=params,
+        B=B,
+        T=T,
+        x=x,
+        y=y,
+        logits=logits,
+        loss=np.float32(losses[0]),
+        grads=grads,
+        expected_losses=np.array(losses, np.float64),
+        optimizer=AdamWSettings(**TEST_GPT2_SETTINGS),
+    )
 
 
 def main(argv=None):
@@ -160,8 +188,13 @@ def main(argv=None):
     add_backend_option(parser)
     parser.add_argument("--torch-bf16", action="store_true", help="also PyTorch autocast bf16 (model checks)")
     add_fixture_option(parser)
-    parser.add_argument("--oracle-fixture", action="append", metavar="DESCRIPTOR", default=[],
-                        help="a fixture computed on the fly by PyTorch float64 (repeatable), e.g. d12")
+    parser.add_argument(
+        "--oracle-fixture",
+        action="append",
+        metavar="DESCRIPTOR",
+        default=[],
+        help="a fixture computed on the fly by PyTorch float64 (repeatable), e.g. d12",
+    )
     parser.add_argument("--kernel-shapes", type=int, default=300, metavar="N", help="random kernel shapes (300)")
     parser.add_argument("--seed", type=int, default=123, help="of the random kernel shapes and inputs")
     add_report_options(parser, markdown=False)
@@ -180,7 +213,7 @@ def main(argv=None):
     results = []
     for fixture in fixtures:
         for backend in backends:
-            results += run_model(backend, fixture).results     # what a backend cannot do has no error to measure
+            results += run_model(backend, fixture).results  # what a backend cannot do has no error to measure
     rng = np.random.default_rng(args.seed)
     shapes = list(EXAMPLE_SHAPES) + [random_shape(rng) for _ in range(args.kernel_shapes)]
     for backend in backends:
@@ -192,10 +225,12 @@ def main(argv=None):
     rows = worst_errors(results)
     for row in rows:
         verdict = "ok" if row["passed"] else "EXCEEDED"
-        print(f"{row['quantity']:45} {row['precision']:5} abs {row['max_abs']:.2e} ({row['max_abs_at']})  "
-              f"rel {row['rel_norm']:.2e} ({row['rel_norm_at']})  tolerance {row['tol_max_abs']:.0e} / "
-              f"{row['tol_rel_norm']:.0e} {verdict}  suggested {row['suggested_max_abs']:.0e} / "
-              f"{row['suggested_rel_norm']:.0e}")
+        print(
+            f"{row['quantity']:45} {row['precision']:5} abs {row['max_abs']:.2e} ({row['max_abs_at']})  "
+            f"rel {row['rel_norm']:.2e} ({row['rel_norm_at']})  tolerance {row['tol_max_abs']:.0e} / "
+            f"{row['tol_rel_norm']:.0e} {verdict}  suggested {row['suggested_max_abs']:.0e} / "
+            f"{row['suggested_rel_norm']:.0e}"
+        )
     if args.report_json:
         write_text(args.report_json, json.dumps(rows, indent=1, default=str) + "\n")
     return 0 if all(row["passed"] for row in rows) else 1

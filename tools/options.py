@@ -7,6 +7,7 @@
 
 Bad arguments and bad input files are a UsageError: main() prints one line naming the tool and exits 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,15 +29,27 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def add_backend_option(parser: argparse.ArgumentParser, default: list[str] | str | None = None,
-                       single: bool = False) -> None:
+def add_backend_option(
+    parser: argparse.ArgumentParser, default: list[str] | str | None = None, single: bool = False
+) -> None:
     if single:
-        parser.add_argument("--backend", default=default, metavar="NAME",
-                            help=BACKEND_OPTION_HELP.replace(" (repeatable)", "").split(";")[0])
+        parser.add_argument(
+            "--backend",
+            default=default,
+            metavar="NAME",
+            help=BACKEND_OPTION_HELP.replace(" (repeatable)", "").split(";")[0],
+        )
     else:
-        parser.add_argument("--backend", action="extend", nargs="+", metavar="NAME", default=None,
-                            help=BACKEND_OPTION_HELP if default is None else
-                            BACKEND_OPTION_HELP.split(";")[0] + f"; default: {' '.join(default)}")
+        parser.add_argument(
+            "--backend",
+            action="extend",
+            nargs="+",
+            metavar="NAME",
+            default=None,
+            help=BACKEND_OPTION_HELP
+            if default is None
+            else BACKEND_OPTION_HELP.split(";")[0] + f"; default: {' '.join(default)}",
+        )
         if default is not None:
             parser.set_defaults(backend_default=list(default))
 
@@ -51,18 +64,30 @@ def add_fixture_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fixture", action="extend", nargs="+", metavar="DIR", help=FIXTURE_OPTION_HELP)
 
 
-def add_report_options(parser: argparse.ArgumentParser, json_default: str | None = None,
-                       md_default: str | None = None, markdown: bool = True) -> None:
-    parser.add_argument("--report-json", default=json_default, metavar="PATH",
-                        help="write every measured number as JSON" + (f" (default: {json_default})" if json_default
-                                                                      else ""))
+def add_report_options(
+    parser: argparse.ArgumentParser,
+    json_default: str | None = None,
+    md_default: str | None = None,
+    markdown: bool = True,
+) -> None:
+    parser.add_argument(
+        "--report-json",
+        default=json_default,
+        metavar="PATH",
+        help="write every measured number as JSON" + (f" (default: {json_default})" if json_default else ""),
+    )
     if markdown:
-        parser.add_argument("--report-md", default=md_default, metavar="PATH",
-                            help="write the table as markdown" + (f" (default: {md_default})" if md_default else ""))
+        parser.add_argument(
+            "--report-md",
+            default=md_default,
+            metavar="PATH",
+            help="write the table as markdown" + (f" (default: {md_default})" if md_default else ""),
+        )
 
 
-def run_main(prog: str, main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser,
-             argv: list[str] | None = None) -> int:
+def run_main(
+    prog: str, main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: list[str] | None = None
+) -> int:
     """parse argv, run main(args); a UsageError is one line on stderr and exit status 2."""
     try:
         return main(parser.parse_args(argv))

@@ -3,6 +3,7 @@
 main.log has llm.c's form, one line per event: `s:STEP trl:LOSS ...` (a training step) or `s:STEP tel:LOSS`
 (a validation). Needs matplotlib (pip install -e '.[plot]'); PNG defaults to loss.png beside the log.
 """
+
 import argparse
 from pathlib import Path
 import re
@@ -25,6 +26,7 @@ def plot_losses(log_path, png_path):
     """Loss curves from main.log; -> a line saying what was written, or why nothing was."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:

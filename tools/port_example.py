@@ -22,6 +22,7 @@ false), --chatty prints to stdout and stderr on every call, as a port's runtime 
 makes `info` report another tolerance class than the backend's (fp32, tf32, bf16): a wrong port judged
 under a looser class shows whether that class still catches the mistake.
 """
+
 import argparse
 import contextlib
 import functools
@@ -48,7 +49,7 @@ VERSION = "1.0"
 def _attention_forward_unmasked(inp, NH):
     """attention_forward without the causal mask: every query also sees the keys after it."""
     C = inp.shape[-1] // 3
-    q, k, v = (layers._split_heads(inp[..., i * C:(i + 1) * C], NH) for i in range(3))
+    q, k, v = (layers._split_heads(inp[..., i * C : (i + 1) * C], NH) for i in range(3))
     preatt = (q @ k.transpose(0, 1, 3, 2)) * inp.dtype.type(1.0 / math.sqrt(q.shape[3]))
     att = np.exp(preatt - preatt.max(axis=-1, keepdims=True))
     att /= att.sum(axis=-1, keepdims=True)
@@ -76,26 +77,41 @@ def _softmax_over_padding(logits, V):
 
 # what `train` replies, made wrong: {name: (description, change(reply, params before the last update))}
 OUTPUT_BUGS = {
-    "doubled-grad-norms": ("grad_norms twice the gradient's norm",
-                           lambda reply, before: reply.update(grad_norms=2 * reply["grad_norms"])),
-    "zeroed-optimizer-state": ("m and v replied as zeros",
-                               lambda reply, before: reply.update(m=0 * reply["m"], v=0 * reply["v"])),
-    "params-one-step-behind": ("params as they were before the last update",
-                               lambda reply, before: reply.update(params=before)),
+    "doubled-grad-norms": (
+        "grad_norms twice the gradient's norm",
+        lambda reply, before: reply.update(grad_norms=2 * reply["grad_norms"]),
+    ),
+    "zeroed-optimizer-state": (
+        "m and v replied as zeros",
+        lambda reply, before: reply.update(m=0 * reply["m"], v=0 * reply["v"]),
+    ),
+    "params-one-step-behind": (
+        "params as they were before the last update",
+        lambda reply, before: reply.update(params=before),
+    ),
 }
 
 BUGS = {
-    "gelu-constant": ("GELU's tanh argument scaled by 2/pi instead of sqrt(2/pi)",
-                      lambda: setattr(layers, "GELU_SCALE", 2.0 / math.pi)),
-    "no-causal-mask": ("attention without the causal mask",
-                       lambda: setattr(layers, "attention_forward", _attention_forward_unmasked)),
-    "layernorm-eps": ("layernorm with eps 1e-3 instead of 1e-5",
-                      lambda: setattr(layers, "layernorm_forward",
-                                      functools.partial(layers.layernorm_forward, eps=1e-3))),
-    "adamw-no-bias-correction": ("AdamW without bias correction",
-                                 lambda: setattr(adamw.AdamW, "step", _adamw_step_without_bias_correction)),
-    "softmax-padding": ("softmax over the padded vocabulary too",
-                        lambda: setattr(layers, "softmax_forward", _softmax_over_padding)),
+    "gelu-constant": (
+        "GELU's tanh argument scaled by 2/pi instead of sqrt(2/pi)",
+        lambda: setattr(layers, "GELU_SCALE", 2.0 / math.pi),
+    ),
+    "no-causal-mask": (
+        "attention without the causal mask",
+        lambda: setattr(layers, "attention_forward", _attention_forward_unmasked),
+    ),
+    "layernorm-eps": (
+        "layernorm with eps 1e-3 instead of 1e-5",
+        lambda: setattr(layers, "layernorm_forward", functools.partial(layers.layernorm_forward, eps=1e-3)),
+    ),
+    "adamw-no-bias-correction": (
+        "AdamW without bias correction",
+        lambda: setattr(adamw.AdamW, "step", _adamw_step_without_bias_correction),
+    ),
+    "softmax-padding": (
+        "softmax over the padded vocabulary too",
+        lambda: setattr(layers, "softmax_forward", _softmax_over_padding),
+    ),
 }
 
 
@@ -124,7 +140,7 @@ def _noisy(arrays):
     for name, value in arrays.items():
         value = np.asarray(value)
         if value.dtype == np.float32 and value.ndim:
-            flip = (rng.random(value.shape) < 0.01) & (value != 0)    # a sum's order never makes a zero
+            flip = (rng.random(value.shape) < 0.01) & (value != 0)  # a sum's order never makes a zero
             arrays[name] = np.where(flip, (value.view(np.uint32) ^ np.uint32(1)).view(np.float32), value)
     return arrays
 
@@ -154,16 +170,23 @@ def op_forward(backend, args, with_backward):
 def op_train(backend, args):
     config, params = read_checkpoint(args.model)
     x, y = read_batch(args.batch, config, need_targets=True)
-    settings = AdamWSettings(learning_rate=args.learning_rate, beta1=args.beta1, beta2=args.beta2, eps=args.eps,
-                             weight_decay=args.weight_decay, decay_all=bool(args.decay_all),
-                             grad_clip=args.grad_clip)
+    settings = AdamWSettings(
+        learning_rate=args.learning_rate,
+        beta1=args.beta1,
+        beta2=args.beta2,
+        eps=args.eps,
+        weight_decay=args.weight_decay,
+        decay_all=bool(args.decay_all),
+        grad_clip=args.grad_clip,
+    )
     model = backend.model(config, params, *x.shape)
     try:
         if args.state:
             state = read_arrays(args.state)
             P = config.num_parameters
-            model.set_optimizer_state(expect_array(state, args.state, "m", (P,)),
-                                      expect_array(state, args.state, "v", (P,)))
+            model.set_optimizer_state(
+                expect_array(state, args.state, "m", (P,)), expect_array(state, args.state, "v", (P,))
+            )
         losses, norms = [], []
         for step in range(args.steps):
             losses.append(model.forward(x, y))
@@ -172,8 +195,13 @@ def op_train(backend, args):
             before = model.params()
             norms.append(model.update(settings, args.first_step + step))
         m, v = model.optimizer_state()
-        reply = {"losses": np.array(losses, np.float32), "grad_norms": np.array(norms, np.float32),
-                 "params": model.params(), "m": m, "v": v}
+        reply = {
+            "losses": np.array(losses, np.float32),
+            "grad_norms": np.array(norms, np.float32),
+            "params": model.params(),
+            "m": m,
+            "v": v,
+        }
         if args.bug in OUTPUT_BUGS:
             OUTPUT_BUGS[args.bug][1](reply, before)
         write_reply(args, reply)
@@ -184,8 +212,11 @@ def op_train(backend, args):
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m tools.port_example", description=__doc__.split("\n")[0])
     p.add_argument("--backend", default="cpu", help="the suite backend doing the work (default: cpu)")
-    p.add_argument("--bug", choices=sorted(BUGS) + sorted(OUTPUT_BUGS),
-                   help="make a deliberately wrong port (the math bugs need --backend reference)")
+    p.add_argument(
+        "--bug",
+        choices=sorted(BUGS) + sorted(OUTPUT_BUGS),
+        help="make a deliberately wrong port (the math bugs need --backend reference)",
+    )
     p.add_argument("--precision", choices=PRECISIONS, help="the tolerance class info reports (default: the backend's)")
     p.add_argument("--noise", action="store_true", help="not bit-reproducible: random last-bit changes of outputs")
     p.add_argument("--chatty", action="store_true", help="print to stdout and stderr on every call")
@@ -221,7 +252,7 @@ def run_in_process(argv):
     try:
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             code = main(list(argv))
-    except SystemExit as e:                     # argparse
+    except SystemExit as e:  # argparse
         code = e.code if isinstance(e.code, int) else 2
     finally:
         vars(layers).update(saved[0])
@@ -248,9 +279,18 @@ def main(argv=None):
         what = f"backend {backend.name}: {backend.description}"
         if args.bug:
             what += f"; deliberate bug {args.bug}: {(BUGS | OUTPUT_BUGS)[args.bug][0]}"
-        print(json.dumps({"protocol": PROTOCOL_VERSION, "name": "port_example" + (f"[{args.bug}]" if args.bug else ""),
-                          "version": VERSION, "precision": args.precision or backend.precision,
-                          "deterministic": backend.deterministic and not args.noise, "description": what}))
+        print(
+            json.dumps(
+                {
+                    "protocol": PROTOCOL_VERSION,
+                    "name": "port_example" + (f"[{args.bug}]" if args.bug else ""),
+                    "version": VERSION,
+                    "precision": args.precision or backend.precision,
+                    "deterministic": backend.deterministic and not args.noise,
+                    "description": what,
+                }
+            )
+        )
         return 0
     try:
         if args.op == "train":

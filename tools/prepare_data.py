@@ -5,6 +5,7 @@ dev/data/tinyshakespeare.py does: every blank-line-separated section (one speake
 preceded by EOT; the whole text is encoded at once; the first 32,768 tokens are the val split and the
 remaining 305,260 the train split. Writes OUTDIR/tiny_shakespeare_{val,train}.bin.
 """
+
 import argparse
 from pathlib import Path
 

@@ -45,6 +45,7 @@ Example (cpu backend, 2 cores: about 2 minutes when they are not shared, val los
 Exit status 2 with a one-line message for a bad argument or input file (nothing is created then), 130
 on Ctrl-C.
 """
+
 import argparse
 from dataclasses import dataclass, field
 import os
@@ -81,28 +82,53 @@ from tools.prepare_data import ensure_tinyshakespeare
 
 
 def parse_args(argv):
-    p = Parser(prog="python -m tools.train", description=__doc__.splitlines()[0],
-               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(
+        prog="python -m tools.train",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     add_backend_option(p, default="cpu", single=True)
-    p.add_argument("--model", default="d6",
-                   help="an llm.c checkpoint .bin, or a random init: d6, d12, ... or L4-NH4-C128[-V..][-T..]")
+    p.add_argument(
+        "--model",
+        default="d6",
+        help="an llm.c checkpoint .bin, or a random init: d6, d12, ... or L4-NH4-C128[-V..][-T..]",
+    )
     p.add_argument("--seed", type=int, default=42, help="random-init seed (descriptor models)")
-    p.add_argument("--train-data", help="llm.c token file or glob of shards, quoted "
-                                        "(default: tiny Shakespeare, prepared on first use)")
+    p.add_argument(
+        "--train-data",
+        help="llm.c token file or glob of shards, quoted (default: tiny Shakespeare, prepared on first use)",
+    )
     p.add_argument("--val-data", help="llm.c token file or glob of shards (default: tiny Shakespeare val)")
-    p.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=True,
-                   help="shuffle the train batches as llm.c does (validation is never shuffled)")
+    p.add_argument(
+        "--shuffle",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="shuffle the train batches as llm.c does (validation is never shuffled)",
+    )
     p.add_argument("--rank", type=int, help="this process's slice of the data (default: $RANK, else 0)")
     p.add_argument("--world-size", type=int, help="processes sharing the data (default: $WORLD_SIZE, else 1)")
-    p.add_argument("--zero-stage", type=int, choices=(0, 1), default=0,
-                   help="data parallelism: 0 all-reduces the gradients, 1 shards AdamW's state (ZeRO-1)")
-    p.add_argument("--rendezvous", default="tcp", metavar="tcp|file:PATH|mpi",
-                   help="how rank 0's NCCL id reaches the other ranks (backends/distributed.py)")
+    p.add_argument(
+        "--zero-stage",
+        type=int,
+        choices=(0, 1),
+        default=0,
+        help="data parallelism: 0 all-reduces the gradients, 1 shards AdamW's state (ZeRO-1)",
+    )
+    p.add_argument(
+        "--rendezvous",
+        default="tcp",
+        metavar="tcp|file:PATH|mpi",
+        help="how rank 0's NCCL id reaches the other ranks (backends/distributed.py)",
+    )
     p.add_argument("-B", "--batch-size", type=int, default=4, help="micro-batch size")
     p.add_argument("-T", "--seq-len", type=int, default=64, help="sequence length")
-    p.add_argument("--total-batch-size", type=int, help="tokens per optimizer step over all processes (default "
-                                                         "B*T*world_size); a multiple of that, the rest is "
-                                                         "gradient accumulation")
+    p.add_argument(
+        "--total-batch-size",
+        type=int,
+        help="tokens per optimizer step over all processes (default "
+        "B*T*world_size); a multiple of that, the rest is "
+        "gradient accumulation",
+    )
     p.add_argument("--steps", type=int, default=-1, help="optimizer steps (-1: one epoch of the train data)")
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
     p.add_argument("--schedule", choices=SCHEDULES, default="cosine", help="decay after warmup")
@@ -112,8 +138,11 @@ def parse_args(argv):
     p.add_argument("--beta2", type=float, default=0.95)
     p.add_argument("--eps", type=float, default=1e-8)
     p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--decay-all", action="store_true",
-                   help="weight decay on every parameter (llm.c CPU); default: 2-D tensors only (PyTorch, llm.c CUDA)")
+    p.add_argument(
+        "--decay-all",
+        action="store_true",
+        help="weight decay on every parameter (llm.c CPU); default: 2-D tensors only (PyTorch, llm.c CUDA)",
+    )
     p.add_argument("--grad-clip", type=float, default=1.0, help="global-norm clip threshold (<= 0: off)")
     p.add_argument("--val-every", type=int, default=20, help="val loss every N steps (0: never)")
     p.add_argument("--val-batches", type=int, default=20, help="val batches per evaluation")
@@ -122,10 +151,14 @@ def parse_args(argv):
     p.add_argument("--output-dir", default="out/train", help="main.log, loss.png and checkpoints")
     p.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every N steps and at the end (0: never)")
     p.add_argument("--keep-last", type=int, default=0, help="delete all but the newest N checkpoints (0: keep all)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the newest complete checkpoint in --output-dir (--model is then not read)")
-    p.add_argument("--stop-at", type=int,
-                   help="end this run at that step (after its checkpoint), as an interruption would")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest complete checkpoint in --output-dir (--model is then not read)",
+    )
+    p.add_argument(
+        "--stop-at", type=int, help="end this run at that step (after its checkpoint), as an interruption would"
+    )
     p.add_argument("--threads", type=int, help="threads for the cpu backend")
     p.add_argument("--quiet", action="store_true", help="no per-step progress lines")
     args = p.parse_args(argv)
@@ -166,15 +199,17 @@ def parse_args(argv):
     if args.total_batch_size is None:
         args.total_batch_size = tokens_per_micro_step
     if args.total_batch_size <= 0 or args.total_batch_size % tokens_per_micro_step:
-        raise UsageError(f"--total-batch-size: {args.total_batch_size} is not a positive multiple of "
-                         f"B*T*world_size = {tokens_per_micro_step}")
+        raise UsageError(
+            f"--total-batch-size: {args.total_batch_size} is not a positive multiple of "
+            f"B*T*world_size = {tokens_per_micro_step}"
+        )
     return args
 
 
 @dataclass
 class TrainResult:
-    train_losses: dict = field(default_factory=dict)   # step -> mean loss of that step's batch (float)
-    val_losses: dict = field(default_factory=dict)     # step -> mean val loss
+    train_losses: dict = field(default_factory=dict)  # step -> mean loss of that step's batch (float)
+    val_losses: dict = field(default_factory=dict)  # step -> mean val loss
     last_step: int = 0
 
 
@@ -194,8 +229,9 @@ def _load_model_source(spec, seed):
 
 def _data_loader(pattern, flag, args, config, shuffle):
     try:
-        return DataLoader(pattern, args.batch_size, args.seq_len, args.rank, args.world_size, shuffle,
-                          config.vocab_size)
+        return DataLoader(
+            pattern, args.batch_size, args.seq_len, args.rank, args.world_size, shuffle, config.vocab_size
+        )
     except (FileNotFoundError, FormatError) as e:
         raise UsageError(f"{flag}: {e}") from e
 
@@ -226,8 +262,10 @@ def train(args, out=print):
         config, params = read_checkpoint(model_path)
         state = read_trainer_state(state_path, config.num_parameters)
         if (state.B, state.T, state.grad_accum) != (B, T, grad_accum):
-            raise UsageError(f"--resume: {state_path} was written with B={state.B}, T={state.T}, "
-                             f"grad_accum={state.grad_accum}; this run has B={B}, T={T}, grad_accum={grad_accum}")
+            raise UsageError(
+                f"--resume: {state_path} was written with B={state.B}, T={state.T}, "
+                f"grad_accum={state.grad_accum}; this run has B={B}, T={T}, grad_accum={grad_accum}"
+            )
         if args.stop_at is not None and args.stop_at < resume_step:
             raise UsageError(f"--stop-at: step {args.stop_at} is before the resumed step {resume_step}")
     else:
@@ -256,12 +294,14 @@ def train(args, out=print):
     except (BackendUnavailable, ValueError) as e:
         raise UsageError(f"--backend {args.backend}: {e}") from e
     if launched and not backend.data_parallel:
-        raise UsageError(f"--backend {args.backend}: cannot average gradients over {args.world_size} processes "
-                         "(data parallelism needs a CUDA backend built with NCCL); to train each rank alone on its "
-                         "slice, start them without a launcher, with --rank, --world-size and an --output-dir each")
+        raise UsageError(
+            f"--backend {args.backend}: cannot average gradients over {args.world_size} processes "
+            "(data parallelism needs a CUDA backend built with NCCL); to train each rank alone on its "
+            "slice, start them without a launcher, with --rank, --world-size and an --output-dir each"
+        )
     data_parallel = launched
     if args.threads is not None:
-        library = getattr(backend, "library", None)   # native and lib: backends; a lib: port may lack the symbol
+        library = getattr(backend, "library", None)  # native and lib: backends; a lib: port may lack the symbol
         if library is None or not library.has("llmc_set_num_threads"):
             raise UsageError(f"--threads: the {args.backend} backend has no thread setting")
         backend.set_num_threads(args.threads)
@@ -279,7 +319,7 @@ def train(args, out=print):
     def mean_over_ranks(value):
         return float(model.dist_mean([value])[0]) if data_parallel else value
 
-    main = args.rank == 0 or not data_parallel     # logs, samples, writes the model
+    main = args.rank == 0 or not data_parallel  # logs, samples, writes the model
     if not main:
         out = _silent
     sampler = Sampler()
@@ -293,17 +333,26 @@ def train(args, out=print):
         model.set_optimizer_state(state.m, state.v)
         sampler.state = state.sampler_state
         if main:
-            kept = [line for line in log_path.read_text().splitlines(keepends=True)
-                    if int(re.match(r"s:(\d+)", line)[1]) < start_step] if log_path.exists() else []
+            kept = (
+                [
+                    line
+                    for line in log_path.read_text().splitlines(keepends=True)
+                    if int(re.match(r"s:(\d+)", line)[1]) < start_step
+                ]
+                if log_path.exists()
+                else []
+            )
             with atomic_write(log_path, "w") as f:
                 f.writelines(kept)
         out(f"resuming from step {start_step} ({outdir})")
-    out(f"model {args.model}: {config.num_parameters:,} parameters (L={config.num_layers}, NH={config.num_heads}, "
+    out(
+        f"model {args.model}: {config.num_parameters:,} parameters (L={config.num_layers}, NH={config.num_heads}, "
         f"C={config.channels}, V={config.vocab_size}) | backend {backend.name} | B={B} T={T} "
         f"grad_accum={grad_accum} | {total_steps} steps | train {train_loader.num_tokens:,} tokens in "
         f"{len(train_loader.paths)} shard(s), {'shuffled' if args.shuffle else 'in order'}, rank {args.rank} of "
         f"{args.world_size}{f', data parallel (ZeRO-{args.zero_stage})' if data_parallel else ''} | val "
-        f"{val_batches} batches")
+        f"{val_batches} batches"
+    )
 
     result = TrainResult()
     step_times = []
@@ -318,18 +367,25 @@ def train(args, out=print):
                 log.write(f"s:{step} tel:{val_loss:f}\n")
                 log.flush()
                 out(f"val loss {val_loss:.6f}")
-            if main and can_sample and args.sample_every and ((step > 0 and step % args.sample_every == 0)
-                                                              or last_step):
+            if (
+                main
+                and can_sample
+                and args.sample_every
+                and ((step > 0 and step % args.sample_every == 0) or last_step)
+            ):
                 ids = generate(model, config, T, args.gen_tokens, sampler)
                 out(f"generating:\n---\n{tokenizer.decode(ids)}\n---")
-            if args.checkpoint_every and ((step > 0 and step % args.checkpoint_every == 0) or last_step) \
-                    and step != start_step:
-                m, v = model.optimizer_state()      # collective under ZeRO-1: every rank asks
+            if (
+                args.checkpoint_every
+                and ((step > 0 and step % args.checkpoint_every == 0) or last_step)
+                and step != start_step
+            ):
+                m, v = model.optimizer_state()  # collective under ZeRO-1: every rank asks
                 trainer_state = TrainerState(step, B, T, grad_accum, sampler.state, m, v, train_loader.state())
                 if not main:
                     write_rank_state(outdir, args.rank, trainer_state)
                 if data_parallel:
-                    mean_over_ranks(0.0)            # every rank's state is written before rank 0 marks DONE
+                    mean_over_ranks(0.0)  # every rank's state is written before rank 0 marks DONE
                 if main:
                     write_training_checkpoint(outdir, config, model.params(), trainer_state)
                     if args.keep_last:
@@ -347,20 +403,28 @@ def train(args, out=print):
                 model.backward()
             loss = mean_over_ranks(loss / grad_accum)
             lr = schedule.at(step)
-            settings = AdamWSettings(learning_rate=lr, beta1=args.beta1, beta2=args.beta2,
-                                     eps=args.eps * grad_accum, weight_decay=args.weight_decay,
-                                     decay_all=args.decay_all, grad_clip=args.grad_clip * grad_accum)
+            settings = AdamWSettings(
+                learning_rate=lr,
+                beta1=args.beta1,
+                beta2=args.beta2,
+                eps=args.eps * grad_accum,
+                weight_decay=args.weight_decay,
+                decay_all=args.decay_all,
+                grad_clip=args.grad_clip * grad_accum,
+            )
             norm = model.update(settings, step + 1) / grad_accum
             step_times.append(time.perf_counter() - t0)
             result.train_losses[step] = loss
             log.write(f"s:{step} trl:{loss:f} lr:{lr:.6e} norm:{norm:.4f}\n")
             log.flush()
             if not args.quiet:
-                recent = step_times[1:][-20:] or step_times   # the first step pays one-time costs
+                recent = step_times[1:][-20:] or step_times  # the first step pays one-time costs
                 dt = sum(recent) / len(recent)
-                out(f"step {step + 1:5d}/{total_steps} | loss {loss:.6f} | norm {norm:7.4f} | lr {lr:.2e} | "
+                out(
+                    f"step {step + 1:5d}/{total_steps} | loss {loss:.6f} | norm {norm:7.4f} | lr {lr:.2e} | "
                     f"{1000 * step_times[-1]:7.1f} ms | {args.total_batch_size / args.world_size / dt:8.0f} tok/s | "
-                    f"eta {_format_eta(dt * (total_steps - step - 1))}")
+                    f"eta {_format_eta(dt * (total_steps - step - 1))}"
+                )
     model.close()
     if main:
         out(plot_losses(log_path, outdir / "loss.png"))
@@ -378,12 +442,15 @@ def main(argv=None):
     except UsageError as e:
         print(f"train: error: {e}", file=sys.stderr)
         return 2
-    except (FormatError, OSError) as e:   # a checkpoint being resumed from; an unwritable --output-dir
+    except (FormatError, OSError) as e:  # a checkpoint being resumed from; an unwritable --output-dir
         print(f"train: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ntrain: interrupted; every checkpoint with a DONE marker is complete (--resume continues "
-              "from the newest)", file=sys.stderr)
+        print(
+            "\ntrain: interrupted; every checkpoint with a DONE marker is complete (--resume continues "
+            "from the newest)",
+            file=sys.stderr,
+        )
         return 130
     return 0
 

@@ -31,6 +31,7 @@ on cuBLAS's TF32 math on sm_80 and newer), each writing its reports (REPORT with
 suffix). The exit status is 0 when both passed. tests/standin_llmc has a CUDA stand-in too, whose model is
 the zero model: --cuda on it builds the two libraries (proving they compile and link) and runs nothing.
 """
+
 import hashlib
 import os
 from pathlib import Path
@@ -44,7 +45,7 @@ from tools.options import Parser, UsageError, add_fixture_option, add_report_opt
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ADAPTER = REPO_ROOT / "native" / "llmc_adapter.c"
-CORE_SOURCES = sorted((REPO_ROOT / "native" / "core").glob("*.c"))   # errors, checks, the checkpoint reader
+CORE_SOURCES = sorted((REPO_ROOT / "native" / "core").glob("*.c"))  # errors, checks, the checkpoint reader
 DEFAULT_LIB = REPO_ROOT / "build" / "libllmc_llmc.so"
 STANDIN = REPO_ROOT / "tests" / "standin_llmc"
 # --cuda: variant -> (adapter, the llm.c file it includes, llm.c's defines for it, the precision class it is judged by)
@@ -64,9 +65,26 @@ def build_command(llmc_dir, out, defines=(), cc=None, link=()):
     cc = cc or os.environ.get("CC", "cc")
     # -z nodelete: the library is never unloaded (cffi dlcloses it at interpreter exit), so OpenMP's idle
     # worker threads never find their code gone; without it the exit is a segfault, now and then
-    return [cc, "-O2", "-fPIC", "-shared", "-fopenmp", "-DOMP", *(f"-D{d}" for d in defines),
-            "-I", str(REPO_ROOT / "native"), "-I", str(llmc_dir), str(ADAPTER), *map(str, CORE_SOURCES),
-            "-o", str(out), "-lm", "-Wl,-z,nodelete", *link]
+    return [
+        cc,
+        "-O2",
+        "-fPIC",
+        "-shared",
+        "-fopenmp",
+        "-DOMP",
+        *(f"-D{d}" for d in defines),
+        "-I",
+        str(REPO_ROOT / "native"),
+        "-I",
+        str(llmc_dir),
+        str(ADAPTER),
+        *map(str, CORE_SOURCES),
+        "-o",
+        str(out),
+        "-lm",
+        "-Wl,-z,nodelete",
+        *link,
+    ]
 
 
 def build_adapter(llmc_dir, out=DEFAULT_LIB, defines=(), cc=None, link=()):
@@ -131,8 +149,9 @@ def _nvml_link(nvcc, includes):
     for stubs in (home / "lib64" / "stubs", home / "targets" / "x86_64-linux" / "lib" / "stubs"):
         if list(stubs.glob("libnvidia-ml.so*")):
             return ["-L", str(stubs), "-lnvidia-ml"]
-    raise BuildError(f"nvcc finds nvml.h, which llm.c's llmc/mfu.h then uses, but {home} has no "
-                     "lib64/stubs/libnvidia-ml.so to link")
+    raise BuildError(
+        f"nvcc finds nvml.h, which llm.c's llmc/mfu.h then uses, but {home} has no lib64/stubs/libnvidia-ml.so to link"
+    )
 
 
 def core_objects(outdir, cc=None):
@@ -158,14 +177,35 @@ def cuda_build_command(llmc_dir, out, variant, nvcc, cublas, objects, defines=()
     include, lib = cublas
     includes = ["-I", str(REPO_ROOT / "native"), "-I", str(llmc_dir), "-I", include]
     source_id = f"{source}@sha256:{hashlib.sha256((Path(llmc_dir) / source).read_bytes()).hexdigest()[:16]}"
-    return [nvcc, "-O3", "--use_fast_math", "-std=c++17", "-shared", "-cudart", "static",
-            "-Xcompiler", "-fPIC,-fvisibility=hidden",
-            "-gencode", "arch=compute_90,code=sm_90", "-gencode", "arch=compute_90,code=compute_90",
-            *(f"-D{d}" for d in (*llmc_defines, *defines)), f'-DLLMC_SOURCE_ID="{source_id}"',
-            *includes, str(adapter), *map(str, objects), "-o", str(out), "-L", lib,
-            "-Xlinker", f"-l:{_library(lib, 'libcublas')},-l:{_library(lib, 'libcublasLt')},-rpath,{lib}",
-            "-Xlinker", "--no-undefined",   # a symbol nothing provides fails here, not at dlopen on the GPU machine
-            *_nvml_link(nvcc, includes)]
+    return [
+        nvcc,
+        "-O3",
+        "--use_fast_math",
+        "-std=c++17",
+        "-shared",
+        "-cudart",
+        "static",
+        "-Xcompiler",
+        "-fPIC,-fvisibility=hidden",
+        "-gencode",
+        "arch=compute_90,code=sm_90",
+        "-gencode",
+        "arch=compute_90,code=compute_90",
+        *(f"-D{d}" for d in (*llmc_defines, *defines)),
+        f'-DLLMC_SOURCE_ID="{source_id}"',
+        *includes,
+        str(adapter),
+        *map(str, objects),
+        "-o",
+        str(out),
+        "-L",
+        lib,
+        "-Xlinker",
+        f"-l:{_library(lib, 'libcublas')},-l:{_library(lib, 'libcublasLt')},-rpath,{lib}",
+        "-Xlinker",
+        "--no-undefined",  # a symbol nothing provides fails here, not at dlopen on the GPU machine
+        *_nvml_link(nvcc, includes),
+    ]
 
 
 def _library(lib, name):
@@ -193,10 +233,17 @@ def build_cuda_adapter(llmc_dir, variant, out, defines=(), nvcc=None):
 def main(argv=None):
     p = Parser(prog="python -m tools.validate_llmc", description=__doc__.split("\n")[0])
     p.add_argument("llmc_dir", help="an llm.c checkout (the directory with train_gpt2.c), or tests/standin_llmc")
-    p.add_argument("--lib", help=f"the library to build (default: {DEFAULT_LIB.relative_to(REPO_ROOT)}; with --cuda "
-                   f"{DEFAULT_CUDA_LIB.relative_to(REPO_ROOT)}, whose name gets _bf16 and _fp32)")
-    p.add_argument("--cuda", action="store_true", help="judge llm.c's CUDA programs train_gpt2.cu (bf16) and "
-                   "train_gpt2_fp32.cu (TF32) on the GPU instead of train_gpt2.c")
+    p.add_argument(
+        "--lib",
+        help=f"the library to build (default: {DEFAULT_LIB.relative_to(REPO_ROOT)}; with --cuda "
+        f"{DEFAULT_CUDA_LIB.relative_to(REPO_ROOT)}, whose name gets _bf16 and _fp32)",
+    )
+    p.add_argument(
+        "--cuda",
+        action="store_true",
+        help="judge llm.c's CUDA programs train_gpt2.cu (bf16) and "
+        "train_gpt2_fp32.cu (TF32) on the GPU instead of train_gpt2.c",
+    )
     add_report_options(p)
     add_fixture_option(p)
     p.add_argument("--port-skips", metavar="FILE", help="skip list (conformance/port_lists.py)")
@@ -215,8 +262,9 @@ def validate(args):
     standin = Path(args.llmc_dir).resolve() == STANDIN
     print(f"built {lib} from {args.llmc_dir}" + (" (the stand-in, not llm.c)" if standin else ""))
     fixtures = args.fixture or []
-    if standin and not fixtures:   # its plain-loop sgemm would take hours on the 124M fixture
+    if standin and not fixtures:  # its plain-loop sgemm would take hours on the 124M fixture
         from conformance.fixture import COMMITTED_FIXTURES, FIXTURES_DIR
+
         fixtures = [FIXTURES_DIR / name for name in COMMITTED_FIXTURES]
     command = suite_command(lib, args, fixtures)
     print("$ " + shlex.join(command), flush=True)
@@ -225,12 +273,21 @@ def validate(args):
 
 def suite_command(lib, args, fixtures, variant=None):
     """pytest on the model and kernel checks of lib:LIB, with args' reports (named for variant) and lists."""
-    command = [sys.executable, "-m", "pytest", "conformance/test_model.py", "conformance/test_kernels.py",
-               "--backend", f"lib:{lib}", "-p", "no:cacheprovider"]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "conformance/test_model.py",
+        "conformance/test_kernels.py",
+        "--backend",
+        f"lib:{lib}",
+        "-p",
+        "no:cacheprovider",
+    ]
     for d in fixtures:
-        command += ["--fixture", str(Path(d).resolve())]     # pytest runs in the repository root
+        command += ["--fixture", str(Path(d).resolve())]  # pytest runs in the repository root
     if args.port_skips or args.port_xfails:
-        command += ["-p", "conformance.port_lists"]       # the lists' options (a no-op where conftest has it)
+        command += ["-p", "conformance.port_lists"]  # the lists' options (a no-op where conftest has it)
     for flag, value in (("--report-json", args.report_json), ("--report-md", args.report_md)):
         if value:
             command += [flag, str(Path(variant_path(value, variant) if variant else value).resolve())]
@@ -243,11 +300,14 @@ def suite_command(lib, args, fixtures, variant=None):
 def validate_cuda(args):
     """Both CUDA adapters built, then the suite on each under its precision class; 0 when both passed."""
     from conformance.fixture import CHECKPOINT, GPT2_124M_FIXTURE
+
     standin = Path(args.llmc_dir).resolve() == STANDIN
     if not (standin or args.fixture or (GPT2_124M_FIXTURE / CHECKPOINT).exists()):
-        raise UsageError(f"{GPT2_124M_FIXTURE} is missing, and llm.c's CUDA programs refuse both committed tiny "
-                         "fixtures (PORTING.md says why): nothing would be judged. Make it with `python -m "
-                         "tools.make_fixtures --model d12 -B 4 -T 64 fixtures/gpt2_124M`, or give --fixture")
+        raise UsageError(
+            f"{GPT2_124M_FIXTURE} is missing, and llm.c's CUDA programs refuse both committed tiny "
+            "fixtures (PORTING.md says why): nothing would be judged. Make it with `python -m "
+            "tools.make_fixtures --model d12 -B 4 -T 64 fixtures/gpt2_124M`, or give --fixture"
+        )
     libs = {}
     try:
         for variant in CUDA_VARIANTS:
@@ -257,8 +317,10 @@ def validate_cuda(args):
     except BuildError as e:
         raise UsageError(str(e)) from e
     if standin:
-        print("the CUDA stand-in's model is the zero model, not GPT-2: both adapters compile and link; "
-              "the suite is not run on it")
+        print(
+            "the CUDA stand-in's model is the zero model, not GPT-2: both adapters compile and link; "
+            "the suite is not run on it"
+        )
         return 0
     status = 0
     for variant, lib in libs.items():

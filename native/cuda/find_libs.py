@@ -7,6 +7,7 @@
 
 Exits 1 with a reason when no place has both the header and the library.
 """
+
 import glob
 import importlib.util
 import os
@@ -29,7 +30,7 @@ def candidates(nvcc, subdirs):
             yield os.path.join(home, "include"), os.path.join(home, lib), "CUDA toolkit"
     yield "/usr/include", "/usr/lib/x86_64-linux-gnu", "system"
     spec = importlib.util.find_spec("nvidia")
-    for root in (spec.submodule_search_locations if spec else []):
+    for root in spec.submodule_search_locations if spec else []:
         for sub in subdirs:
             base = os.path.join(root, sub)
             yield os.path.join(base, "include"), os.path.join(base, "lib"), f"nvidia-{sub} wheel"
@@ -45,8 +46,11 @@ def main():
         if found(include, lib, header, prefix):
             print(include, lib, source.replace(" ", "-"))
             return 0
-    print(f"no {name} found: neither next to nvcc, in the system, nor as a wheel in {sys.executable} "
-          f"(pip install '.{extra}')", file=sys.stderr)
+    print(
+        f"no {name} found: neither next to nvcc, in the system, nor as a wheel in {sys.executable} "
+        f"(pip install '.{extra}')",
+        file=sys.stderr,
+    )
     return 1
 
 
