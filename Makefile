@@ -3,6 +3,8 @@
 # make conform    : everything (the 124M fixture too), then the main job: model-level checks of every available backend
 # make fixtures   : the GPT-2 124M-shape fixture (fixtures/gpt2_124M/, ignored by git)
 # make bench      : the pytest-benchmark suite for every available backend, JSON under out/bench/
+# make lint       : ruff (lint and format check) on the Python, clang-format (native/.clang-format) on the C and CUDA
+# make format     : applies both formatters
 # make asan       : the CPU library under AddressSanitizer + UBSan (build/asan/), the native, kernel and model tests
 #                   of the cpu backend and 20 s of tools.fuzz against it
 # CONSTRAINTS     : the pinned versions .venv gets (.ci/constraints.txt); `make test CONSTRAINTS=` takes the newest
@@ -15,7 +17,7 @@ NVCC ?= $(shell command -v nvcc 2>/dev/null)
 CUDA_EXTRAS := [cuda,nccl]
 EXTRAS := $(if $(NVCC),$(CUDA_EXTRAS),)
 
-.PHONY: all venv native fixtures test conform bench asan clean
+.PHONY: all venv native fixtures test conform bench lint format asan clean
 all: venv native
 
 venv: $(VENV)/.installed
@@ -49,6 +51,17 @@ conform: all fixtures
 bench: all fixtures
 	mkdir -p out/bench
 	$(PY) -m pytest tests/test_bench.py --benchmark-only --benchmark-json=out/bench/bench.json
+
+C_SOURCES = $(shell find native tests/standin_llmc -name '*.c' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
+CLANG_FORMAT = $(VENV)/bin/clang-format --style=file:native/.clang-format
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(CLANG_FORMAT) --dry-run --Werror $(C_SOURCES)
+
+format: venv
+	$(VENV)/bin/ruff format .
+	$(CLANG_FORMAT) -i $(C_SOURCES)
 
 # The sanitizer build replaces build/libllmc_cpu.so through LLMC_CPU_LIB (child processes inherit it). Python is
 # not instrumented, so libasan goes first into the process by LD_PRELOAD. ASAN_OPTIONS: detect_leaks=0, since

@@ -254,6 +254,12 @@ class _Run:
             self.results[-1] = result
         return result
 
+    def judge_fixture_params(self, check, model):
+        """The model's parameters must be the fixture's, bit for bit."""
+        f, index = self.fixture, self.trajectory("train").index
+        want = f.params if index is None else f.params[index]
+        self.judge_flat(check, model.params(), want, "exact", index, exact_full=f.params)
+
     def _informational(self, result):
         """A rerun result of a backend that does not declare itself bit-reproducible: reported, not failed."""
         if self.backend.deterministic:
@@ -388,17 +394,7 @@ class _Run:
         f = self.fixture
         model = self.backend.model_from_checkpoint(f.checkpoint_path, f.B, f.T)
         try:
-            index = self.trajectory("train").index
-            params = model.params()
-            self.judge_flat(
-                "abi/from_checkpoint/params",
-                params,
-                f.params if index is None else f.params[index],
-                "exact",
-                index,
-                exact_full=f.params,
-            )
-            del params
+            self.judge_fixture_params("abi/from_checkpoint/params", model)
             loss = model.forward(f.x, f.y)
             self.judge("abi/from_checkpoint/logits", model.logits()[..., : f.config.vocab_size], f.logits, "logits")
             self.judge("abi/from_checkpoint/loss", loss, f.loss, "loss")
@@ -410,18 +406,8 @@ class _Run:
         f = self.fixture
         model = self.model(params=f.params * np.float32(0.5))
         try:
-            index = self.trajectory("train").index
             model.set_params(f.params)
-            params = model.params()
-            self.judge_flat(
-                "abi/set_params/params",
-                params,
-                f.params if index is None else f.params[index],
-                "exact",
-                index,
-                exact_full=f.params,
-            )
-            del params
+            self.judge_fixture_params("abi/set_params/params", model)
             model.forward(f.x, f.y)
             self.judge("abi/set_params/logits", model.logits()[..., : f.config.vocab_size], f.logits, "logits")
         finally:

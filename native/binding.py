@@ -15,6 +15,8 @@ or run here raises LibraryUnavailable. The binding knows nothing of the suite: b
 it behind the backend interface.
 """
 
+from __future__ import annotations
+
 import os
 from pathlib import Path
 import re
@@ -22,6 +24,7 @@ import re
 from cffi import FFI
 import numpy as np
 
+from reference.adamw import AdamWSettings
 from reference.layers import KERNEL_NAMES
 from reference.model import GPT2Config
 
@@ -40,7 +43,7 @@ CORE_HEADER = Path(__file__).resolve().with_name("core") / "core.h"
 LIBRARY_ENV = {"cpu": "LLMC_CPU_LIB", "cuda": "LLMC_CUDA_LIB"}
 
 
-def read_cdef(header=HEADER):
+def read_cdef(header: str | os.PathLike = HEADER) -> str:
     """The declarations between the LLMC_CDEF markers of llmc.h, comments stripped."""
     text = Path(header).read_text()
     begin, end = "/* LLMC_CDEF_BEGIN */", "/* LLMC_CDEF_END */"
@@ -79,7 +82,7 @@ def _define(header, name):
 MAX_THREADS = _define(CORE_HEADER, "LLMC_MAX_THREADS")
 
 
-def check_threads(n, name="n"):
+def check_threads(n: int, name: str = "n") -> int:
     """n as an int, if it is a thread count in [1, MAX_THREADS]; ValueError naming `name` otherwise."""
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_THREADS:
         raise ValueError(f"{name} = {n!r}: a thread count must be an integer in [1, {MAX_THREADS}]")
@@ -93,7 +96,7 @@ class LibraryUnavailable(Exception):
 class LlmcError(RuntimeError):
     """A libllmc call returned an error code; .code is it, the message is llmc_last_error()."""
 
-    def __init__(self, code, message):
+    def __init__(self, code: int, message: str) -> None:
         super().__init__(f"{ERROR_NAMES.get(code, 'LLMC_ERR_?')} ({code}): {message}")
         self.code = code
         self.llmc_message = message
@@ -106,7 +109,7 @@ class LlmcArgumentError(LlmcError, ValueError):
 class Library:
     """One dlopen'ed library with libllmc's ABI. has(name) says whether it exports a function."""
 
-    def __init__(self, path):
+    def __init__(self, path: str | os.PathLike) -> None:
         self.path = str(path)
         self.ffi = FFI()
         self.ffi.cdef(read_cdef())
@@ -115,14 +118,14 @@ class Library:
         except OSError as e:
             raise LibraryUnavailable(f"cannot load {self.path}: {e}") from e
 
-    def has(self, name):
+    def has(self, name: str) -> bool:
         try:
             getattr(self.lib, name)
         except AttributeError:
             return False
         return True
 
-    def check(self, rc):
+    def check(self, rc: int) -> None:
         """Raises LlmcError for a nonzero return code."""
         if rc != LLMC_OK:
             message = self.ffi.string(self.lib.llmc_last_error()).decode(errors="replace")
@@ -130,50 +133,52 @@ class Library:
             cls = LlmcArgumentError if caller_wrong else LlmcError
             raise cls(rc, message)
 
-    def last_error(self):
+    def last_error(self) -> str:
         return self.ffi.string(self.lib.llmc_last_error()).decode(errors="replace")
 
-    def init(self):
+    def init(self) -> None:
         """llmc_init where exported; LibraryUnavailable with the library's reason (CUDA: no usable GPU)."""
         if self.has("llmc_init") and self.lib.llmc_init() != LLMC_OK:
             raise LibraryUnavailable(self.last_error())
 
-    def activate(self, mode):
+    def activate(self, mode: int) -> None:
         """Sets the precision mode (llmc_set_precision) where exported: one loaded library serves several
         modes (cuda and cuda-tf32), so every call sets its own first. A successful call also resets
         llmc_last_error_code() to LLMC_OK."""
         if self.has("llmc_set_precision"):
             self.check(self.lib.llmc_set_precision(mode))
 
-    def check_kernel(self, name):
+    def check_kernel(self, name: str) -> None:
         """Kernels return void; a library that can fail inside one (CUDA) says so through the error code."""
         if self.has("llmc_last_error_code"):
             code = self.lib.llmc_last_error_code()
             if code != LLMC_OK:
                 self.check(code)
 
-    def set_num_threads(self, n):
+    def set_num_threads(self, n: int) -> None:
         self.check(self.lib.llmc_set_num_threads(check_threads(n)))
 
-    def device_count(self):
+    def device_count(self) -> int:
         count = self.ffi.new("int*")
         self.check(self.lib.llmc_device_count(count))
         return int(count[0])
 
-    def set_device(self, device):
+    def set_device(self, device: int) -> None:
         """The GPU of this process (a data-parallel rank's local rank); before init and the first model."""
         self.check(self.lib.llmc_set_device(int(device)))
 
-    def dist_unique_id(self):
+    def dist_unique_id(self) -> bytes:
         """The id every rank joins with (rank 0 makes it, the launcher shares it)."""
         out = self.ffi.new("unsigned char[]", DIST_ID_BYTES)
         self.check(self.lib.llmc_dist_unique_id(out))
         return bytes(self.ffi.buffer(out))
 
-    def build_info(self):
+    def build_info(self) -> str:
         return self.ffi.string(self.lib.llmc_build_info()).decode() if self.has("llmc_build_info") else "no build info"
 
-    def model_from_params(self, config, params, max_B, max_T, mode=0, model_class=None):
+    def model_from_params(
+        self, config: GPT2Config, params: np.ndarray, max_B: int, max_T: int, mode: int = 0, model_class=None
+    ) -> NativeModel:
         """A NativeModel (or model_class(library, handle, mode)) of config with the flat float32 params
         (num_parameters values, llm.c's order)."""
         params = np.ascontiguousarray(params, np.float32)
@@ -197,7 +202,9 @@ class Library:
         )
         return (model_class or NativeModel)(self, out[0], mode)
 
-    def model_from_checkpoint(self, path, max_B, max_T, mode=0, model_class=None):
+    def model_from_checkpoint(
+        self, path: str | os.PathLike, max_B: int, max_T: int, mode: int = 0, model_class=None
+    ) -> NativeModel:
         """A NativeModel (or model_class(library, handle, mode)) read by the library itself from an llm.c
         checkpoint file."""
         out = self.ffi.new("llmc_model**")
@@ -209,7 +216,7 @@ class Library:
 _libraries = {}
 
 
-def load_library(path):
+def load_library(path: str | os.PathLike) -> Library:
     """A Library for path; each file is opened once per process."""
     key = os.path.realpath(path)
     if key not in _libraries:
@@ -446,7 +453,7 @@ def _check_vocab(V, Vp):
 class NativeModel:
     """A libllmc model with the model-handle interface of backends/base.py."""
 
-    def __init__(self, library, handle, mode=0):
+    def __init__(self, library: Library, handle, mode: int = 0) -> None:
         self._library, self._mode = library, mode
         self._ffi, self._lib = library.ffi, library.lib
         self._handle = self._ffi.gc(handle, self._lib.llmc_model_free)
@@ -467,7 +474,7 @@ class NativeModel:
     def _flat(self, name, a, output=False):
         return _array(self._ffi, name, a, np.float32, (self.num_parameters,), output=output)
 
-    def forward(self, inputs, targets=None):
+    def forward(self, inputs: np.ndarray, targets: np.ndarray | None = None) -> float | None:
         inputs = _token_array("inputs", inputs)
         B, T = inputs.shape
         tgt = self._ffi.NULL
@@ -481,33 +488,33 @@ class NativeModel:
         self._BT = (B, T)
         return None if targets is None else float(loss[0])
 
-    def logits(self):
+    def logits(self) -> np.ndarray:
         if self._BT is None:
             raise ValueError("logits(): no forward has run yet")
         out = np.empty((*self._BT, self.config.padded_vocab_size), np.float32)
         self._call("llmc_get_logits", self._ffi.from_buffer("float[]", out))
         return out
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         self._call("llmc_zero_grad")
 
-    def backward(self):
+    def backward(self) -> None:
         self._call("llmc_backward")
 
-    def grads(self):
+    def grads(self) -> np.ndarray:
         out = np.empty(self.num_parameters, np.float32)
         self._call("llmc_get_grads", self._flat("dst", out, output=True))
         return out
 
-    def params(self):
+    def params(self) -> np.ndarray:
         out = np.empty(self.num_parameters, np.float32)
         self._call("llmc_get_params", self._flat("dst", out, output=True))
         return out
 
-    def set_params(self, flat):
+    def set_params(self, flat: np.ndarray) -> None:
         self._call("llmc_set_params", self._flat("flat", np.ascontiguousarray(flat, np.float32)))
 
-    def update(self, settings, t):
+    def update(self, settings: AdamWSettings, t: int) -> float:
         opt = self._ffi.new(
             "llmc_adamw*",
             dict(
@@ -524,19 +531,19 @@ class NativeModel:
         self._call("llmc_update", opt, int(t), norm)
         return float(norm[0])
 
-    def optimizer_state(self):
+    def optimizer_state(self) -> tuple[np.ndarray, np.ndarray]:
         m, v = np.empty(self.num_parameters, np.float32), np.empty(self.num_parameters, np.float32)
         self._call("llmc_get_optimizer_state", self._flat("m", m, output=True), self._flat("v", v, output=True))
         return m, v
 
-    def set_optimizer_state(self, m, v):
+    def set_optimizer_state(self, m: np.ndarray, v: np.ndarray) -> None:
         self._call(
             "llmc_set_optimizer_state",
             self._flat("m", np.ascontiguousarray(m, np.float32)),
             self._flat("v", np.ascontiguousarray(v, np.float32)),
         )
 
-    def save_checkpoint(self, path, dtype="fp32"):
+    def save_checkpoint(self, path: str | os.PathLike, dtype: str = "fp32") -> None:
         """The parameters as an llm.c checkpoint (dtype "fp32": version 3, "bf16": version 5), written
         whole or not at all, by the library itself."""
         versions = {"fp32": 3, "bf16": 5}
@@ -544,7 +551,7 @@ class NativeModel:
             raise ValueError(f"dtype: {dtype!r}, expected 'fp32' or 'bf16'")
         self._call("llmc_save_checkpoint", os.fsencode(path), versions[dtype])
 
-    def dist_join(self, unique_id, rank, world_size, zero_stage):
+    def dist_join(self, unique_id: bytes, rank: int, world_size: int, zero_stage: int) -> None:
         """Joins the data-parallel group (collective: every rank, the same id); llmc_update then averages."""
         if len(unique_id) != DIST_ID_BYTES:
             raise ValueError(f"unique_id: {len(unique_id)} bytes, expected {DIST_ID_BYTES}")
@@ -556,23 +563,23 @@ class NativeModel:
             int(zero_stage),
         )
 
-    def dist_sync_grads(self):
+    def dist_sync_grads(self) -> None:
         """The gradients averaged over the ranks now (collective); ZeRO-1: valid on this rank's shard."""
         self._call("llmc_dist_sync_grads")
 
-    def dist_shard(self):
+    def dist_shard(self) -> tuple[int, int]:
         """(offset, count): the parameters this rank updates."""
         offset, count = self._ffi.new("size_t*"), self._ffi.new("size_t*")
         self._call("llmc_dist_shard", offset, count)
         return int(offset[0]), int(count[0])
 
-    def dist_mean(self, values):
+    def dist_mean(self, values: np.ndarray) -> np.ndarray:
         """Host floats averaged over the ranks (collective)."""
         values = np.ascontiguousarray(values, np.float32).copy()
         self._call("llmc_dist_mean", self._ffi.from_buffer("float[]", values), values.size)
         return values
 
-    def close(self):
+    def close(self) -> None:
         if self._handle is not None:
             self._ffi.release(self._handle)  # runs llmc_model_free now
             self._handle = None
@@ -593,7 +600,7 @@ def _token_array(name, a):
 
 
 # ----------------------------------------------------------------------------- our own libraries
-def default_threads():
+def default_threads() -> int:
     """LLMC_THREADS when set (ValueError naming it when it is not a thread count), else the CPU count."""
     value = os.environ.get("LLMC_THREADS")
     if not value:
@@ -605,6 +612,6 @@ def default_threads():
     return check_threads(n, "LLMC_THREADS")
 
 
-def library_path(kind):
+def library_path(kind: str) -> Path:
     """build/libllmc_{kind}.so under the repository root, or the file named by LLMC_{KIND}_LIB."""
     return Path(os.environ.get(LIBRARY_ENV[kind]) or ROOT / "build" / f"libllmc_{kind}.so")

@@ -3,7 +3,7 @@
 #define LLMC_INTERNAL_H
 #include <stddef.h>
 #include "llmc.h"
-#include "core/core.h"   /* errors, checks, the checkpoint reader: shared with the other libraries */
+#include "core/core.h" /* errors, checks, the checkpoint reader: shared with the other libraries */
 
 /* none of these are exported: the ABI is llmc.h */
 #pragma GCC visibility push(hidden)
@@ -19,8 +19,8 @@
 
 /* blas.c: row-major C = alpha op(A) op(B) + beta C through the BLAS that cpu.mk linked, on the
  * OpenMP threads. */
-void llmc_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float* A, int lda,
-                const float* B, int ldb, float beta, float* C, int ldc);
+void llmc_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
+                int ldb, float beta, float* C, int ldc);
 
 /* kernels.c: matmul_backward with each product's BLAS beta exposed (llm.c's kernel is beta 1 for both):
  * beta 0 overwrites, which spares the model zeroing its scratch gradients, and lets zero_grad leave
@@ -30,9 +30,8 @@ void matmul_backward_beta(float* dinp, float* dweight, float* dbias, const float
 
 /* kernels.c: the fused pieces of the lm head the model uses instead of materializing extra
  * (B,T,Vp) buffers, and AdamW. */
-void softmax_crossentropy_forward(float* probs, float* losses, const float* logits, const int* targets,
-                                  int B, int T, int V, int Vp);
-void crossentropy_softmax_backward_inplace(float* probs, float dloss, const int* targets,
-                                           int B, int T, int Vp);
+void softmax_crossentropy_forward(float* probs, float* losses, const float* logits, const int* targets, int B, int T,
+                                  int V, int Vp);
+void crossentropy_softmax_backward_inplace(float* probs, float dloss, const int* targets, int B, int T, int Vp);
 #pragma GCC visibility pop
 #endif

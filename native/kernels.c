@@ -12,7 +12,7 @@
 #include "internal.h"
 
 #define LAYERNORM_EPS 1e-5f
-#define GELU_SCALING_FACTOR 0.7978845608028654f   /* sqrt(2/pi) */
+#define GELU_SCALING_FACTOR 0.7978845608028654f /* sqrt(2/pi) */
 #define GELU_CUBIC 0.044715f
 
 /* This thread's share of [0, n), in whole 64-byte lines so that two threads never write one line. */
@@ -29,8 +29,8 @@ static void thread_range(int n, int* lo, int* hi) {
  * below 1e-7 (measured over [-87, 88]); 0 below -87.3, where floats turn subnormal; +inf above 88.72;
  * NaN stays NaN. */
 static inline float exp_poly(float x) {
-    float xc = x > -87.3f ? (x < 88.0f ? x : 88.0f) : -87.3f;   // NaN goes to -87.3: (int)n stays defined
-    const float round_magic = 12582912.0f;   // 1.5 * 2^23: adding it rounds to an integer
+    float xc = x > -87.3f ? (x < 88.0f ? x : 88.0f) : -87.3f; // NaN goes to -87.3: (int)n stays defined
+    const float round_magic = 12582912.0f;                    // 1.5 * 2^23: adding it rounds to an integer
     float n = (xc * 1.44269504f + round_magic) - round_magic;
     float r = xc - n * 0.693359375f;
     r = r - n * -2.12194440e-4f;
@@ -41,7 +41,7 @@ static inline float exp_poly(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    int bits = ((int)n + 127) << 23;   // 2^n
+    int bits = ((int)n + 127) << 23; // 2^n
     float scale;
     __builtin_memcpy(&scale, &bits, 4);
     float y = p * scale;
@@ -52,8 +52,8 @@ static inline float exp_poly(float x) {
 
 /* ----------------------------------------------------------------------------- encoder */
 void encoder_forward(float* out, int* inp, float* wte, float* wpe, int B, int T, int C) {
-    // out (B,T,C) = wte (Vp,C)[inp (B,T)] + wpe (maxT,C)[t]
-    #pragma omp parallel for collapse(2) schedule(static)
+// out (B,T,C) = wte (Vp,C)[inp (B,T)] + wpe (maxT,C)[t]
+#pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++) {
         for (int t = 0; t < T; t++) {
             float* out_bt = out + ((size_t)b * T + t) * C;
@@ -65,8 +65,8 @@ void encoder_forward(float* out, int* inp, float* wte, float* wpe, int B, int T,
 }
 
 void encoder_backward(float* dwte, float* dwpe, float* dout, int* inp, int B, int T, int C) {
-    // dout (B,T,C) -> dwte (Vp,C), dwpe (maxT,C). A token can occur twice, so threads split channels.
-    #pragma omp parallel
+// dout (B,T,C) -> dwte (Vp,C), dwpe (maxT,C). A token can occur twice, so threads split channels.
+#pragma omp parallel
     {
         int c0, c1;
         thread_range(C, &c0, &c1);
@@ -85,19 +85,19 @@ void encoder_backward(float* dwte, float* dwpe, float* dout, int* inp, int B, in
 }
 
 /* ----------------------------------------------------------------------------- layernorm */
-void layernorm_forward(float* out, float* mean, float* rstd, float* inp, float* weight, float* bias,
-                       int B, int T, int C) {
+void layernorm_forward(float* out, float* mean, float* rstd, float* inp, float* weight, float* bias, int B, int T,
+                       int C) {
     // inp (B,T,C) -> out (B,T,C), mean and rstd (B,T) kept for the backward; biased variance
     int BT = B * T;
-    #pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static)
     for (int bt = 0; bt < BT; bt++) {
         const float* x = inp + (size_t)bt * C;
         float sum = 0.0f;
-        #pragma omp simd reduction(+:sum)
+#pragma omp simd reduction(+ : sum)
         for (int i = 0; i < C; i++) sum += x[i];
         float m = sum / C;
         float var = 0.0f;
-        #pragma omp simd reduction(+:var)
+#pragma omp simd reduction(+ : var)
         for (int i = 0; i < C; i++) {
             float d = x[i] - m;
             var += d * d;
@@ -110,20 +110,20 @@ void layernorm_forward(float* out, float* mean, float* rstd, float* inp, float* 
     }
 }
 
-void layernorm_backward(float* dinp, float* dweight, float* dbias, float* dout, float* inp, float* weight,
-                        float* mean, float* rstd, int B, int T, int C) {
+void layernorm_backward(float* dinp, float* dweight, float* dbias, float* dout, float* inp, float* weight, float* mean,
+                        float* rstd, int B, int T, int C) {
     // dout (B,T,C) -> dinp (B,T,C), dweight and dbias (C)
     int BT = B * T;
-    #pragma omp parallel
+#pragma omp parallel
     {
-        #pragma omp for schedule(static)
+#pragma omp for schedule(static)
         for (int bt = 0; bt < BT; bt++) {
             const float* x = inp + (size_t)bt * C;
             const float* dy = dout + (size_t)bt * C;
             float m = mean[bt], s = rstd[bt];
             // the two means the input gradient subtracts: mean(dnorm) and mean(dnorm * norm)
             float dnorm_mean = 0.0f, dnorm_norm_mean = 0.0f;
-            #pragma omp simd reduction(+:dnorm_mean, dnorm_norm_mean)
+#pragma omp simd reduction(+ : dnorm_mean, dnorm_norm_mean)
             for (int i = 0; i < C; i++) {
                 float dnorm = weight[i] * dy[i];
                 dnorm_mean += dnorm;
@@ -153,13 +153,12 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, float* dout, 
 }
 
 /* ----------------------------------------------------------------------------- matmul */
-void matmul_forward(float* out, const float* inp, const float* weight, const float* bias,
-                    int B, int T, int C, int OC) {
+void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int B, int T, int C, int OC) {
     // out (B,T,OC) = inp (B,T,C) @ weight (OC,C)^T + bias (OC); bias may be NULL
     int BT = B * T;
     llmc_sgemm(0, 1, BT, OC, C, 1.0f, inp, C, weight, C, 0.0f, out, OC);
     if (bias == NULL) return;
-    #pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static)
     for (int bt = 0; bt < BT; bt++) {
         float* o = out + (size_t)bt * OC;
         for (int j = 0; j < OC; j++) o[j] += bias[j];
@@ -179,7 +178,7 @@ void matmul_backward_beta(float* dinp, float* dweight, float* dbias, const float
     llmc_sgemm(0, 0, BT, C, OC, 1.0f, dout, OC, weight, C, dinp_beta, dinp, C);
     llmc_sgemm(1, 0, OC, C, BT, 1.0f, dout, OC, inp, C, dweight_beta, dweight, C);
     if (dbias == NULL) return;
-    #pragma omp parallel
+#pragma omp parallel
     {
         int o0, o1;
         thread_range(OC, &o0, &o1);
@@ -199,7 +198,7 @@ LLMC_HOT static void attention_forward_row(float* out, float* preatt_row, float*
     for (int t2 = 0; t2 <= t; t2++) {
         const float* k = kv + (size_t)t2 * C3;
         float dot = 0.0f;
-        #pragma omp simd reduction(+:dot)
+#pragma omp simd reduction(+ : dot)
         for (int i = 0; i < hs; i++) dot += q[i] * k[i];
         dot *= scale;
         att_row[t2] = dot;
@@ -216,7 +215,7 @@ LLMC_HOT static void attention_forward_row(float* out, float* preatt_row, float*
     }
     float inv = 1.0f / sum;
     for (int t2 = 0; t2 <= t; t2++) att_row[t2] *= inv;
-    for (int t2 = t + 1; t2 < T; t2++) att_row[t2] = 0.0f;   // causal mask
+    for (int t2 = t + 1; t2 < T; t2++) att_row[t2] = 0.0f; // causal mask
     for (int i = 0; i < hs; i++) out[i] = 0.0f;
     for (int t2 = 0; t2 <= t; t2++) {
         const float* v = kv + (size_t)t2 * C3 + C;
@@ -231,14 +230,14 @@ void attention_forward(float* out, float* preatt, float* att, float* inp, int B,
     // t2 <= t as in llm.c, or skipped when NULL (the backward never reads it).
     int C3 = 3 * C, hs = C / NH;
     float scale = 1.0f / sqrtf((float)hs);
-    #pragma omp parallel for collapse(3) schedule(static)
+#pragma omp parallel for collapse(3) schedule(static)
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < NH; h++) {
             for (int t = 0; t < T; t++) {
                 size_t row = (((size_t)b * NH + h) * T + t) * T;
-                attention_forward_row(out + ((size_t)b * T + t) * C + h * hs, preatt ? preatt + row : NULL,
-                                      att + row, inp + ((size_t)b * T + t) * C3 + h * hs,
-                                      inp + (size_t)b * T * C3 + C + h * hs, t, T, C, C3, hs, scale);
+                attention_forward_row(out + ((size_t)b * T + t) * C + h * hs, preatt ? preatt + row : NULL, att + row,
+                                      inp + ((size_t)b * T + t) * C3 + h * hs, inp + (size_t)b * T * C3 + C + h * hs, t,
+                                      T, C, C3, hs, scale);
             }
         }
     }
@@ -250,7 +249,7 @@ LLMC_HOT static void attention_backward_head(float* dinp, float* dpreatt, float*
                                              const float* inp, const float* att, int T, int C, int C3, int hs,
                                              float scale) {
     for (int t = 0; t < T; t++) {
-        float dscore[T];   // d loss / d att[t, t2], then d loss / d preatt[t, t2]
+        float dscore[T]; // d loss / d att[t, t2], then d loss / d preatt[t, t2]
         const float* att_row = att + (size_t)t * T;
         const float* dy = dout + (size_t)t * C;
         const float* q = inp + (size_t)t * C3;
@@ -261,7 +260,7 @@ LLMC_HOT static void attention_backward_head(float* dinp, float* dpreatt, float*
             const float* v = inp + (size_t)t2 * C3 + 2 * C;
             float* dv = dinp + (size_t)t2 * C3 + 2 * C;
             float a = att_row[t2], d = 0.0f;
-            #pragma omp simd reduction(+:d)
+#pragma omp simd reduction(+ : d)
             for (int i = 0; i < hs; i++) d += dy[i] * v[i];
             for (int i = 0; i < hs; i++) dv[i] += a * dy[i];
             dscore[t2] = d;
@@ -288,14 +287,14 @@ LLMC_HOT static void attention_backward_head(float* dinp, float* dpreatt, float*
     }
 }
 
-void attention_backward(float* dinp, float* dpreatt, float* datt, float* dout, float* inp, float* att,
-                        int B, int T, int C, int NH) {
+void attention_backward(float* dinp, float* dpreatt, float* datt, float* dout, float* inp, float* att, int B, int T,
+                        int C, int NH) {
     // dout (B,T,C) -> dinp (B,T,3C) +=. datt and dpreatt (B,NH,T,T) accumulate the intermediate gradients
     // as in llm.c, or are skipped when NULL. Threads take whole (b,h) pairs: a head's keys and values
     // gather contributions from every later query.
     int C3 = 3 * C, hs = C / NH;
     float scale = 1.0f / sqrtf((float)hs);
-    #pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < NH; h++) {
             size_t head = ((size_t)b * NH + h) * T * T, pos0 = (size_t)b * T;
@@ -329,7 +328,7 @@ LLMC_HOT static void gelu_forward_range(float* out, const float* inp, int lo, in
 }
 
 void gelu_forward(float* out, float* inp, int N) {
-    #pragma omp parallel
+#pragma omp parallel
     {
         int lo, hi;
         thread_range(N, &lo, &hi);
@@ -347,7 +346,7 @@ LLMC_HOT static void gelu_backward_range(float* dinp, const float* inp, const fl
 }
 
 void gelu_backward(float* dinp, float* inp, float* dout, int N) {
-    #pragma omp parallel
+#pragma omp parallel
     {
         int lo, hi;
         thread_range(N, &lo, &hi);
@@ -357,12 +356,12 @@ void gelu_backward(float* dinp, float* inp, float* dout, int N) {
 
 /* ----------------------------------------------------------------------------- residual */
 void residual_forward(float* out, float* inp1, float* inp2, int N) {
-    #pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++) out[i] = inp1[i] + inp2[i];
 }
 
 void residual_backward(float* dinp1, float* dinp2, float* dout, int N) {
-    #pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++) {
         dinp1[i] += dout[i];
         dinp2[i] += dout[i];
@@ -380,7 +379,7 @@ LLMC_HOT static double softmax_row(float* probs, const float* logits, int V, int
     for (int i0 = 0; i0 < V; i0 += 256) {
         int i1 = i0 + 256 < V ? i0 + 256 : V;
         float block = 0.0f;
-        #pragma omp simd reduction(+:block)
+#pragma omp simd reduction(+ : block)
         for (int i = i0; i < i1; i++) {
             float e = exp_poly(logits[i] - maxval);
             probs[i] = e;
@@ -397,7 +396,7 @@ LLMC_HOT static double softmax_row(float* probs, const float* logits, int V, int
 void softmax_forward(float* probs, float* logits, int B, int T, int V, int Vp) {
     // logits (B,T,Vp) -> probs (B,T,Vp): softmax over the first V columns, the padding zero
     int BT = B * T;
-    #pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static)
     for (int bt = 0; bt < BT; bt++) softmax_row(probs + (size_t)bt * Vp, logits + (size_t)bt * Vp, V, Vp);
 }
 
@@ -407,11 +406,11 @@ void crossentropy_forward(float* losses, float* probs, int* targets, int B, int 
     for (int bt = 0; bt < BT; bt++) losses[bt] = -logf(probs[(size_t)bt * Vp + targets[bt]]);
 }
 
-void crossentropy_softmax_backward(float* dlogits, float* dlosses, float* probs, int* targets,
-                                   int B, int T, int V, int Vp) {
+void crossentropy_softmax_backward(float* dlogits, float* dlosses, float* probs, int* targets, int B, int T, int V,
+                                   int Vp) {
     // dlosses (B,T) -> dlogits (B,T,Vp) += dloss * (probs - onehot(target)) over the first V columns
     int BT = B * T;
-    #pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static)
     for (int bt = 0; bt < BT; bt++) {
         float* dl = dlogits + (size_t)bt * Vp;
         const float* p = probs + (size_t)bt * Vp;
@@ -423,10 +422,10 @@ void crossentropy_softmax_backward(float* dlogits, float* dlosses, float* probs,
 
 /* The model's lm head never holds both probs and dlogits: the forward leaves the probabilities in one
  * (B,T,Vp) buffer and the backward turns them into dlogits in place. */
-void softmax_crossentropy_forward(float* probs, float* losses, const float* logits, const int* targets,
-                                  int B, int T, int V, int Vp) {
+void softmax_crossentropy_forward(float* probs, float* losses, const float* logits, const int* targets, int B, int T,
+                                  int V, int Vp) {
     int BT = B * T;
-    #pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static)
     for (int bt = 0; bt < BT; bt++) {
         const float* l = logits + (size_t)bt * Vp;
         double log_partition = softmax_row(probs + (size_t)bt * Vp, l, V, Vp);
@@ -434,11 +433,10 @@ void softmax_crossentropy_forward(float* probs, float* losses, const float* logi
     }
 }
 
-void crossentropy_softmax_backward_inplace(float* probs, float dloss, const int* targets,
-                                           int B, int T, int Vp) {
+void crossentropy_softmax_backward_inplace(float* probs, float dloss, const int* targets, int B, int T, int Vp) {
     // probs (B,T,Vp) -> dlogits = dloss * (probs - onehot(target)); the padding stays zero
     int BT = B * T;
-    #pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static)
     for (int bt = 0; bt < BT; bt++) {
         float* p = probs + (size_t)bt * Vp;
         p[targets[bt]] -= 1.0f;

@@ -19,6 +19,8 @@
 extern "C" {
 #endif
 
+/* the declarations and their comments are aligned by hand, a table to read */
+/* clang-format off */
 /* LLMC_CDEF_BEGIN */
 enum {
     LLMC_OK = 0,
@@ -148,6 +150,7 @@ void crossentropy_forward(float* losses, float* probs, int* targets, int B, int 
 void crossentropy_softmax_backward(float* dlogits, float* dlosses, float* probs, int* targets,
                                    int B, int T, int V, int Vp);
 /* LLMC_CDEF_END */
+/* clang-format on */
 
 #ifdef __cplusplus
 }

@@ -23,7 +23,7 @@
  */
 #include "llmc.h"
 #ifndef TESTING
-#define TESTING           /* leaves out train_gpt2.c's main() */
+#define TESTING /* leaves out train_gpt2.c's main() */
 #endif
 #include "train_gpt2.c"
 
@@ -67,15 +67,17 @@ static int check_sizes(const llmc_config* c, int max_B, int max_T) {
     if (rc != LLMC_OK) return rc;
     const double tokens = (double)max_B * max_T;
     if (tokens * c->padded_vocab_size > INT_MAX || tokens * max_T * c->num_heads > INT_MAX)
-        return llmc_fail(LLMC_ERR_ARGUMENT, "max_B = %d x max_T = %d is too large for llm.c's int offsets "
-                         "(B*T*Vp, B*NH*T*T and B*T*4C must stay below 2^31)", max_B, max_T);
+        return llmc_fail(LLMC_ERR_ARGUMENT,
+                         "max_B = %d x max_T = %d is too large for llm.c's int offsets "
+                         "(B*T*Vp, B*NH*T*T and B*T*4C must stay below 2^31)",
+                         max_B, max_T);
     return LLMC_OK;
 }
 
 /* A model of config c as llm.c's loader leaves one (no activations, gradients or optimizer state yet,
  * no loss), its parameters allocated by llm.c for the caller to fill. */
 static llmc_model* new_model(const llmc_config* c, int max_B, int max_T) {
-    llmc_model* model = calloc(1, sizeof(llmc_model));   // every pointer NULL, B = T = 0
+    llmc_model* model = calloc(1, sizeof(llmc_model)); // every pointer NULL, B = T = 0
     if (model == NULL) return NULL;
     GPT2* gpt = &model->gpt;
     gpt->config.max_seq_len = c->max_seq_len;
@@ -101,8 +103,10 @@ int llmc_model_from_checkpoint(const char* path, int max_B, int max_T, llmc_mode
     int rc = llmc_checkpoint_open(path, &ck);
     if (rc != LLMC_OK) return rc;
     if (ck.version != 3)
-        rc = llmc_fail(LLMC_ERR_UNSUPPORTED, "checkpoint '%s': header[1] version = %d, llm.c's train_gpt2.c reads "
-                       "only 3 (fp32)", path, ck.version);
+        rc = llmc_fail(LLMC_ERR_UNSUPPORTED,
+                       "checkpoint '%s': header[1] version = %d, llm.c's train_gpt2.c reads "
+                       "only 3 (fp32)",
+                       path, ck.version);
     if (rc == LLMC_OK) rc = check_sizes(&ck.config, max_B, max_T);
     llmc_model* model = NULL;
     if (rc == LLMC_OK && (model = new_model(&ck.config, max_B, max_T)) == NULL)
@@ -119,8 +123,7 @@ int llmc_model_from_checkpoint(const char* path, int max_B, int max_T, llmc_mode
     return llmc_ok();
 }
 
-int llmc_model_from_params(const llmc_config* config, const float* params, int max_B, int max_T,
-                           llmc_model** out) {
+int llmc_model_from_params(const llmc_config* config, const float* params, int max_B, int max_T, llmc_model** out) {
     if (config == NULL || params == NULL || out == NULL)
         return llmc_fail(LLMC_ERR_ARGUMENT, "llmc_model_from_params: config, params and out must not be NULL");
     *out = NULL;
@@ -160,7 +163,7 @@ int llmc_forward(llmc_model* model, const int* inputs, const int* targets, int B
     int rc = llmc_check_forward(inputs, targets, B, T, model->max_B, model->max_T, gpt->config.vocab_size);
     if (rc != LLMC_OK) return rc;
     int reshaped = gpt->acts_memory != NULL && (B != gpt->batch_size || T != gpt->seq_len);
-    if (reshaped) {   // llm.c would exit: let it allocate the activations again for the new shape
+    if (reshaped) { // llm.c would exit: let it allocate the activations again for the new shape
         free(gpt->acts_memory);
         free(gpt->grads_acts_memory);
         free(gpt->inputs);
@@ -169,7 +172,7 @@ int llmc_forward(llmc_model* model, const int* inputs, const int* targets, int B
         gpt->inputs = gpt->targets = NULL;
     }
     gpt2_forward(gpt, (int*)inputs, (int*)targets, B, T);
-    if (reshaped && gpt->grads_memory != NULL) {   // gpt2_backward allocates these only with grads_memory
+    if (reshaped && gpt->grads_memory != NULL) { // gpt2_backward allocates these only with grads_memory
         gpt->grads_acts_memory = malloc_and_point_activations(&gpt->grads_acts, gpt->act_sizes);
         memset(gpt->grads_acts_memory, 0, gpt->num_activations * sizeof(float));
     }
@@ -213,8 +216,10 @@ int llmc_update(llmc_model* model, const llmc_adamw* opt, int t, float* grad_nor
 /* ----------------------------------------------------------------------------- copies */
 static int copy_out(const float* src, float* dst, size_t n, const char* what) {
     if (dst == NULL) return llmc_fail(LLMC_ERR_ARGUMENT, "%s: NULL destination", what);
-    if (src == NULL) memset(dst, 0, n * sizeof(float));   // not allocated yet by llm.c: still all zero
-    else memcpy(dst, src, n * sizeof(float));
+    if (src == NULL)
+        memset(dst, 0, n * sizeof(float)); // not allocated yet by llm.c: still all zero
+    else
+        memcpy(dst, src, n * sizeof(float));
     return llmc_ok();
 }
 
@@ -253,7 +258,7 @@ int llmc_set_optimizer_state(llmc_model* model, const float* m, const float* v) 
     if (model == NULL || m == NULL || v == NULL)
         return llmc_fail(LLMC_ERR_ARGUMENT, "set_optimizer_state: NULL argument");
     GPT2* gpt = &model->gpt;
-    if (gpt->m_memory == NULL) {   // gpt2_update allocates them lazily, and keeps them once there
+    if (gpt->m_memory == NULL) { // gpt2_update allocates them lazily, and keeps them once there
         gpt->m_memory = calloc(gpt->num_parameters, sizeof(float));
         gpt->v_memory = calloc(gpt->num_parameters, sizeof(float));
         if (gpt->m_memory == NULL || gpt->v_memory == NULL)

@@ -42,27 +42,27 @@
 #include "llmc_adapter_cuda.cuh"
 
 /* llm.c's kernels load 8 bf16 values at a time (x128) and assume the shapes llm.c trains. */
-#define X128_ELEMS 8              /* x128::size for bf16 */
-#define GELU_ELEMS (512 * 8)      /* gelu_forward: N % (block_size * x128::size) == 0 */
-#define MAX_TOKEN_ID (1 << 20)    /* encoder_backward packs token ids into 20 bits */
+#define X128_ELEMS 8           /* x128::size for bf16 */
+#define GELU_ELEMS (512 * 8)   /* gelu_forward: N % (block_size * x128::size) == 0 */
+#define MAX_TOKEN_ID (1 << 20) /* encoder_backward packs token ids into 20 bits */
 
 struct llmc_abi::llmc_model {
     GPT2 gpt;
-    int max_B, max_T;              // what the activations were allocated for
-    int B, T;                      // the last forward's; 0 before the first
-    bool forward_has_targets;      // the last forward had targets and no backward has consumed it since
-    bool grads_zero;               // no backward since the gradients were last zeroed
-    bool backward_done;            // a backward has run: update has gradients
-    std::vector<int> inputs, targets;   // the last forward's tokens: llm.c's backward takes them from the host
-    floatX* logits;                // (max_B, max_T, Vp) device copy of the last forward's logits
+    int max_B, max_T;                 // what the activations were allocated for
+    int B, T;                         // the last forward's; 0 before the first
+    bool forward_has_targets;         // the last forward had targets and no backward has consumed it since
+    bool grads_zero;                  // no backward since the gradients were last zeroed
+    bool backward_done;               // a backward has run: update has gradients
+    std::vector<int> inputs, targets; // the last forward's tokens: llm.c's backward takes them from the host
+    floatX* logits;                   // (max_B, max_T, Vp) device copy of the last forward's logits
 };
 
-static char build_info[512] = "llm.c train_gpt2.cu (-DTESTING -DENABLE_BF16: bf16 weights and activations, fp32 "
-                              "master weights and AdamW state) through native/llmc_adapter_cuda.cu, nvcc "
-                              LLMC_STRINGIFY(__CUDACC_VER_MAJOR__) "." LLMC_STRINGIFY(__CUDACC_VER_MINOR__)
-                              ", llm.c source " LLMC_SOURCE_ID;
+static char build_info[512] =
+    "llm.c train_gpt2.cu (-DTESTING -DENABLE_BF16: bf16 weights and activations, fp32 "
+    "master weights and AdamW state) through native/llmc_adapter_cuda.cu, nvcc " LLMC_STRINGIFY(
+        __CUDACC_VER_MAJOR__) "." LLMC_STRINGIFY(__CUDACC_VER_MINOR__) ", llm.c source " LLMC_SOURCE_ID;
 static bool initialized = false;
-static cudaDeviceProp device;      // llm.c sizes its reductions' grids by the device (deviceProp)
+static cudaDeviceProp device; // llm.c sizes its reductions' grids by the device (deviceProp)
 
 /* ----------------------------------------------------------------------------- library */
 LLMC_API const char* llmc_backend_name(void) { return "llm.c-cuda-bf16"; }
@@ -73,9 +73,9 @@ LLMC_API int llmc_init(void) {
     int rc = require_device("init");
     if (rc) return rc;
     return guarded("init", [] {
-        char none[] = "";    // server, file system and init method: unused without MULTI_GPU
+        char none[] = ""; // server, file system and init method: unused without MULTI_GPU
         multi_gpu_config = multi_gpu_config_init(1, 0, 1, none, none, none);
-        common_start(true, false);   // device 0, main_stream, cuBLASLt handle and workspace
+        common_start(true, false); // device 0, main_stream, cuBLASLt handle and workspace
         adapter_cuda(cudaGetDeviceProperties(&device, 0));
         size_t used = strlen(build_info);
         snprintf(build_info + used, sizeof(build_info) - used, ", cuBLASLt %zu, %s (sm_%d%d, %d SMs)",
@@ -88,7 +88,8 @@ LLMC_API int llmc_init(void) {
 LLMC_API int llmc_set_precision(int mode) {
     if (mode == 2) return llmc_ok();
     if (mode == 0 || mode == 1)
-        return llmc_fail(LLMC_ERR_UNSUPPORTED, "set_precision: llm.c's train_gpt2.cu is built for bf16 (mode 2); "
+        return llmc_fail(LLMC_ERR_UNSUPPORTED,
+                         "set_precision: llm.c's train_gpt2.cu is built for bf16 (mode 2); "
                          "its fp32 / TF32 program is train_gpt2_fp32.cu (llmc_adapter_cuda_fp32.cu)");
     return llmc_fail(LLMC_ERR_ARGUMENT, "set_precision: mode %d, expected 2 (bf16)", mode);
 }
@@ -120,16 +121,21 @@ static void write_params(GPT2* gpt, const float* params) {
 /* What llm.c's kernels need of a config; anything else is refused before llm.c sees it. */
 static int check_llmc_config(const llmc_config* c, const char* where) {
     if (c->channels % X128_ELEMS || c->padded_vocab_size % X128_ELEMS)
-        return llmc_fail(LLMC_ERR_UNSUPPORTED, "%s: llm.c's train_gpt2.cu needs channels (%d) and padded_vocab_size "
-                         "(%d) to be multiples of %d (its kernels load 16-byte vectors of bf16)", where, c->channels,
-                         c->padded_vocab_size, X128_ELEMS);
+        return llmc_fail(LLMC_ERR_UNSUPPORTED,
+                         "%s: llm.c's train_gpt2.cu needs channels (%d) and padded_vocab_size "
+                         "(%d) to be multiples of %d (its kernels load 16-byte vectors of bf16)",
+                         where, c->channels, c->padded_vocab_size, X128_ELEMS);
     const double largest = std::max((double)c->padded_vocab_size, 4.0 * c->channels) * c->channels;
     if (largest > INT_MAX)
-        return llmc_fail(LLMC_ERR_UNSUPPORTED, "%s: a parameter tensor of %.0f elements; llm.c's AdamW kernel "
-                         "indexes one (one layer's) tensor with int", where, largest);
+        return llmc_fail(LLMC_ERR_UNSUPPORTED,
+                         "%s: a parameter tensor of %.0f elements; llm.c's AdamW kernel "
+                         "indexes one (one layer's) tensor with int",
+                         where, largest);
     if (c->vocab_size > MAX_TOKEN_ID)
-        return llmc_fail(LLMC_ERR_UNSUPPORTED, "%s: vocab_size %d is beyond llm.c's encoder_backward, which packs "
-                         "token ids into 20 bits", where, c->vocab_size);
+        return llmc_fail(LLMC_ERR_UNSUPPORTED,
+                         "%s: vocab_size %d is beyond llm.c's encoder_backward, which packs "
+                         "token ids into 20 bits",
+                         where, c->vocab_size);
     return LLMC_OK;
 }
 
@@ -142,17 +148,17 @@ static int check_llmc_config(const llmc_config* c, const char* where) {
 static int check_llmc_scratch(const llmc_config* c, int max_B, int max_T, const char* where) {
     const size_t SMs = device.multiProcessorCount, threads = (size_t)device.maxThreadsPerMultiProcessor * SMs;
     const size_t C = c->channels;
-    size_t needed = 32 + 2 * C * 2 * SMs;   // layernorm_backward
+    size_t needed = 32 + 2 * C * 2 * SMs; // layernorm_backward
     const char* by = "layernorm_backward's per-block partial sums";
     const size_t bias_block = device.maxThreadsPerMultiProcessor == 1536 ? 768 : 1024;
-    for (size_t OC : {C, 3 * C, 4 * C}) {   // matmul_backward_bias_kernel9: 64 output channels per warp row
+    for (size_t OC : {C, 3 * C, 4 * C}) { // matmul_backward_bias_kernel9: 64 output channels per warp row
         size_t grid_x = (OC + 63) / 64, grid_y = std::max<size_t>(1, threads / (bias_block * grid_x));
         if (grid_y > 1 && grid_y * OC > needed) {
             needed = grid_y * OC;
             by = "matmul_backward's bias partial sums";
         }
     }
-    const size_t norm_grid = threads / 512, L = c->num_layers;   // get_max_num_block_sums: slices 1 and L
+    const size_t norm_grid = threads / 512, L = c->num_layers; // get_max_num_block_sums: slices 1 and L
     const size_t norm_blocks = std::max(norm_grid, (norm_grid + L - 1) / L * L);
     if (norm_blocks > needed) {
         needed = norm_blocks;
@@ -161,10 +167,11 @@ static int check_llmc_scratch(const llmc_config* c, int max_B, int max_T, const 
     const size_t width = std::max({3 * C, (size_t)c->num_heads * max_T, (size_t)c->padded_vocab_size});
     const size_t available = (size_t)max_B * max_T * width * sizeof(floatX) / sizeof(float);
     if (needed > available)
-        return llmc_fail(LLMC_ERR_UNSUPPORTED, "%s: llm.c would write %zu floats (%s, on this GPU's %zu SMs) into "
+        return llmc_fail(LLMC_ERR_UNSUPPORTED,
+                         "%s: llm.c would write %zu floats (%s, on this GPU's %zu SMs) into "
                          "its scratch buffer acts.output, which holds %zu at max_B = %d, max_T = %d, padded_vocab_size "
-                         "= %d: past its end, into the activation gradients", where, needed, by, SMs, available,
-                         max_B, max_T, c->padded_vocab_size);
+                         "= %d: past its end, into the activation gradients",
+                         where, needed, by, SMs, available, max_B, max_T, c->padded_vocab_size);
     return LLMC_OK;
 }
 
@@ -188,7 +195,7 @@ static void allocate_state(llmc_model* model, int max_B, int max_T) {
     adapter_cuda(cudaMemset(gpt->grads_memory, 0, gpt->num_parameters_bytes));
     adapter_cuda(cudaMemset(gpt->m_memory, 0, gpt->num_parameters * sizeof(float)));
     adapter_cuda(cudaMemset(gpt->v_memory, 0, gpt->num_parameters * sizeof(float)));
-    gpt->init_state = false;   // m and v are zero, and the adapter writes the master weights itself
+    gpt->init_state = false; // m and v are zero, and the adapter writes the master weights itself
     size_t logits = (size_t)max_B * max_T * gpt->config.padded_vocab_size;
     adapter_cuda(cudaMalloc((void**)&model->logits, logits * sizeof(floatX)));
     model->max_B = max_B;
@@ -201,8 +208,7 @@ static void allocate_state(llmc_model* model, int max_B, int max_T) {
 static void release(llmc_model* model) {
     try {
         gpt2_free(&model->gpt);
-    } catch (const LlmcExit&) {
-    }
+    } catch (const LlmcExit&) {}
     cudaFree(model->logits);
     delete model;
 }
@@ -296,17 +302,19 @@ LLMC_API int llmc_forward(llmc_model* model, const int* inputs, const int* targe
     int rc = llmc_check_forward(inputs, targets, B, T, model->max_B, model->max_T, c->vocab_size);
     if (rc) return rc;
     if (T % 4)
-        return llmc_fail(LLMC_ERR_UNSUPPORTED, "forward: T = %d; llm.c's attention softmax (softmax_forward_kernel5) "
-                         "needs T %% 4 == 0", T);
+        return llmc_fail(LLMC_ERR_UNSUPPORTED,
+                         "forward: T = %d; llm.c's attention softmax (softmax_forward_kernel5) "
+                         "needs T %% 4 == 0",
+                         T);
     if ((size_t)B * T * 4 * c->channels % GELU_ELEMS)
         return llmc_fail(LLMC_ERR_UNSUPPORTED, "forward: B*T*4C = %zu; llm.c's gelu_forward needs a multiple of %d",
                          (size_t)B * T * 4 * c->channels, GELU_ELEMS);
     const bool new_layout = T != model->T;
-    model->T = 0;   // until this forward succeeds: no logits, and the next forward zeroes the attention buffer
+    model->T = 0; // until this forward succeeds: no logits, and the next forward zeroes the attention buffer
     model->forward_has_targets = false;
     return guarded("forward", [&] {
         select_model(model);
-        if (new_layout) {   // the attention buffer's upper triangles must be zero for this T's layout
+        if (new_layout) { // the attention buffer's upper triangles must be zero for this T's layout
             size_t att = (size_t)c->num_layers * model->max_B * c->num_heads * model->max_T * model->max_T;
             adapter_cuda(cudaMemset(gpt->acts.att, 0, att * sizeof(floatX)));
         }
@@ -342,13 +350,15 @@ LLMC_API int llmc_zero_grad(llmc_model* model) {
 LLMC_API int llmc_backward(llmc_model* model) {
     if (model == NULL) return llmc_fail(LLMC_ERR_ARGUMENT, "backward: NULL model");
     if (!model->forward_has_targets)
-        return llmc_fail(LLMC_ERR_STATE, "backward: needs a forward with targets first (llm.c's backward uses up "
+        return llmc_fail(LLMC_ERR_STATE,
+                         "backward: needs a forward with targets first (llm.c's backward uses up "
                          "its forward's activations: one backward per forward)");
     if (!model->grads_zero)
-        return llmc_fail(LLMC_ERR_UNSUPPORTED, "backward: llm.c's gpt2_backward_and_reduce starts from zero "
+        return llmc_fail(LLMC_ERR_UNSUPPORTED,
+                         "backward: llm.c's gpt2_backward_and_reduce starts from zero "
                          "gradients (it accumulates only over the micro-steps of one batch, whose loss it scales "
                          "by 1/grad_accum_steps): zero_grad first");
-    model->forward_has_targets = false;   // consumed, whether or not the backward succeeds
+    model->forward_has_targets = false; // consumed, whether or not the backward succeeds
     model->grads_zero = false;
     return guarded("backward", [&] {
         select_model(model);
@@ -363,15 +373,16 @@ LLMC_API int llmc_update(llmc_model* model, const llmc_adamw* opt, int t, float*
     int rc = llmc_check_update(opt, t);
     if (rc) return rc;
     if (opt->decay_all && opt->weight_decay != 0.0f)
-        return llmc_fail(LLMC_ERR_UNSUPPORTED, "update: llm.c's gpt2_update decays only the 2-D tensors (wte, wpe "
+        return llmc_fail(LLMC_ERR_UNSUPPORTED,
+                         "update: llm.c's gpt2_update decays only the 2-D tensors (wte, wpe "
                          "and the matmul weights), not every parameter (decay_all = 1)");
     if (!model->backward_done) return llmc_fail(LLMC_ERR_STATE, "update: needs a backward first");
     return guarded("update", [&] {
         select_model(model);
         float norm = gpt2_calculate_grad_norm(&model->gpt, &multi_gpu_config);
         float grad_scale = (opt->grad_clip > 0.0f && norm > opt->grad_clip) ? opt->grad_clip / norm : 1.0f;
-        gpt2_update(&model->gpt, opt->learning_rate, opt->beta1, opt->beta2, opt->eps, opt->weight_decay, grad_scale,
-                    t, &multi_gpu_config);
+        gpt2_update(&model->gpt, opt->learning_rate, opt->beta1, opt->beta2, opt->eps, opt->weight_decay, grad_scale, t,
+                    &multi_gpu_config);
         if (grad_norm != NULL) *grad_norm = norm;
         return llmc_ok();
     });

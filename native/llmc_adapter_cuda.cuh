@@ -86,11 +86,12 @@ static inline cudaError_t cudaMemAdvise(const void* ptr, size_t bytes, cudaMemor
 #endif
 
 struct LlmcExit {
-    int status;   // what llm.c passed to exit(); its own message is already on stdout / stderr
+    int status; // what llm.c passed to exit(); its own message is already on stdout / stderr
 };
-#define exit(status) throw LlmcExit{(status)}
+#define exit(status) \
+    throw LlmcExit { (status) }
 #ifndef TESTING
-#define TESTING   // leaves out llm.c's main()
+#define TESTING // leaves out llm.c's main()
 #endif
 #include LLMC_TRAIN_SOURCE
 #undef exit
@@ -99,13 +100,13 @@ struct LlmcExit {
 namespace llmc_abi {
 #include "llmc.h"
 #include "core/core.h"
-}
+} // namespace llmc_abi
 using namespace llmc_abi;
 #define LLMC_API extern "C" __attribute__((visibility("default")))
 #define LLMC_STR_(x) #x
 #define LLMC_STRINGIFY(x) LLMC_STR_(x)
 #ifndef LLMC_SOURCE_ID
-#define LLMC_SOURCE_ID "unidentified"   // tools/validate_llmc.py passes the sha256 of LLMC_TRAIN_SOURCE
+#define LLMC_SOURCE_ID "unidentified" // tools/validate_llmc.py passes the sha256 of LLMC_TRAIN_SOURCE
 #endif
 
 /* ----------------------------------------------------------------------------- 4. errors */
@@ -119,13 +120,12 @@ static int guarded(const char* what, Body body) {
     } catch (const LlmcExit& e) {
         cudaError_t cause = cudaGetLastError();
         if (cause == cudaErrorMemoryAllocation)
-            return llmc_fail(LLMC_ERR_ALLOC, "%s: out of device memory (llm.c stopped with exit(%d))", what,
-                             e.status);
+            return llmc_fail(LLMC_ERR_ALLOC, "%s: out of device memory (llm.c stopped with exit(%d))", what, e.status);
         if (cause != cudaSuccess)
             return llmc_fail(LLMC_ERR_DEVICE, "%s: CUDA error '%s' (llm.c stopped with exit(%d))", what,
                              cudaGetErrorString(cause), e.status);
-        return llmc_fail(LLMC_ERR_DEVICE, "%s: llm.c stopped with exit(%d); its message is on stdout / stderr",
-                         what, e.status);
+        return llmc_fail(LLMC_ERR_DEVICE, "%s: llm.c stopped with exit(%d); its message is on stdout / stderr", what,
+                         e.status);
     } catch (const std::bad_alloc&) {
         return llmc_fail(LLMC_ERR_ALLOC, "%s: out of host memory", what);
     } catch (const std::exception& e) {
@@ -156,9 +156,10 @@ static int check_llmc_sizes(const llmc_config* c, int max_B, int max_T, int laye
     const double tokens = (double)max_B * max_T;
     if (tokens * c->padded_vocab_size > INT_MAX || layers * tokens * max_T * c->num_heads > INT_MAX ||
         layers * tokens * 4.0 * c->channels > INT_MAX)
-        return llmc_fail(LLMC_ERR_ARGUMENT, "%s: max_B = %d x max_T = %d is too large for llm.c's int offsets "
-                         "(B*T*Vp, %sB*NH*T*T and %sB*T*4C must stay below 2^31)", where, max_B, max_T,
-                         layers > 1 ? "L*" : "", layers > 1 ? "L*" : "");
+        return llmc_fail(LLMC_ERR_ARGUMENT,
+                         "%s: max_B = %d x max_T = %d is too large for llm.c's int offsets "
+                         "(B*T*Vp, %sB*NH*T*T and %sB*T*4C must stay below 2^31)",
+                         where, max_B, max_T, layers > 1 ? "L*" : "", layers > 1 ? "L*" : "");
     return LLMC_OK;
 }
 
@@ -170,8 +171,10 @@ static int check_device_memory(size_t bytes, int max_B, int max_T, const char* w
     if (status != cudaSuccess)
         return llmc_fail(LLMC_ERR_DEVICE, "%s: cudaMemGetInfo: %s", where, cudaGetErrorString(status));
     if (bytes > free_bytes)
-        return llmc_fail(LLMC_ERR_ALLOC, "%s: needs %zu MiB of device memory at max_B = %d, max_T = %d; %zu MiB "
-                         "free", where, bytes >> 20, max_B, max_T, free_bytes >> 20);
+        return llmc_fail(LLMC_ERR_ALLOC,
+                         "%s: needs %zu MiB of device memory at max_B = %d, max_T = %d; %zu MiB "
+                         "free",
+                         where, bytes >> 20, max_B, max_T, free_bytes >> 20);
     return LLMC_OK;
 }
 

@@ -40,20 +40,20 @@
 struct llmc_abi::llmc_model {
     GPT2 gpt;
     int max_B, max_T;
-    int B, T;                      // the last forward's; 0 before the first
-    bool forward_has_targets;      // the last forward had targets and no backward has consumed it since
-    bool backward_done;            // a backward has run: update has gradients
-    std::vector<int> inputs, targets;   // the last forward's tokens (gpt2_forward takes int*)
-    float* logits;                 // (max_B, max_T, Vp) device copy of the last forward's logits
+    int B, T;                         // the last forward's; 0 before the first
+    bool forward_has_targets;         // the last forward had targets and no backward has consumed it since
+    bool backward_done;               // a backward has run: update has gradients
+    std::vector<int> inputs, targets; // the last forward's tokens (gpt2_forward takes int*)
+    float* logits;                    // (max_B, max_T, Vp) device copy of the last forward's logits
 };
 
-static char build_info[512] = "llm.c train_gpt2_fp32.cu (-DTESTING; fp32, cuBLAS TF32 math in mode 1) through "
-                              "native/llmc_adapter_cuda_fp32.cu, nvcc "
-                              LLMC_STRINGIFY(__CUDACC_VER_MAJOR__) "." LLMC_STRINGIFY(__CUDACC_VER_MINOR__)
-                              ", llm.c source " LLMC_SOURCE_ID;
+static char build_info[512] =
+    "llm.c train_gpt2_fp32.cu (-DTESTING; fp32, cuBLAS TF32 math in mode 1) through "
+    "native/llmc_adapter_cuda_fp32.cu, nvcc " LLMC_STRINGIFY(__CUDACC_VER_MAJOR__) "." LLMC_STRINGIFY(
+        __CUDACC_VER_MINOR__) ", llm.c source " LLMC_SOURCE_ID;
 static bool initialized = false;
 static cudaDeviceProp device;
-static int precision_mode = -1;    // -1 until set: llm.c's main() default, TF32 where the device has it (sm_80+)
+static int precision_mode = -1; // -1 until set: llm.c's main() default, TF32 where the device has it (sm_80+)
 
 /* ----------------------------------------------------------------------------- library */
 LLMC_API const char* llmc_backend_name(void) { return "llm.c-cuda-fp32"; }
@@ -88,7 +88,8 @@ LLMC_API int llmc_init(void) {
 
 LLMC_API int llmc_set_precision(int mode) {
     if (mode == 2)
-        return llmc_fail(LLMC_ERR_UNSUPPORTED, "set_precision: llm.c's train_gpt2_fp32.cu computes in fp32 (mode 0) "
+        return llmc_fail(LLMC_ERR_UNSUPPORTED,
+                         "set_precision: llm.c's train_gpt2_fp32.cu computes in fp32 (mode 0) "
                          "or with TF32 matmuls (mode 1); its bf16 program is train_gpt2.cu (llmc_adapter_cuda.cu)");
     if (mode != 0 && mode != 1)
         return llmc_fail(LLMC_ERR_ARGUMENT, "set_precision: mode %d, expected 0 (fp32) or 1 (tf32)", mode);
@@ -106,7 +107,8 @@ LLMC_API int llmc_set_precision(int mode) {
 /* ----------------------------------------------------------------------------- model */
 static int check_llmc_config(const llmc_config* c, const char* where) {
     if (c->channels % MATMUL_TILE || c->padded_vocab_size % MATMUL_TILE)
-        return llmc_fail(LLMC_ERR_UNSUPPORTED, "%s: llm.c's train_gpt2_fp32.cu needs channels (%d) and "
+        return llmc_fail(LLMC_ERR_UNSUPPORTED,
+                         "%s: llm.c's train_gpt2_fp32.cu needs channels (%d) and "
                          "padded_vocab_size (%d) to be multiples of %d (matmul_forward_kernel4's unchecked tiles)",
                          where, c->channels, c->padded_vocab_size, MATMUL_TILE);
     const double C = c->channels;
@@ -114,8 +116,10 @@ static int check_llmc_config(const llmc_config* c, const char* where) {
                              (double)llmc_num_parameters(c)};
     for (double size : sizes) {
         if (size > INT_MAX)
-            return llmc_fail(LLMC_ERR_UNSUPPORTED, "%s: %.0f parameters in one tensor or in all; llm.c's "
-                             "fill_in_parameter_sizes and AdamW kernel count them in int", where, size);
+            return llmc_fail(LLMC_ERR_UNSUPPORTED,
+                             "%s: %.0f parameters in one tensor or in all; llm.c's "
+                             "fill_in_parameter_sizes and AdamW kernel count them in int",
+                             where, size);
     }
     return LLMC_OK;
 }
@@ -125,7 +129,7 @@ static int check_llmc_config(const llmc_config* c, const char* where) {
 static size_t device_bytes(const llmc_config* c, GPT2Config config, int max_B, int max_T) {
     size_t acts[NUM_ACTIVATION_TENSORS], grad_acts[NUM_BACKWARD_TENSORS];
     fill_in_activation_sizes(acts, max_B, max_T, config);
-    config.num_layers = 1;   // gpt2_backward keeps one layer's activation gradients
+    config.num_layers = 1; // gpt2_backward keeps one layer's activation gradients
     fill_in_grad_act_sizes(grad_acts, max_B, max_T, config);
     size_t floats = 4 * llmc_num_parameters(c) + (size_t)max_B * max_T * c->padded_vocab_size;
     for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) floats += acts[i];
@@ -177,8 +181,7 @@ static void allocate_activations(GPT2* gpt, int B, int T) {
 static void release(llmc_model* model) {
     try {
         gpt2_free(&model->gpt);
-    } catch (const LlmcExit&) {
-    }
+    } catch (const LlmcExit&) {}
     cudaFree(model->logits);
     delete model;
 }
@@ -206,9 +209,9 @@ static int create_model(const llmc_config* c, const float* params, int max_B, in
         fill_in_parameter_sizes(gpt->param_sizes, gpt->config);
         gpt->num_parameters = llmc_num_parameters(c);
         gpt->params_memory = malloc_and_point_parameters(&gpt->params, gpt->param_sizes, 1);
-        adapter_cuda(cudaMemcpy(gpt->params_memory, params, gpt->num_parameters * sizeof(float),
-                                cudaMemcpyHostToDevice));
-        gpt->mean_loss = -1.0f;   // the rest of what gpt2_build_from_checkpoint sets is zero / NULL
+        adapter_cuda(
+            cudaMemcpy(gpt->params_memory, params, gpt->num_parameters * sizeof(float), cudaMemcpyHostToDevice));
+        gpt->mean_loss = -1.0f; // the rest of what gpt2_build_from_checkpoint sets is zero / NULL
         size_t logits = (size_t)max_B * max_T * c->padded_vocab_size;
         adapter_cuda(cudaMalloc((void**)&model->logits, logits * sizeof(float)));
         model->max_B = max_B;
@@ -243,8 +246,10 @@ LLMC_API int llmc_model_from_checkpoint(const char* path, int max_B, int max_T, 
     if (rc) return rc;
     if (ck.version != 3) {
         llmc_checkpoint_close(&ck);
-        return llmc_fail(LLMC_ERR_UNSUPPORTED, "checkpoint '%s': version %d (bf16); llm.c's train_gpt2_fp32.cu reads "
-                         "only version 3 (fp32)", path, ck.version);
+        return llmc_fail(LLMC_ERR_UNSUPPORTED,
+                         "checkpoint '%s': version %d (bf16); llm.c's train_gpt2_fp32.cu reads "
+                         "only version 3 (fp32)",
+                         path, ck.version);
     }
     std::vector<float> params;
     try {
@@ -280,11 +285,15 @@ LLMC_API int llmc_forward(llmc_model* model, const int* inputs, const int* targe
     int rc = llmc_check_forward(inputs, targets, B, T, model->max_B, model->max_T, c->vocab_size);
     if (rc) return rc;
     if (T % 4)
-        return llmc_fail(LLMC_ERR_UNSUPPORTED, "forward: T = %d; llm.c's attention softmax (softmax_forward_kernel5) "
-                         "needs T %% 4 == 0", T);
+        return llmc_fail(LLMC_ERR_UNSUPPORTED,
+                         "forward: T = %d; llm.c's attention softmax (softmax_forward_kernel5) "
+                         "needs T %% 4 == 0",
+                         T);
     if (B * T % MATMUL_TILE)
-        return llmc_fail(LLMC_ERR_UNSUPPORTED, "forward: B*T = %d; llm.c's matmul_forward_kernel4 needs a multiple of "
-                         "%d (its unchecked row tiles)", B * T, MATMUL_TILE);
+        return llmc_fail(LLMC_ERR_UNSUPPORTED,
+                         "forward: B*T = %d; llm.c's matmul_forward_kernel4 needs a multiple of "
+                         "%d (its unchecked row tiles)",
+                         B * T, MATMUL_TILE);
     rc = guarded("forward", [&] {
         if (gpt->acts_memory == NULL || B != gpt->batch_size || T != gpt->seq_len) allocate_activations(gpt, B, T);
         model->inputs.assign(inputs, inputs + (size_t)B * T);
@@ -301,7 +310,7 @@ LLMC_API int llmc_forward(llmc_model* model, const int* inputs, const int* targe
         if (mean_loss != NULL) *mean_loss = gpt->mean_loss;
         return llmc_ok();
     });
-    if (rc) {   // whatever was allocated, or is half done, gets allocated again by the next forward
+    if (rc) { // whatever was allocated, or is half done, gets allocated again by the next forward
         free_activations(gpt);
         model->T = 0;
         model->forward_has_targets = false;
@@ -320,10 +329,11 @@ LLMC_API int llmc_zero_grad(llmc_model* model) {
 LLMC_API int llmc_backward(llmc_model* model) {
     if (model == NULL) return llmc_fail(LLMC_ERR_ARGUMENT, "backward: NULL model");
     if (!model->forward_has_targets)
-        return llmc_fail(LLMC_ERR_STATE, "backward: needs a forward with targets first (llm.c's backward uses up "
+        return llmc_fail(LLMC_ERR_STATE,
+                         "backward: needs a forward with targets first (llm.c's backward uses up "
                          "its forward's activations: one backward per forward)");
     GPT2* gpt = &model->gpt;
-    model->forward_has_targets = false;   // consumed, whether or not the backward succeeds
+    model->forward_has_targets = false; // consumed, whether or not the backward succeeds
     return guarded("backward", [&] {
         if (gpt->grads_acts_memory != NULL)
             adapter_cuda(cudaMemset(gpt->grads_acts_memory, 0, gpt->num_grad_acts * sizeof(float)));
@@ -338,10 +348,12 @@ LLMC_API int llmc_update(llmc_model* model, const llmc_adamw* opt, int t, float*
     int rc = llmc_check_update(opt, t);
     if (rc) return rc;
     if (!opt->decay_all && opt->weight_decay != 0.0f)
-        return llmc_fail(LLMC_ERR_UNSUPPORTED, "update: llm.c's train_gpt2_fp32.cu gpt2_update decays every "
+        return llmc_fail(LLMC_ERR_UNSUPPORTED,
+                         "update: llm.c's train_gpt2_fp32.cu gpt2_update decays every "
                          "parameter (decay_all = 1)");
     if (opt->grad_clip > 0.0f)
-        return llmc_fail(LLMC_ERR_UNSUPPORTED, "update: llm.c's train_gpt2_fp32.cu gpt2_update does not clip "
+        return llmc_fail(LLMC_ERR_UNSUPPORTED,
+                         "update: llm.c's train_gpt2_fp32.cu gpt2_update does not clip "
                          "gradients");
     if (!model->backward_done) return llmc_fail(LLMC_ERR_STATE, "update: needs a backward first");
     GPT2* gpt = &model->gpt;
@@ -363,8 +375,10 @@ LLMC_API int llmc_update(llmc_model* model, const llmc_adamw* opt, int t, float*
 static int copy_out(const float* src, float* dst, size_t n, const char* what) {
     if (dst == NULL) return llmc_fail(LLMC_ERR_ARGUMENT, "%s: NULL destination", what);
     return guarded(what, [&] {
-        if (src == NULL) memset(dst, 0, n * sizeof(float));
-        else adapter_cuda(cudaMemcpy(dst, src, n * sizeof(float), cudaMemcpyDeviceToHost));
+        if (src == NULL)
+            memset(dst, 0, n * sizeof(float));
+        else
+            adapter_cuda(cudaMemcpy(dst, src, n * sizeof(float), cudaMemcpyDeviceToHost));
         return llmc_ok();
     });
 }
@@ -408,7 +422,7 @@ LLMC_API int llmc_set_optimizer_state(llmc_model* model, const float* m, const f
     GPT2* gpt = &model->gpt;
     const size_t bytes = gpt->num_parameters * sizeof(float);
     return guarded("set_optimizer_state", [&] {
-        if (gpt->m_memory == NULL) {   // gpt2_update allocates them lazily, both or neither, and keeps them
+        if (gpt->m_memory == NULL) { // gpt2_update allocates them lazily, both or neither, and keeps them
             float *m_memory, *v_memory;
             adapter_cuda(cudaMalloc((void**)&m_memory, bytes));
             if (cudaMalloc((void**)&v_memory, bytes) != cudaSuccess) {

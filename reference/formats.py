@@ -18,6 +18,7 @@ atomic_write, so a reader never sees a half-written file.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 import hashlib
@@ -25,11 +26,14 @@ import math
 import os
 from pathlib import Path
 import re
+from typing import IO
 import uuid
 
 import numpy as np
 
 from reference.model import GPT2Config
+
+PathLike = str | os.PathLike
 
 HEADER_INTS = 256
 HEADER_BYTES = 4 * HEADER_INTS
@@ -71,7 +75,7 @@ class FormatError(ValueError):
 
 # ----------------------------------------------------------------------------- writing
 @contextmanager
-def atomic_write(path, mode="wb"):
+def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file next to `path` for writing; on success fsync it and os.replace it onto
     `path`, so readers see the old file or the whole new one. On an exception nothing is left behind.
     mode: "wb" or "w" (UTF-8 text).
@@ -193,7 +197,7 @@ def _first_nonfinite(values):
 
 
 # ----------------------------------------------------------------------------- bf16
-def fp32_to_bf16_bits(values):
+def fp32_to_bf16_bits(values: np.ndarray) -> np.ndarray:
     """float32 -> bfloat16 bit patterns (uint16) by round-to-nearest-even, as torch's .to(bfloat16);
     NaN stays a (quiet) NaN."""
     values = np.ascontiguousarray(values, np.float32)
@@ -203,17 +207,17 @@ def fp32_to_bf16_bits(values):
     return np.where(np.isnan(values), quiet_nan, rounded).astype(np.uint16)
 
 
-def bf16_bits_to_fp32(bits):
+def bf16_bits_to_fp32(bits: np.ndarray) -> np.ndarray:
     """bfloat16 bit patterns -> float32, exactly (bf16 is the top half of an fp32)."""
     return (np.asarray(bits, np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 
 # ----------------------------------------------------------------------------- model checkpoint
-def checkpoint_size(config, dtype="fp32"):
+def checkpoint_size(config: GPT2Config, dtype: str = "fp32") -> int:
     return HEADER_BYTES + (4 if dtype == "fp32" else 2) * config.num_parameters
 
 
-def config_from_header(path, header):
+def config_from_header(path: PathLike, header: np.ndarray) -> GPT2Config:
     values = {}
     for i, name in CONFIG_FIELDS.items():
         if header[i] <= 0:
@@ -236,7 +240,7 @@ def config_from_header(path, header):
     return GPT2Config(**values)
 
 
-def read_checkpoint(path):
+def read_checkpoint(path: PathLike) -> tuple[GPT2Config, np.ndarray]:
     """-> (GPT2Config, flat float32 params in llm.c's order). A v5 (bf16) file is widened exactly."""
     header = _read_header(path, MODEL_MAGIC, tuple(MODEL_VERSIONS), "model checkpoint")
     config = config_from_header(path, header)
@@ -259,7 +263,7 @@ def read_checkpoint(path):
     return config, params
 
 
-def write_checkpoint(path, config, params, dtype="fp32"):
+def write_checkpoint(path: PathLike, config: GPT2Config, params: np.ndarray, dtype: str = "fp32") -> None:
     """Write a v3 (dtype "fp32") or v5 ("bf16", rounded to nearest even) llm.c checkpoint."""
     versions = {name: version for version, name in MODEL_VERSIONS.items()}
     if dtype not in versions:
@@ -293,12 +297,14 @@ class DebugState:
     grads: np.ndarray  # (num_parameters,) float32, llm.c's order, wte's padded rows zero
 
 
-def debug_state_size(config, B, T):
+def debug_state_size(config: GPT2Config, B: int, T: int) -> int:
     """header, x and y (int32), logits (B,T,V), loss, and num_parameters gradients (fp32)."""
     return HEADER_BYTES + 4 * (2 * B * T + B * T * config.vocab_size + 1 + config.num_parameters)
 
 
-def write_debug_state(path, x, y, logits_BTV, loss, grads_flat):
+def write_debug_state(
+    path: PathLike, x: np.ndarray, y: np.ndarray, logits_BTV: np.ndarray, loss: float, grads_flat: np.ndarray
+) -> None:
     """llm.c's gpt2_124M_debug_state.bin (train_gpt2.py write_state); V is read off the logits."""
     x, y = np.asarray(x), np.asarray(y)
     logits, grads = np.asarray(logits_BTV), np.asarray(grads_flat)
@@ -319,7 +325,7 @@ def write_debug_state(path, x, y, logits_BTV, loss, grads_flat):
         f.write(grads.astype("<f4").tobytes())
 
 
-def read_debug_state(path, config):
+def read_debug_state(path: PathLike, config: GPT2Config) -> DebugState:
     """-> DebugState; the file size must be exactly what B, T (header) and the config imply."""
     header = _read_header(path, STATE_MAGIC, (STATE_VERSION,), "debug state")
     B, T = int(header[2]), int(header[3])
@@ -363,7 +369,7 @@ def read_debug_state(path, config):
 
 
 # ----------------------------------------------------------------------------- token data
-def write_tokens(path, tokens):
+def write_tokens(path: PathLike, tokens: np.ndarray) -> None:
     """llm.c's GPT-2 token file (dev/data/data_common.py write_datafile): uint16 ids."""
     tokens = np.asarray(tokens)
     if tokens.ndim != 1:
@@ -379,7 +385,7 @@ def write_tokens(path, tokens):
         f.write(tokens.astype("<u2").tobytes())
 
 
-def count_tokens(path):
+def count_tokens(path: PathLike) -> int:
     """-> the number of tokens in a token file, from its header, checked against the file's size (the
     tokens themselves are not read: a loader validates every shard of a data set this way up front)."""
     header = _read_header(path, TOKENS_MAGIC, (TOKENS_VERSION,), "token file")
@@ -391,13 +397,15 @@ def count_tokens(path):
     return ntok
 
 
-def read_tokens(path):
+def read_tokens(path: PathLike) -> np.ndarray:
     """-> np.uint16 array of the file's tokens."""
     ntok = count_tokens(path)
     return np.fromfile(path, "<u2", count=ntok, offset=HEADER_BYTES).astype(np.uint16, copy=False)
 
 
-def check_tokens(tokens, V, path, B=None, T=None, field="tokens"):
+def check_tokens(
+    tokens: np.ndarray, V: int, path: PathLike, B: int | None = None, T: int | None = None, field: str = "tokens"
+) -> None:
     """Every id in [0, V); with B and T, at least B*T+1 tokens (one batch of inputs plus its targets)."""
     tokens = np.asarray(tokens)
     if tokens.size:
@@ -410,7 +418,7 @@ def check_tokens(tokens, V, path, B=None, T=None, field="tokens"):
 
 
 # ----------------------------------------------------------------------------- tokenizer
-def write_tokenizer(path, token_bytes, eot):
+def write_tokenizer(path: PathLike, token_bytes: list[bytes], eot: int) -> None:
     """llm.c's gpt2_tokenizer.bin, version 2 (train_gpt2.py write_tokenizer)."""
     n = len(token_bytes)
     if not 0 <= eot < n:
@@ -423,7 +431,7 @@ def write_tokenizer(path, token_bytes, eot):
         f.write(b"".join(bytes([len(b)]) + bytes(b) for b in token_bytes))
 
 
-def read_tokenizer(path):
+def read_tokenizer(path: PathLike) -> tuple[list[bytes], int | None]:
     """-> (list of each token's bytes, EOT id). Reads version 2 and the EOT-less version 1."""
     header = _read_header(path, TOKENIZER_MAGIC, TOKENIZER_VERSIONS, "tokenizer")
     n = int(header[2])
@@ -465,7 +473,7 @@ def read_tokenizer(path):
 
 
 # ----------------------------------------------------------------------------- checksums
-def sha256_file(path):
+def sha256_file(path: PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -526,7 +534,7 @@ def _u64(header, first_int32):
     return int(header[first_int32 : first_int32 + 2].view("<u8")[0])
 
 
-def write_trainer_state(path, state):
+def write_trainer_state(path: PathLike, state: TrainerState) -> None:
     loader, n = state.loader, np.asarray(state.m).size
     header = np.zeros(HEADER_INTS, "<i4")
     header[:6] = TRAINER_STATE_MAGIC, TRAINER_STATE_VERSION, state.step, state.B, state.T, state.grad_accum
@@ -551,7 +559,7 @@ def _check_permutation(path, field, values):
         raise FormatError(path, field, f"{field} ({values.size} entries) is not a permutation of 0..{values.size - 1}")
 
 
-def read_trainer_state(path, num_parameters):
+def read_trainer_state(path: PathLike, num_parameters: int) -> TrainerState:
     """-> TrainerState; FormatError names the field. num_parameters: the model's, which m and v must match."""
     header = _read_header(path, TRAINER_STATE_MAGIC, (TRAINER_STATE_VERSION,), "trainer state")
     step, B, T, grad_accum = (int(x) for x in header[2:6])
@@ -622,7 +630,7 @@ def read_trainer_state(path, num_parameters):
 # OUTPUT_DIR/model_STEP.bin (write_checkpoint), state_STEP.bin (write_trainer_state) and DONE_STEP (empty),
 # STEP as %08d, llm.c's layout (train_gpt2.cu). Written in that order, each atomically, so a crash at any
 # point leaves every DONE-marked step complete.
-def checkpoint_paths(outdir, step, rank=0):
+def checkpoint_paths(outdir: PathLike, step: int, rank: int = 0) -> tuple[Path, Path, Path]:
     """-> (model, trainer state, DONE marker) paths of `step`; a data-parallel rank > 0 has a state file of its
     own (its data loader's place), beside rank 0's."""
     outdir = Path(outdir)
@@ -630,7 +638,7 @@ def checkpoint_paths(outdir, step, rank=0):
     return outdir / f"model_{step:08d}.bin", outdir / state, outdir / f"DONE_{step:08d}"
 
 
-def write_training_checkpoint(outdir, config, params, state):
+def write_training_checkpoint(outdir: PathLike, config: GPT2Config, params: np.ndarray, state: TrainerState) -> None:
     """The model, the trainer state, then the DONE marker of step state.step (rank 0's part: the other ranks
     write their states with write_rank_state before it)."""
     model_path, state_path, done_path = checkpoint_paths(outdir, state.step)
@@ -640,24 +648,24 @@ def write_training_checkpoint(outdir, config, params, state):
         pass
 
 
-def write_rank_state(outdir, rank, state):
+def write_rank_state(outdir: PathLike, rank: int, state: TrainerState) -> None:
     write_trainer_state(checkpoint_paths(outdir, state.step, rank)[1], state)
 
 
-def done_steps(outdir):
+def done_steps(outdir: PathLike) -> list[int]:
     """Steps with a DONE marker, ascending."""
     matches = (re.fullmatch(r"DONE_(\d{8})", p.name) for p in Path(outdir).glob("DONE_*"))
     return sorted(int(m[1]) for m in matches if m)
 
 
-def newest_checkpoint(outdir):
+def newest_checkpoint(outdir: PathLike) -> int | None:
     """The highest step with a DONE marker and its two files, or None."""
     return next(
         (s for s in reversed(done_steps(outdir)) if all(p.exists() for p in checkpoint_paths(outdir, s)[:2])), None
     )
 
 
-def delete_old_checkpoints(outdir, keep):
+def delete_old_checkpoints(outdir: PathLike, keep: int) -> None:
     """All but the newest `keep` DONE steps go, their DONE marker first (a half-deleted one is incomplete)."""
     for step in done_steps(outdir)[:-keep]:
         model_path, state_path, done_path = checkpoint_paths(outdir, step)

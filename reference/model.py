@@ -6,11 +6,14 @@ of num_parameters floats. The dtype (float32 for use, float64 for fixtures) is f
 is made.
 """
 
+from __future__ import annotations
+
 from dataclasses import asdict, dataclass
 import math
 import re
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from reference import layers
 
@@ -46,7 +49,7 @@ GPT2_VOCAB = 50257
 GPT2_MAX_T = 1024
 
 
-def pad_vocab(V, multiple=128):
+def pad_vocab(V: int, multiple: int = 128) -> int:
     return (V + multiple - 1) // multiple * multiple
 
 
@@ -72,7 +75,7 @@ class GPT2Config:
             )
 
     @classmethod
-    def from_descriptor(cls, descriptor):
+    def from_descriptor(cls, descriptor: str) -> GPT2Config:
         """'d12' (llm.c's GPT-2 shapes) or a custom 'L2-NH4-C64[-V256][-T128]' (V and maxT default to GPT-2's)."""
         if descriptor in DESCRIPTORS:
             L, NH, C = DESCRIPTORS[descriptor]
@@ -88,7 +91,7 @@ class GPT2Config:
         maxT = int(m[5]) if m[5] else GPT2_MAX_T
         return cls(maxT, V, pad_vocab(V), L, NH, C)
 
-    def param_shapes(self):
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """name -> shape, in llm.c's order."""
         Vp, maxT, L, C = self.padded_vocab_size, self.max_seq_len, self.num_layers, self.channels
         return {
@@ -111,10 +114,10 @@ class GPT2Config:
         }
 
     @property
-    def num_parameters(self):
+    def num_parameters(self) -> int:
         return sum(math.prod(s) for s in self.param_shapes().values())
 
-    def flops_per_token(self, T):
+    def flops_per_token(self, T: int) -> int:
         """Training FLOPs per token (forward + backward = 3x forward): 6 per weight of every matmul,
         the lm head over Vp included, plus attention's 6*L*C*T (llm.c's MFU estimate, its T/2 causal saving not
         taken)."""
@@ -123,7 +126,7 @@ class GPT2Config:
         return 6 * matmul_weights + 6 * L * C * T
 
 
-def split_params(flat, config):
+def split_params(flat: np.ndarray, config: GPT2Config) -> dict[str, np.ndarray]:
     """One flat array -> {name: view}, in llm.c's order."""
     views, offset = {}, 0
     for name, shape in config.param_shapes().items():
@@ -133,7 +136,7 @@ def split_params(flat, config):
     return views
 
 
-def init_params(config, seed=42, dtype=np.float32):
+def init_params(config: GPT2Config, seed: int = 42, dtype: DTypeLike = np.float32) -> np.ndarray:
     """llm.c's random init (train_gpt2.py _init_weights): N(0, 0.02) for embeddings and linear weights,
     N(0, 0.02/sqrt(2L)) for the two residual projections, zero biases, layernorm 1 and 0, padded wte rows zero.
     Drawn in float64 from one seeded generator, in PyTorch's module order, then cast."""
@@ -157,7 +160,9 @@ def init_params(config, seed=42, dtype=np.float32):
 class GPT2:
     """forward(inputs, targets) -> loss; backward() fills self.grads (llm.c's grads_memory)."""
 
-    def __init__(self, config, params=None, dtype=np.float32, seed=42):
+    def __init__(
+        self, config: GPT2Config, params: np.ndarray | None = None, dtype: DTypeLike = np.float32, seed: int = 42
+    ) -> None:
         self.config = config
         self.dtype = np.dtype(dtype)
         if params is None:
@@ -171,7 +176,7 @@ class GPT2:
         self.grads = split_params(self.grads_memory, config)
         self.acts = None
 
-    def forward(self, inputs, targets=None):
+    def forward(self, inputs: np.ndarray, targets: np.ndarray | None = None) -> float | None:
         """inputs, targets (B,T) int -> mean loss (None without targets); self.logits is (B,T,Vp)."""
         cfg, p = self.config, self.params
         inputs = np.asarray(inputs)
@@ -219,10 +224,10 @@ class GPT2:
         self.loss = self.losses.mean(dtype=np.float64)
         return self.loss
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         self.grads_memory[:] = 0
 
-    def backward(self):
+    def backward(self) -> None:
         """Accumulates d(mean loss)/d(params) into self.grads, as llm.c's gpt2_backward does."""
         acts = self.acts
         if acts is None or acts["targets"] is None:

@@ -21,8 +21,8 @@
 #define VERSION_BF16 5
 #define HEADER_INTS 256
 #define HEADER_BYTES (HEADER_INTS * 4)
-#define FIRST_RESERVED 8      /* header[8..255] are zero */
-#define CHUNK (1 << 14)       /* parameters per read */
+#define FIRST_RESERVED 8 /* header[8..255] are zero */
+#define CHUNK (1 << 14)  /* parameters per read */
 
 /* Opens path for reading if it is a regular file. O_NONBLOCK: opening a FIFO (or a device) must not wait
  * for a writer; the type is then checked on the open descriptor, so what was checked is what is read. */
@@ -67,15 +67,21 @@ int llmc_checkpoint_open(const char* path, llmc_checkpoint* ck) {
         rc = llmc_fail(LLMC_ERR_FORMAT, "checkpoint '%s': %lld bytes, shorter than the %d-byte header", path, size,
                        HEADER_BYTES);
     } else if (header[0] != CHECKPOINT_MAGIC) {
-        rc = llmc_fail(LLMC_ERR_FORMAT, "checkpoint '%s': header[0] magic = %d, expected %d (an llm.c GPT-2 model "
-                       "file)", path, header[0], CHECKPOINT_MAGIC);
+        rc = llmc_fail(LLMC_ERR_FORMAT,
+                       "checkpoint '%s': header[0] magic = %d, expected %d (an llm.c GPT-2 model "
+                       "file)",
+                       path, header[0], CHECKPOINT_MAGIC);
     } else if (header[1] != VERSION_FP32 && header[1] != VERSION_BF16) {
         rc = llmc_fail(LLMC_ERR_FORMAT, "checkpoint '%s': header[1] version = %d, expected %d (fp32) or %d (bf16)",
                        path, header[1], VERSION_FP32, VERSION_BF16);
     } else {
         ck->version = header[1];
-        ck->config = (llmc_config){.max_seq_len = header[2], .vocab_size = header[3], .num_layers = header[4],
-                                   .num_heads = header[5], .channels = header[6], .padded_vocab_size = header[7]};
+        ck->config = (llmc_config){.max_seq_len = header[2],
+                                   .vocab_size = header[3],
+                                   .num_layers = header[4],
+                                   .num_heads = header[5],
+                                   .channels = header[6],
+                                   .padded_vocab_size = header[7]};
         rc = llmc_check_config(&ck->config, path);
     }
     for (int i = FIRST_RESERVED; rc == LLMC_OK && i < HEADER_INTS; i++) {
@@ -89,11 +95,13 @@ int llmc_checkpoint_open(const char* path, llmc_checkpoint* ck) {
         int elem = ck->version == VERSION_FP32 ? 4 : 2;
         long long expected = HEADER_BYTES + (long long)ck->num_parameters * elem;
         if (size != expected)
-            rc = llmc_fail(LLMC_ERR_FORMAT, "checkpoint '%s': file size %lld bytes (%s), expected %lld = %d-byte "
+            rc = llmc_fail(LLMC_ERR_FORMAT,
+                           "checkpoint '%s': file size %lld bytes (%s), expected %lld = %d-byte "
                            "header + %zu parameters x %d bytes for the header's config (L=%d, NH=%d, C=%d, V=%d, "
-                           "Vp=%d, maxT=%d, version %d)", path, size, size < expected ? "truncated" : "oversized",
-                           expected, HEADER_BYTES, ck->num_parameters, elem, c->num_layers, c->num_heads,
-                           c->channels, c->vocab_size, c->padded_vocab_size, c->max_seq_len, ck->version);
+                           "Vp=%d, maxT=%d, version %d)",
+                           path, size, size < expected ? "truncated" : "oversized", expected, HEADER_BYTES,
+                           ck->num_parameters, elem, c->num_layers, c->num_heads, c->channels, c->vocab_size,
+                           c->padded_vocab_size, c->max_seq_len, ck->version);
     }
     if (rc != LLMC_OK) llmc_checkpoint_close(ck);
     return rc;
@@ -115,7 +123,7 @@ int llmc_checkpoint_read(llmc_checkpoint* ck, float* params) {
     while (done < n) {
         size_t want = n - done < CHUNK ? n - done : CHUNK, got;
         float* dst = params + done;
-        if (bf16) {   // the upper half of an fp32: widened exactly
+        if (bf16) { // the upper half of an fp32: widened exactly
             uint16_t half[CHUNK];
             got = fread(half, sizeof half[0], want, ck->file);
             for (size_t i = 0; i < got; i++) {
@@ -130,9 +138,10 @@ int llmc_checkpoint_read(llmc_checkpoint* ck, float* params) {
                 size_t index;
                 int t = tensor_at(&ck->config, done + i, &index);
                 llmc_checkpoint_close(ck);
-                return llmc_fail(LLMC_ERR_FORMAT, "checkpoint '%s': parameter %zu (%s, flat index %zu) is %g, "
-                                 "checkpoints must hold finite values", ck->path, done + i, llmc_param_names[t],
-                                 index, dst[i]);
+                return llmc_fail(LLMC_ERR_FORMAT,
+                                 "checkpoint '%s': parameter %zu (%s, flat index %zu) is %g, "
+                                 "checkpoints must hold finite values",
+                                 ck->path, done + i, llmc_param_names[t], index, dst[i]);
             }
         }
         done += got;
@@ -140,8 +149,10 @@ int llmc_checkpoint_read(llmc_checkpoint* ck, float* params) {
     }
     llmc_checkpoint_close(ck);
     if (done != n)
-        return llmc_fail(LLMC_ERR_FILE, "checkpoint '%s': short read of the parameters (the file changed while "
-                         "being read?)", ck->path);
+        return llmc_fail(LLMC_ERR_FILE,
+                         "checkpoint '%s': short read of the parameters (the file changed while "
+                         "being read?)",
+                         ck->path);
     return LLMC_OK;
 }
 
@@ -173,14 +184,15 @@ int llmc_checkpoint_write(const char* path, const llmc_config* config, const flo
         if (!isfinite(params[i])) {
             size_t index;
             int t = tensor_at(config, i, &index);
-            return llmc_fail(LLMC_ERR_STATE, "checkpoint '%s': parameter %zu (%s, flat index %zu) is %g, not "
-                             "written: checkpoints hold finite values", path, i, llmc_param_names[t], index,
-                             params[i]);
+            return llmc_fail(LLMC_ERR_STATE,
+                             "checkpoint '%s': parameter %zu (%s, flat index %zu) is %g, not "
+                             "written: checkpoints hold finite values",
+                             path, i, llmc_param_names[t], index, params[i]);
         }
     }
-    int32_t header[HEADER_INTS] = {CHECKPOINT_MAGIC, version, config->max_seq_len, config->vocab_size,
-                                   config->num_layers, config->num_heads, config->channels,
-                                   config->padded_vocab_size};
+    int32_t header[HEADER_INTS] = {
+        CHECKPOINT_MAGIC,   version,           config->max_seq_len, config->vocab_size,
+        config->num_layers, config->num_heads, config->channels,    config->padded_vocab_size};
     /* named as reference/formats.py atomic_write names its temporaries (.NAME.PID.RANDOM.tmp), so the next
      * Python writer of the same file removes what a killed writer left */
     static unsigned counter = 0;
@@ -188,8 +200,8 @@ int llmc_checkpoint_write(const char* path, const llmc_config* config, const flo
     int dir_len = slash ? (int)(slash - path + 1) : 0;
     char tmp[PATH_MAX];
     if (snprintf(tmp, sizeof tmp, "%.*s.%s.%ld.%08x.tmp", dir_len, path, path + dir_len, (long)getpid(),
-                 (unsigned)time(NULL) * 2654435761u + __atomic_fetch_add(&counter, 1, __ATOMIC_RELAXED))
-        >= (int)sizeof tmp)
+                 (unsigned)time(NULL) * 2654435761u + __atomic_fetch_add(&counter, 1, __ATOMIC_RELAXED)) >=
+        (int)sizeof tmp)
         return llmc_fail(LLMC_ERR_ARGUMENT, "checkpoint '%s': path too long", path);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
     FILE* f = fd < 0 ? NULL : fdopen(fd, "wb");
@@ -198,8 +210,8 @@ int llmc_checkpoint_write(const char* path, const llmc_config* config, const flo
         if (fd >= 0) close(fd);
         return llmc_fail(LLMC_ERR_FILE, "checkpoint '%s': cannot create %s: %s", path, tmp, strerror(saved_errno));
     }
-    int ok = fwrite(header, sizeof header[0], HEADER_INTS, f) == HEADER_INTS && write_payload(f, params, n, version)
-             && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    int ok = fwrite(header, sizeof header[0], HEADER_INTS, f) == HEADER_INTS && write_payload(f, params, n, version) &&
+             fflush(f) == 0 && fsync(fileno(f)) == 0;
     int saved_errno = errno;
     if (fclose(f) != 0) ok = 0;
     if (!ok || rename(tmp, path) != 0) {

@@ -70,10 +70,10 @@ float llmc_weight_decay(const llmc_adamw* opt, int tensor);
  *     ... allocate ck.num_parameters floats (llmc_checkpoint_close(&ck) if that fails) ...
  *     if (llmc_checkpoint_read(&ck, params) != LLMC_OK) ...         payload, finite; closes the file */
 typedef struct {
-    FILE* file;             /* open between llmc_checkpoint_open and llmc_checkpoint_read / _close */
+    FILE* file; /* open between llmc_checkpoint_open and llmc_checkpoint_read / _close */
     const char* path;
     llmc_config config;
-    int version;            /* 3 (fp32) or 5 (bf16, widened exactly to fp32 when read) */
+    int version; /* 3 (fp32) or 5 (bf16, widened exactly to fp32 when read) */
     size_t num_parameters;
 } llmc_checkpoint;
 int llmc_checkpoint_open(const char* path, llmc_checkpoint* ck);

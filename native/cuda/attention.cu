@@ -30,15 +30,13 @@
 
 #include "common.cuh"
 
-constexpr int SIMT_ROWS = 64;   // rows a block of the fp32 kernels owns
+constexpr int SIMT_ROWS = 64; // rows a block of the fp32 kernels owns
 
 // Where head h of batch row b starts in qkv and in a (B,T,C) tensor.
 __device__ inline size_t qkv_offset(int b, int h, int T, int C, int hs) {
     return (size_t)b * T * 3 * C + (size_t)h * hs;
 }
-__device__ inline size_t btc_offset(int b, int h, int T, int C, int hs) {
-    return (size_t)b * T * C + (size_t)h * hs;
-}
+__device__ inline size_t btc_offset(int b, int h, int T, int C, int hs) { return (size_t)b * T * C + (size_t)h * hs; }
 
 // ----------------------------------------------------------------------------- delta = rowsum(dout * out)
 // One warp per (b, t, h) row; delta is (B,NH,T).
@@ -67,7 +65,7 @@ struct Simt {
     static constexpr int DPT = HS_MAX < 32 ? HS_MAX : 32;
     static constexpr int PARTS = HS_MAX / DPT;
     static constexpr int ROWS = SIMT_ROWS, TILE = 32, THREADS = ROWS * PARTS;
-    static constexpr int LD = DPT + 4;   // floats per (row, part) in shared memory
+    static constexpr int LD = DPT + 4; // floats per (row, part) in shared memory
     static constexpr int TILE_FLOATS = TILE * PARTS * LD;
 };
 
@@ -150,7 +148,7 @@ __device__ inline void simt_store_row(E* dst, size_t stride, const float* x, int
 // grid (B*NH, query tiles, heaviest first); inp (B,T,3C) -> out (B,T,C), lse (B,NH,T)
 template <int HS_MAX, typename E>
 __global__ void __launch_bounds__(Simt<HS_MAX>::THREADS)
-attention_forward_simt(E* out, float* lse, const E* inp, int T, int C, int NH, float scale) {
+    attention_forward_simt(E* out, float* lse, const E* inp, int T, int C, int NH, float scale) {
     using S = Simt<HS_MAX>;
     __shared__ __align__(16) float ks[S::TILE_FLOATS];
     __shared__ __align__(16) float vs[S::TILE_FLOATS];
@@ -164,7 +162,7 @@ attention_forward_simt(E* out, float* lse, const E* inp, int T, int C, int NH, f
 #pragma unroll
     for (int d = 0; d < S::DPT; d++) acc[d] = 0.0f;
     float m = -INFINITY, l = 0.0f;
-    int k_end = min(q0 + S::ROWS, T);   // keys [0, k_end) meet some query of the block
+    int k_end = min(q0 + S::ROWS, T); // keys [0, k_end) meet some query of the block
     for (int k0 = 0; k0 < k_end; k0 += S::TILE) {
         __syncthreads();
         simt_load_tile<HS_MAX>(ks, q + C, C3, k0, T, hs);
@@ -174,7 +172,7 @@ attention_forward_simt(E* out, float* lse, const E* inp, int T, int C, int NH, f
         float tile_max = -INFINITY;
 #pragma unroll
         for (int j = 0; j < S::TILE; j++) {
-            s[j] = simt_dot<HS_MAX>(x, ks, j, part);   // all lanes: the parts of a row meet in shuffles
+            s[j] = simt_dot<HS_MAX>(x, ks, j, part); // all lanes: the parts of a row meet in shuffles
             if (k0 + j > i) s[j] = -INFINITY;
             tile_max = fmaxf(tile_max, s[j]);
         }
@@ -185,7 +183,7 @@ attention_forward_simt(E* out, float* lse, const E* inp, int T, int C, int NH, f
         for (int d = 0; d < S::DPT; d++) acc[d] *= correction;
 #pragma unroll
         for (int j = 0; j < S::TILE; j++) {
-            float p = expf(s[j] - m_new);   // 0 for the masked keys
+            float p = expf(s[j] - m_new); // 0 for the masked keys
             l += p;
             simt_axpy<HS_MAX>(acc, p, vs, j, part);
         }
@@ -198,8 +196,8 @@ attention_forward_simt(E* out, float* lse, const E* inp, int T, int C, int NH, f
 // grid (B*NH, key tiles): dk, dv of a key tile from all the queries at or after it
 template <int HS_MAX, typename E>
 __global__ void __launch_bounds__(Simt<HS_MAX>::THREADS)
-attention_backward_dkdv_simt(E* dinp, const E* dout, const E* inp, const float* lse, const float* delta, int T, int C,
-                             int NH, float scale, bool accumulate) {
+    attention_backward_dkdv_simt(E* dinp, const E* dout, const E* inp, const float* lse, const float* delta, int T,
+                                 int C, int NH, float scale, bool accumulate) {
     using S = Simt<HS_MAX>;
     __shared__ __align__(16) float qs[S::TILE_FLOATS];
     __shared__ __align__(16) float dos[S::TILE_FLOATS];
@@ -239,8 +237,8 @@ attention_backward_dkdv_simt(E* dinp, const E* dout, const E* inp, const float* 
 // grid (B*NH, query tiles, heaviest first): dq of a query tile from the keys up to it
 template <int HS_MAX, typename E>
 __global__ void __launch_bounds__(Simt<HS_MAX>::THREADS)
-attention_backward_dq_simt(E* dinp, const E* dout, const E* inp, const float* lse, const float* delta, int T, int C,
-                           int NH, float scale, bool accumulate) {
+    attention_backward_dq_simt(E* dinp, const E* dout, const E* inp, const float* lse, const float* delta, int T, int C,
+                               int NH, float scale, bool accumulate) {
     using S = Simt<HS_MAX>;
     __shared__ __align__(16) float ks[S::TILE_FLOATS];
     __shared__ __align__(16) float vs[S::TILE_FLOATS];
@@ -283,7 +281,7 @@ attention_backward_dq_simt(E* dinp, const E* dout, const E* inp, const float* ls
 constexpr int TC_HS = 64, TC_TILE = 64, TC_LD = 68, TC_WARPS = 8;
 constexpr int TC_THREADS = 32 * TC_WARPS, TC_BLOCK_ROWS = 16 * TC_WARPS;
 constexpr int TC_TILE_FLOATS = TC_TILE * TC_LD;
-constexpr size_t TC_SMEM_BYTES = 2 * 2 * TC_TILE_FLOATS * sizeof(uint32_t);   // 2 stages x 2 tensors
+constexpr size_t TC_SMEM_BYTES = 2 * 2 * TC_TILE_FLOATS * sizeof(uint32_t); // 2 stages x 2 tensors
 
 __device__ inline uint32_t to_tf32(float x) {
     uint32_t r;
@@ -292,10 +290,11 @@ __device__ inline uint32_t to_tf32(float x) {
 }
 
 __device__ inline void mma_tf32(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
 // 16 bytes global -> smem without passing through registers; zeros when !valid (src is then not read)
@@ -306,7 +305,7 @@ __device__ inline void cp_async16(void* dst, const void* src, bool valid) {
 
 // Two tensors (k and v, or q and dout) of one head streamed through two smem stages of 64-row tiles.
 struct TileStream {
-    uint32_t* smem;          // [2 stages][2 tensors][TC_TILE_FLOATS]
+    uint32_t* smem; // [2 stages][2 tensors][TC_TILE_FLOATS]
     const float* src[2];
     size_t stride[2];
     int T;
@@ -331,8 +330,10 @@ struct TileStream {
     // wait for stage's copies (a later issue may still be in flight) and round this thread's chunks to TF32;
     // the caller's __syncthreads then publishes them
     __device__ void land(int stage, bool later_pending) const {
-        if (later_pending) asm volatile("cp.async.wait_group 1;" ::: "memory");
-        else asm volatile("cp.async.wait_group 0;" ::: "memory");
+        if (later_pending)
+            asm volatile("cp.async.wait_group 1;" ::: "memory");
+        else
+            asm volatile("cp.async.wait_group 0;" ::: "memory");
 #pragma unroll
         for (int j = 0; j < 2; j++) {
             for (int i = threadIdx.x; i < TC_TILE * TC_HS / 4; i += TC_THREADS) {
@@ -410,7 +411,7 @@ __device__ inline void tc_store(float* dst, size_t stride, const float (*x)[4], 
 
 // grid (B*NH, query blocks, heaviest first)
 __global__ void __launch_bounds__(TC_THREADS)
-attention_forward_tf32(float* out, float* lse, const float* inp, int T, int C, int NH, float scale) {
+    attention_forward_tf32(float* out, float* lse, const float* inp, int T, int C, int NH, float scale) {
     extern __shared__ __align__(16) uint32_t smem[];
     int bh = blockIdx.x, b = bh / NH, h = bh % NH;
     int q0 = (gridDim.y - 1 - blockIdx.y) * TC_BLOCK_ROWS;
@@ -421,20 +422,20 @@ attention_forward_tf32(float* out, float* lse, const float* inp, int T, int C, i
     uint32_t qa[TC_HS / 8][4];
     tc_load_a(qa, q, C3, r, T, scale);
     float o[TC_HS / 8][4] = {};
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};   // l: this thread's share of the row sums
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}; // l: this thread's share of the row sums
     TileStream kv = {smem, {q + C, q + 2 * C}, {C3, C3}, T};
-    int tiles = ceil_div(min(q0 + TC_BLOCK_ROWS, T), TC_TILE);   // keys up to the block's last query
+    int tiles = ceil_div(min(q0 + TC_BLOCK_ROWS, T), TC_TILE); // keys up to the block's last query
     kv.issue(0, 0);
     for (int kt = 0; kt < tiles; kt++) {
         int stage = kt % 2, k0 = kt * TC_TILE;
-        __syncthreads();   // the other stage (tile kt-1) is no longer read
+        __syncthreads(); // the other stage (tile kt-1) is no longer read
         if (kt + 1 < tiles) kv.issue(1 - stage, k0 + TC_TILE);
         kv.land(stage, kt + 1 < tiles);
         __syncthreads();
-        if (k0 > r + 15) continue;   // every key of the tile is after this warp's queries
+        if (k0 > r + 15) continue; // every key of the tile is after this warp's queries
         float s[TC_TILE / 8][4] = {};
         tc_mma_abt<TC_TILE / 8>(s, qa, kv.tile(stage, 0));
-        if (k0 + TC_TILE - 1 > r) {   // the tile crosses the diagonal: keys after the query are masked
+        if (k0 + TC_TILE - 1 > r) { // the tile crosses the diagonal: keys after the query are masked
 #pragma unroll
             for (int n = 0; n < TC_TILE / 8; n++)
 #pragma unroll
@@ -448,7 +449,7 @@ attention_forward_tf32(float* out, float* lse, const float* inp, int T, int C, i
             for (int n = 0; n < TC_TILE / 8; n++) mx = fmaxf(mx, fmaxf(s[n][2 * half], s[n][2 * half + 1]));
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
-            float correction = __expf(m[half] - mx);   // key 0 is in tile 0, so mx is finite
+            float correction = __expf(m[half] - mx); // key 0 is in tile 0, so mx is finite
             l[half] *= correction;
 #pragma unroll
             for (int n = 0; n < TC_HS / 8; n++) {
@@ -477,8 +478,8 @@ attention_forward_tf32(float* out, float* lse, const float* inp, int T, int C, i
 // grid (B*NH, key blocks). Each warp owns 16 keys and computes transposed products: S^T = k q^T,
 // dP^T = v dout^T, then dv += P^T dout and dk += dS^T q, over 32 queries at a time (registers).
 __global__ void __launch_bounds__(TC_THREADS)
-attention_backward_dkdv_tf32(float* dinp, const float* dout, const float* inp, const float* lse,
-                             const float* delta, int T, int C, int NH, float scale, bool accumulate) {
+    attention_backward_dkdv_tf32(float* dinp, const float* dout, const float* inp, const float* lse, const float* delta,
+                                 int T, int C, int NH, float scale, bool accumulate) {
     extern __shared__ __align__(16) uint32_t smem[];
     __shared__ float lse_s[2][TC_TILE], delta_s[2][TC_TILE];
     int bh = blockIdx.x, b = bh / NH, h = bh % NH;
@@ -521,9 +522,9 @@ attention_backward_dkdv_tf32(float* dinp, const float* dout, const float* inp, c
         }
         qdy.land(stage, more);
         __syncthreads();
-        if (t0 + TC_TILE - 1 < r) continue;   // every query of the tile is before this warp's keys
+        if (t0 + TC_TILE - 1 < r) continue; // every query of the tile is before this warp's keys
 #pragma unroll
-        for (int half = 0; half < 2; half++) {   // queries [t0 + 32 half, +32)
+        for (int half = 0; half < 2; half++) { // queries [t0 + 32 half, +32)
             const int Q = TC_TILE / 2;
             const uint32_t* qs = qdy.tile(stage, 0) + half * Q * TC_LD;
             const uint32_t* dys = qdy.tile(stage, 1) + half * Q * TC_LD;
@@ -550,8 +551,8 @@ attention_backward_dkdv_tf32(float* dinp, const float* dout, const float* inp, c
 
 // grid (B*NH, query blocks, heaviest first): S = q k^T, dP = dout v^T, dq += dS k
 __global__ void __launch_bounds__(TC_THREADS)
-attention_backward_dq_tf32(float* dinp, const float* dout, const float* inp, const float* lse, const float* delta,
-                           int T, int C, int NH, float scale, bool accumulate) {
+    attention_backward_dq_tf32(float* dinp, const float* dout, const float* inp, const float* lse, const float* delta,
+                               int T, int C, int NH, float scale, bool accumulate) {
     extern __shared__ __align__(16) uint32_t smem[];
     int bh = blockIdx.x, b = bh / NH, h = bh % NH;
     int q0 = (gridDim.y - 1 - blockIdx.y) * TC_BLOCK_ROWS;
@@ -612,13 +613,17 @@ int check_attention_head_size(int hs) {
 }
 
 // The smallest fp32 instantiation that covers hs.
-#define DISPATCH_HEAD_SIZE(hs, KERNEL, E, grid, ...)                                                        \
-    do {                                                                                                    \
-        if (hs <= 16) KERNEL<16, E><<<grid, Simt<16>::THREADS>>>(__VA_ARGS__);                              \
-        else if (hs <= 32) KERNEL<32, E><<<grid, Simt<32>::THREADS>>>(__VA_ARGS__);                         \
-        else if (hs <= 64) KERNEL<64, E><<<grid, Simt<64>::THREADS>>>(__VA_ARGS__);                         \
-        else KERNEL<128, E><<<grid, Simt<128>::THREADS>>>(__VA_ARGS__);                                     \
-        LAUNCH_CHECK();                                                                                     \
+#define DISPATCH_HEAD_SIZE(hs, KERNEL, E, grid, ...)                   \
+    do {                                                               \
+        if (hs <= 16)                                                  \
+            KERNEL<16, E><<<grid, Simt<16>::THREADS>>>(__VA_ARGS__);   \
+        else if (hs <= 32)                                             \
+            KERNEL<32, E><<<grid, Simt<32>::THREADS>>>(__VA_ARGS__);   \
+        else if (hs <= 64)                                             \
+            KERNEL<64, E><<<grid, Simt<64>::THREADS>>>(__VA_ARGS__);   \
+        else                                                           \
+            KERNEL<128, E><<<grid, Simt<128>::THREADS>>>(__VA_ARGS__); \
+        LAUNCH_CHECK();                                                \
     } while (0)
 
 template <typename E>
@@ -685,11 +690,11 @@ int attention_backward_gpu(float* dinp, float* delta, const float* dout, const f
                                       (int)TC_SMEM_BYTES));
         CUDA_TRY(cudaFuncSetAttribute(attention_backward_dq_tf32, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       (int)TC_SMEM_BYTES));
-        attention_backward_dkdv_tf32<<<grid, TC_THREADS, TC_SMEM_BYTES>>>(dinp, dout, inp, lse, delta, T, C, NH,
-                                                                          scale, accumulate_dinp);
+        attention_backward_dkdv_tf32<<<grid, TC_THREADS, TC_SMEM_BYTES>>>(dinp, dout, inp, lse, delta, T, C, NH, scale,
+                                                                          accumulate_dinp);
         LAUNCH_CHECK();
-        attention_backward_dq_tf32<<<grid, TC_THREADS, TC_SMEM_BYTES>>>(dinp, dout, inp, lse, delta, T, C, NH,
-                                                                        scale, accumulate_dinp);
+        attention_backward_dq_tf32<<<grid, TC_THREADS, TC_SMEM_BYTES>>>(dinp, dout, inp, lse, delta, T, C, NH, scale,
+                                                                        accumulate_dinp);
         LAUNCH_CHECK();
         return LLMC_OK;
     }

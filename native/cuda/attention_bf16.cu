@@ -25,12 +25,12 @@
 
 namespace {
 
-constexpr int HS = 64;                   // the head size of the tensor-core kernels
+constexpr int HS = 64; // the head size of the tensor-core kernels
 constexpr int WARPS = 4;
 constexpr int THREADS = 32 * WARPS;
-constexpr int TILE = 64;                 // rows of the streamed side per smem tile
-constexpr int LD = HS + 8;               // smem row stride, in bf16
-constexpr int TILE_ELEMS = TILE * LD;    // 2 stages x 2 tensors x 9 KiB = 36 KiB of static smem
+constexpr int TILE = 64;              // rows of the streamed side per smem tile
+constexpr int LD = HS + 8;            // smem row stride, in bf16
+constexpr int TILE_ELEMS = TILE * LD; // 2 stages x 2 tensors x 9 KiB = 36 KiB of static smem
 constexpr float LOG2E = 1.4426950408889634f;
 
 __device__ inline uint32_t smem_address(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
@@ -49,10 +49,11 @@ __device__ inline void ldmatrix_x4_trans(uint32_t (&r)[4], const bf16* p) {
 }
 
 __device__ inline void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
 // 2^x, the hardware approximation (relative error ~2^-22): the softmax's exponentials are taken base 2 with
@@ -77,7 +78,7 @@ __device__ inline void cp_async16(void* dst, const void* src, bool valid) {
 
 // Two tensors (k and v, or q and dout) of one head streamed through two smem stages of 64-row tiles.
 struct TileStream {
-    bf16* smem;   // [2 stages][2 tensors][TILE_ELEMS]
+    bf16* smem; // [2 stages][2 tensors][TILE_ELEMS]
     const bf16* src[2];
     size_t stride[2];
     int T;
@@ -88,7 +89,7 @@ struct TileStream {
     __device__ void issue(int stage, int r0) const {
 #pragma unroll
         for (int j = 0; j < 2; j++) {
-            for (int i = threadIdx.x; i < TILE * HS / 8; i += THREADS) {   // 8 chunks of 16 bytes per row
+            for (int i = threadIdx.x; i < TILE * HS / 8; i += THREADS) { // 8 chunks of 16 bytes per row
                 int r = i / (HS / 8), c8 = i % (HS / 8);
                 bool valid = r0 + r < T;
                 const bf16* from = src[j] + (valid ? (size_t)(r0 + r) * stride[j] + 8 * c8 : 0);
@@ -101,8 +102,10 @@ struct TileStream {
     // wait for the oldest stage in flight (a later issue may still be pending); the caller's
     // __syncthreads then publishes it to every warp
     __device__ static void land(bool later_pending) {
-        if (later_pending) asm volatile("cp.async.wait_group 1;" ::: "memory");
-        else asm volatile("cp.async.wait_group 0;" ::: "memory");
+        if (later_pending)
+            asm volatile("cp.async.wait_group 1;" ::: "memory");
+        else
+            asm volatile("cp.async.wait_group 0;" ::: "memory");
     }
 };
 
@@ -131,7 +134,7 @@ __device__ inline void mma_a_bt(float (*acc)[N][4], const uint32_t (*a)[HS / 16]
 #pragma unroll
     for (int n = 0; n < N; n++) {
 #pragma unroll
-        for (int half = 0; half < HS / 32; half++) {   // dims [32 half, +32): k-steps 2 half and 2 half + 1
+        for (int half = 0; half < HS / 32; half++) { // dims [32 half, +32): k-steps 2 half and 2 half + 1
             uint32_t b[4];
             ldmatrix_x4(b, tile + (8 * n + lane % 8) * LD + 32 * half + 8 * (lane / 8));
 #pragma unroll
@@ -159,7 +162,7 @@ __device__ inline void mma_p_b(float (*acc)[HS / 8][4], const float (*p)[2 * K][
         }
         const bf16* rows = tile + (16 * kk + 8 * (lane / 8 % 2) + lane % 8) * LD + 8 * (lane / 16);
 #pragma unroll
-        for (int n = 0; n < HS / 8; n += 2) {   // matrices: (rows +0, dims 8n), (+8, 8n), (+0, 8n+8), (+8, 8n+8)
+        for (int n = 0; n < HS / 8; n += 2) { // matrices: (rows +0, dims 8n), (+8, 8n), (+0, 8n+8), (+8, 8n+8)
             uint32_t b[4];
             ldmatrix_x4_trans(b, rows + 8 * n);
 #pragma unroll
@@ -194,13 +197,13 @@ constexpr int Q_ROWS = 16 * RB_Q * WARPS, KV_ROWS = 16 * RB_KV * WARPS;
 
 // grid (B*NH, query blocks, heaviest first): out (B,T,C), lse (B,NH,T)
 __global__ void __launch_bounds__(THREADS)
-attention_forward_bf16_kernel(bf16* out, float* lse, const bf16* inp, int T, int C, int NH, float scale) {
+    attention_forward_bf16_kernel(bf16* out, float* lse, const bf16* inp, int T, int C, int NH, float scale) {
     constexpr int RB = RB_Q, KEYS = 32;
     __shared__ __align__(16) bf16 smem[2 * 2 * TILE_ELEMS];
     int bh = blockIdx.x, b = bh / NH, h = bh % NH;
     int q0 = (gridDim.y - 1 - blockIdx.y) * Q_ROWS;
     int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4, c = threadIdx.x % 4;
-    int r = q0 + 16 * RB * warp;   // this warp's rows: [r, r + 16 RB)
+    int r = q0 + 16 * RB * warp; // this warp's rows: [r, r + 16 RB)
     size_t C3 = 3 * (size_t)C;
     const bf16* q = inp + (size_t)b * T * C3 + (size_t)h * HS;
     uint32_t qa[RB][HS / 16][4];
@@ -212,21 +215,21 @@ attention_forward_bf16_kernel(bf16* out, float* lse, const bf16* inp, int T, int
     for (int rb = 0; rb < RB; rb++) m[rb][0] = m[rb][1] = -INFINITY, l[rb][0] = l[rb][1] = 0.0f;
     float scale2 = scale * LOG2E;
     TileStream kv = {smem, {q + C, q + 2 * C}, {C3, C3}, T};
-    int tiles = ceil_div(min(q0 + Q_ROWS, T), TILE);   // keys up to the block's last query
+    int tiles = ceil_div(min(q0 + Q_ROWS, T), TILE); // keys up to the block's last query
     kv.issue(0, 0);
     for (int kt = 0; kt < tiles; kt++) {
         int stage = kt % 2, k0 = kt * TILE;
-        __syncthreads();   // the other stage (tile kt-1) is no longer read
+        __syncthreads(); // the other stage (tile kt-1) is no longer read
         if (kt + 1 < tiles) kv.issue(1 - stage, k0 + TILE);
         TileStream::land(kt + 1 < tiles);
         __syncthreads();
 #pragma unroll 1
-        for (int part = 0; part < TILE / KEYS; part++) {   // KEYS keys at a time: fewer registers
+        for (int part = 0; part < TILE / KEYS; part++) { // KEYS keys at a time: fewer registers
             int kp = k0 + part * KEYS;
-            if (kp > r + 16 * RB - 1) break;   // this and the later keys are after all of this warp's queries
+            if (kp > r + 16 * RB - 1) break; // this and the later keys are after all of this warp's queries
             float s[RB][KEYS / 8][4] = {};
             mma_a_bt<KEYS / 8, RB>(s, qa, kv.tile(stage, 0) + part * KEYS * LD);
-            bool diagonal = kp + KEYS - 1 > r;   // keys after some query: masked
+            bool diagonal = kp + KEYS - 1 > r; // keys after some query: masked
 #pragma unroll
             for (int rb = 0; rb < RB; rb++) {
 #pragma unroll
@@ -244,7 +247,7 @@ attention_forward_bf16_kernel(bf16* out, float* lse, const bf16* inp, int T, int
                     }
                     mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
                     mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
-                    float correction = exp2_approx(m[rb][half] - mx);   // key 0 comes first and every row sees it
+                    float correction = exp2_approx(m[rb][half] - mx); // key 0 comes first and every row sees it
                     l[rb][half] *= correction;
 #pragma unroll
                     for (int n = 0; n < HS / 8; n++) {
@@ -284,11 +287,11 @@ attention_forward_bf16_kernel(bf16* out, float* lse, const bf16* inp, int T, int
 // transposed products over 32 queries at a time: S^T = k q^T, dP^T = v dout^T, then dv += P^T dout and
 // dk += dS^T q.
 __global__ void __launch_bounds__(THREADS)
-attention_backward_dkdv_bf16_kernel(bf16* dinp, const bf16* dout, const bf16* inp, const float* lse,
-                                    const float* delta, int T, int C, int NH, float scale) {
+    attention_backward_dkdv_bf16_kernel(bf16* dinp, const bf16* dout, const bf16* inp, const float* lse,
+                                        const float* delta, int T, int C, int NH, float scale) {
     constexpr int RB = RB_KV;
     __shared__ __align__(16) bf16 smem[2 * 2 * TILE_ELEMS];
-    __shared__ float lse_s[2][TILE], delta_s[2][TILE];   // lse in base 2
+    __shared__ float lse_s[2][TILE], delta_s[2][TILE]; // lse in base 2
     int bh = blockIdx.x, b = bh / NH, h = bh % NH;
     int k0 = blockIdx.y * KV_ROWS;
     int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4, c = threadIdx.x % 4;
@@ -327,9 +330,9 @@ attention_backward_dkdv_bf16_kernel(bf16* dinp, const bf16* dout, const bf16* in
         }
         TileStream::land(more);
         __syncthreads();
-        if (t0 + TILE - 1 < r) continue;   // every query of the tile is before this warp's keys
+        if (t0 + TILE - 1 < r) continue; // every query of the tile is before this warp's keys
 #pragma unroll 1
-        for (int half = 0; half < 2; half++) {   // queries [t0 + 32 half, +32); not unrolled: fewer registers
+        for (int half = 0; half < 2; half++) { // queries [t0 + 32 half, +32); not unrolled: fewer registers
             constexpr int Q = TILE / 2;
             const bf16* qs = qdy.tile(stage, 0) + half * Q * LD;
             const bf16* dys = qdy.tile(stage, 1) + half * Q * LD;
@@ -339,7 +342,7 @@ attention_backward_dkdv_bf16_kernel(bf16* dinp, const bf16* dout, const bf16* in
 #pragma unroll
             for (int n = 0; n < Q / 8; n++) {
 #pragma unroll
-                for (int j = 0; j < 2; j++) {   // a query column: its lse and delta serve both key rows
+                for (int j = 0; j < 2; j++) { // a query column: its lse and delta serve both key rows
                     int i = half * Q + 8 * n + 2 * c + j, t = t0 + i;
                     float query_lse = lse_s[stage][i], query_delta = delta_s[stage][i];
 #pragma unroll
@@ -362,8 +365,8 @@ attention_backward_dkdv_bf16_kernel(bf16* dinp, const bf16* dout, const bf16* in
 
 // grid (B*NH, query blocks, heaviest first): S = q k^T, dP = dout v^T, dq += dS k, over 16 keys at a time
 __global__ void __launch_bounds__(THREADS)
-attention_backward_dq_bf16_kernel(bf16* dinp, const bf16* dout, const bf16* inp, const float* lse,
-                                  const float* delta, int T, int C, int NH, float scale) {
+    attention_backward_dq_bf16_kernel(bf16* dinp, const bf16* dout, const bf16* inp, const float* lse,
+                                      const float* delta, int T, int C, int NH, float scale) {
     constexpr int RB = RB_Q, K = 16;
     __shared__ __align__(16) bf16 smem[2 * 2 * TILE_ELEMS];
     int bh = blockIdx.x, b = bh / NH, h = bh % NH;
@@ -375,7 +378,7 @@ attention_backward_dq_bf16_kernel(bf16* dinp, const bf16* dout, const bf16* inp,
     load_a<RB>(qa, inp + at, C3, r, T);
     load_a<RB>(dya, dout + (size_t)b * T * C + (size_t)h * HS, C, r, T);
     float scale2 = scale * LOG2E;
-    float row_lse[RB][2], row_delta[RB][2];   // lse in base 2
+    float row_lse[RB][2], row_delta[RB][2]; // lse in base 2
 #pragma unroll
     for (int rb = 0; rb < RB; rb++) {
 #pragma unroll
@@ -396,9 +399,9 @@ attention_backward_dq_bf16_kernel(bf16* dinp, const bf16* dout, const bf16* inp,
         TileStream::land(kt + 1 < tiles);
         __syncthreads();
 #pragma unroll 1
-        for (int part = 0; part < TILE / K; part++) {   // K keys at a time: fewer registers
+        for (int part = 0; part < TILE / K; part++) { // K keys at a time: fewer registers
             int kh = k0 + part * K;
-            if (kh > r + 16 * RB - 1) break;   // this and the later keys are after all of this warp's queries
+            if (kh > r + 16 * RB - 1) break; // this and the later keys are after all of this warp's queries
             const bf16* ks = kv.tile(stage, 0) + part * K * LD;
             const bf16* vs = kv.tile(stage, 1) + part * K * LD;
             float p[RB][K / 8][4] = {}, ds[RB][K / 8][4] = {};
@@ -430,7 +433,7 @@ __global__ void attention_delta_bf16_kernel(float* delta, const bf16* dout, cons
     size_t row = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 8;
     int part = threadIdx.x % 8;
     float s = 0.0f;
-    if (row < rows) {   // no early return: the 8 threads of a row meet in shuffles
+    if (row < rows) { // no early return: the 8 threads of a row meet in shuffles
         int t = row % T, h = (row / T) % NH;
         size_t b = row / ((size_t)T * NH), at = (b * T + t) * C + (size_t)h * HS + 8 * part;
         uint4 dy = *(const uint4*)(dout + at), y = *(const uint4*)(out + at);
@@ -453,7 +456,7 @@ bool use_tensor_cores(int hs, const void* a, const void* b, const void* c) {
     return hs == HS && aligned16(a) && aligned16(b) && aligned16(c);
 }
 
-}  // namespace
+} // namespace
 
 // inp (B,T,3C) -> out (B,T,C); lse (B,NH,T) saved for the backward
 int attention_forward_bf16_gpu(bf16* out, float* lse, const bf16* inp, int B, int T, int C, int NH) {
@@ -479,11 +482,11 @@ int attention_backward_bf16_gpu(bf16* dinp, float* delta, const bf16* dout, cons
     attention_delta_bf16_kernel<<<(unsigned)ceil_div(rows * 8, (size_t)256), 256>>>(delta, dout, out, T, C, NH, rows);
     LAUNCH_CHECK();
     float scale = 1.0f / sqrtf((float)hs);
-    attention_backward_dkdv_bf16_kernel<<<dim3(B * NH, ceil_div(T, KV_ROWS)), THREADS>>>(dinp, dout, inp, lse, delta,
-                                                                                        T, C, NH, scale);
+    attention_backward_dkdv_bf16_kernel<<<dim3(B * NH, ceil_div(T, KV_ROWS)), THREADS>>>(dinp, dout, inp, lse, delta, T,
+                                                                                         C, NH, scale);
     LAUNCH_CHECK();
-    attention_backward_dq_bf16_kernel<<<dim3(B * NH, ceil_div(T, Q_ROWS)), THREADS>>>(dinp, dout, inp, lse, delta, T,
-                                                                                     C, NH, scale);
+    attention_backward_dq_bf16_kernel<<<dim3(B * NH, ceil_div(T, Q_ROWS)), THREADS>>>(dinp, dout, inp, lse, delta, T, C,
+                                                                                      NH, scale);
     LAUNCH_CHECK();
     return LLMC_OK;
 }

@@ -48,7 +48,7 @@ __device__ float2 row_stats(const T* x, int V, int Vp) {
             float v[P], mx = -INFINITY;
 #pragma unroll
             for (int j = 0; j < P; j++) {
-                v[j] = P * i + j < V ? to_f32(in.x[j]) : -INFINITY;   // the padding never counts
+                v[j] = P * i + j < V ? to_f32(in.x[j]) : -INFINITY; // the padding never counts
                 mx = fmaxf(mx, v[j]);
             }
             float sum = 0.0f;
@@ -122,16 +122,15 @@ __global__ void classifier_backward_kernel(T* dlogits, const T* logits, const fl
 }
 
 template <typename T>
-int classifier_forward_gpu(float* losses, float2* stats, const T* logits, const int* targets, size_t N, int V,
-                           int Vp) {
+int classifier_forward_gpu(float* losses, float2* stats, const T* logits, const int* targets, size_t N, int V, int Vp) {
     classifier_forward_kernel<<<(unsigned)N, ROW_THREADS>>>(losses, stats, logits, targets, V, Vp);
     LAUNCH_CHECK();
     return LLMC_OK;
 }
 
 template <typename T>
-int classifier_backward_gpu(T* dlogits, const T* logits, const float2* stats, const int* targets, float dloss,
-                            size_t N, int V, int Vp) {
+int classifier_backward_gpu(T* dlogits, const T* logits, const float2* stats, const int* targets, float dloss, size_t N,
+                            int V, int Vp) {
     classifier_backward_kernel<<<(unsigned)N, ROW_THREADS>>>(dlogits, logits, stats, targets, dloss, V, Vp);
     LAUNCH_CHECK();
     return LLMC_OK;
@@ -180,11 +179,11 @@ int crossentropy_forward_gpu(float* losses, const float* probs, const int* targe
     return LLMC_OK;
 }
 
-int crossentropy_softmax_backward_gpu(float* dlogits, const float* dlosses, const float* probs,
-                                      const int* targets, size_t N, int V, int Vp) {
+int crossentropy_softmax_backward_gpu(float* dlogits, const float* dlosses, const float* probs, const int* targets,
+                                      size_t N, int V, int Vp) {
     size_t n = N * Vp;
-    crossentropy_softmax_backward_kernel<<<(unsigned)ceil_div(n, (size_t)256), 256>>>(dlogits, dlosses, probs,
-                                                                                     targets, N, V, Vp);
+    crossentropy_softmax_backward_kernel<<<(unsigned)ceil_div(n, (size_t)256), 256>>>(dlogits, dlosses, probs, targets,
+                                                                                      N, V, Vp);
     LAUNCH_CHECK();
     return LLMC_OK;
 }

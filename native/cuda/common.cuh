@@ -22,38 +22,39 @@ void clear_error();
 // Evaluate a CUDA runtime call; on failure record where and return LLMC_ERR_DEVICE from the caller.
 // A non-sticky error (a failed cudaMalloc) is also taken off cudaGetLastError, so the next launch check
 // does not report it again.
-#define CUDA_TRY(call)                                                                                 \
-    do {                                                                                               \
-        cudaError_t err_ = (call);                                                                     \
-        if (err_ != cudaSuccess) {                                                                     \
-            cudaGetLastError();                                                                        \
-            return set_error(err_ == cudaErrorMemoryAllocation ? LLMC_ERR_ALLOC : LLMC_ERR_DEVICE,     \
-                             "%s failed at %s:%d: %s", #call, __FILE__, __LINE__,                      \
-                             cudaGetErrorString(err_));                                                \
-        }                                                                                              \
+#define CUDA_TRY(call)                                                                                       \
+    do {                                                                                                     \
+        cudaError_t err_ = (call);                                                                           \
+        if (err_ != cudaSuccess) {                                                                           \
+            cudaGetLastError();                                                                              \
+            return set_error(err_ == cudaErrorMemoryAllocation ? LLMC_ERR_ALLOC : LLMC_ERR_DEVICE,           \
+                             "%s failed at %s:%d: %s", #call, __FILE__, __LINE__, cudaGetErrorString(err_)); \
+        }                                                                                                    \
     } while (0)
 
-#define CUBLAS_TRY(call)                                                                               \
-    do {                                                                                               \
-        cublasStatus_t st_ = (call);                                                                   \
-        if (st_ != CUBLAS_STATUS_SUCCESS) {                                                            \
-            return set_error(LLMC_ERR_DEVICE, "%s failed at %s:%d: %s", #call, __FILE__, __LINE__,     \
-                             cublasGetStatusString(st_));                                              \
-        }                                                                                              \
+#define CUBLAS_TRY(call)                                                                           \
+    do {                                                                                           \
+        cublasStatus_t st_ = (call);                                                               \
+        if (st_ != CUBLAS_STATUS_SUCCESS) {                                                        \
+            return set_error(LLMC_ERR_DEVICE, "%s failed at %s:%d: %s", #call, __FILE__, __LINE__, \
+                             cublasGetStatusString(st_));                                          \
+        }                                                                                          \
     } while (0)
 
 // After a kernel launch: a bad configuration shows up here, not at the launch.
 #define LAUNCH_CHECK() CUDA_TRY(cudaGetLastError())
 
 // Propagate an error code from a launcher.
-#define TRY(call)                                                                                      \
-    do {                                                                                               \
-        int rc_ = (call);                                                                              \
-        if (rc_ != LLMC_OK) return rc_;                                                                \
+#define TRY(call)                       \
+    do {                                \
+        int rc_ = (call);               \
+        if (rc_ != LLMC_OK) return rc_; \
     } while (0)
 
 template <typename T>
-__host__ __device__ inline T ceil_div(T a, T b) { return (a + b - 1) / b; }
+__host__ __device__ inline T ceil_div(T a, T b) {
+    return (a + b - 1) / b;
+}
 
 // ----------------------------------------------------------------------------- bf16
 typedef __nv_bfloat16 bf16;
@@ -64,15 +65,19 @@ __device__ inline float to_f32(bf16 x) { return __bfloat162float(x); }
 template <typename T>
 __device__ inline T from_f32(float x);
 template <>
-__device__ inline float from_f32<float>(float x) { return x; }
+__device__ inline float from_f32<float>(float x) {
+    return x;
+}
 template <>
-__device__ inline bf16 from_f32<bf16>(float x) { return __float2bfloat16_rn(x); }
+__device__ inline bf16 from_f32<bf16>(float x) {
+    return __float2bfloat16_rn(x);
+}
 
 // Stochastic rounding of x to bf16 (llm.c's master-weight write-back), unbiased: x's 16 low bits decide the
 // probability of rounding up. The random bits are a hash of (seed, element index, x's own bits), so the
 // bf16 copy is a pure function of the fp32 value and its position: every run, and a model given the same
 // master weights through llmc_set_params, gets the same bits.
-__device__ inline uint32_t hash32(uint32_t x) {   // a 32-bit integer finalizer (two multiply-xorshift rounds)
+__device__ inline uint32_t hash32(uint32_t x) { // a 32-bit integer finalizer (two multiply-xorshift rounds)
     x ^= x >> 16;
     x *= 0x7feb352du;
     x ^= x >> 15;
@@ -82,13 +87,13 @@ __device__ inline uint32_t hash32(uint32_t x) {   // a 32-bit integer finalizer 
 }
 __device__ inline bf16 bf16_stochastic(float x, size_t index, uint32_t seed) {
     uint32_t bits = __float_as_uint(x);
-    if ((bits & 0x7f800000u) == 0x7f800000u) return __float2bfloat16_rn(x);   // inf, NaN: as they are
+    if ((bits & 0x7f800000u) == 0x7f800000u) return __float2bfloat16_rn(x); // inf, NaN: as they are
     uint32_t noise = hash32(bits ^ hash32((uint32_t)index ^ hash32(seed ^ (uint32_t)(index >> 32))));
     uint32_t up = (bits + (noise & 0xffffu)) & 0xffff0000u;
-    if ((up & 0x7f800000u) == 0x7f800000u) up = bits & 0xffff0000u;   // never round a finite value to inf
+    if ((up & 0x7f800000u) == 0x7f800000u) up = bits & 0xffff0000u; // never round a finite value to inf
     return __ushort_as_bfloat16((unsigned short)(up >> 16));
 }
-constexpr uint32_t STOCHASTIC_ROUNDING_SEED = 0x6c6c6d63u;   // "llmc"
+constexpr uint32_t STOCHASTIC_ROUNDING_SEED = 0x6c6c6d63u; // "llmc"
 
 // 16 bytes of a tensor, for vector loads and stores: 4 floats or 8 bf16
 template <typename T>
@@ -103,7 +108,7 @@ int ensure_device();
 cublasHandle_t cublas_handle();
 cublasLtHandle_t cublaslt_handle();
 void* cublaslt_workspace(size_t* bytes);
-cublasComputeType_t cublas_compute_type();   // 32F (strict) or 32F_FAST_TF32, from llmc_set_precision
+cublasComputeType_t cublas_compute_type(); // 32F (strict) or 32F_FAST_TF32, from llmc_set_precision
 // llmc_set_precision's mode: models made in PRECISION_BF16 are bf16 mixed precision (mixed.cu), and the
 // kernel-level matmul and attention run their bf16 versions
 enum { PRECISION_FP32 = 0, PRECISION_TF32 = 1, PRECISION_BF16 = 2 };
@@ -113,7 +118,7 @@ int precision_mode();
 int scratch_get(size_t bytes, void** out);
 
 // ----------------------------------------------------------------------------- data parallelism (distributed.cu)
-struct DistComm;   // one NCCL communicator; every function returns LLMC_ERR_UNSUPPORTED in a build without NCCL
+struct DistComm; // one NCCL communicator; every function returns LLMC_ERR_UNSUPPORTED in a build without NCCL
 const char* dist_nccl_version();
 int dist_unique_id(unsigned char* id);
 int dist_create(const unsigned char* id, int rank, int world_size, DistComm** out);
@@ -128,17 +133,16 @@ int dist_mean_floats(DistComm* d, float* values, int n);
 // encoder.cu. Token buckets: the positions of each distinct token, built on the host, so the backward
 // sums a token's rows in a fixed order (deterministic, no atomics).
 struct TokenBuckets {
-    int num_buckets;    // distinct tokens
-    int* tokens;        // (num_buckets) device
-    int* offsets;       // (num_buckets+1) device: positions[offsets[i]:offsets[i+1]] hold token tokens[i]
-    int* positions;     // (B*T) device, ascending within a bucket
-    size_t capacity;    // positions allocated
+    int num_buckets; // distinct tokens
+    int* tokens;     // (num_buckets) device
+    int* offsets;    // (num_buckets+1) device: positions[offsets[i]:offsets[i+1]] hold token tokens[i]
+    int* positions;  // (B*T) device, ascending within a bucket
+    size_t capacity; // positions allocated
 };
 int token_buckets_build(TokenBuckets* buckets, const int* host_inp, int N, int V);
 void token_buckets_free(TokenBuckets* buckets);
 int encoder_forward_gpu(float* out, const int* inp, const float* wte, const float* wpe, int B, int T, int C);
-int encoder_backward_gpu(float* dwte, float* dwpe, const float* dout, const TokenBuckets* buckets,
-                         int B, int T, int C);
+int encoder_backward_gpu(float* dwte, float* dwpe, const float* dout, const TokenBuckets* buckets, int B, int T, int C);
 
 // reduce.cu: out[c] += sum over rows r of in[r, c] (R x cols row-major), in a fixed order; E float or bf16.
 template <typename E>
@@ -170,8 +174,8 @@ int matmul_backward_gpu(float* dinp, float* dweight, float* dbias, const float* 
                         const float* weight, size_t N, int C, int OC, bool accumulate_dinp);
 // bf16 operands (mixed precision), fp32 accumulation. Forward: out (N,OC) bf16 = inp weight^T + bias; with
 // gelu_pre given, out = gelu(x) and gelu_pre = x (the pre-activation the backward needs).
-int matmul_forward_bf16_gpu(bf16* out, bf16* gelu_pre, const bf16* inp, const bf16* weight, const bf16* bias,
-                            size_t N, int C, int OC);
+int matmul_forward_bf16_gpu(bf16* out, bf16* gelu_pre, const bf16* inp, const bf16* weight, const bf16* bias, size_t N,
+                            int C, int OC);
 // out (N,OC) fp32 = inp weight^T + bias + residual: a projection writing the fp32 residual stream
 int matmul_forward_bf16_residual_gpu(float* out, const bf16* inp, const bf16* weight, const float* bias,
                                      const float* residual, size_t N, int C, int OC);
@@ -219,10 +223,10 @@ int gelu_backward_gpu(E* dinp, const E* inp, const E* dout, size_t N, bool accum
 
 // residual.cu
 int residual_forward_gpu(float* out, const float* inp1, const float* inp2, size_t N);
-int add_inplace_gpu(float* dst, const float* src, size_t N);   // dst += src (residual backward)
-int to_bf16_gpu(bf16* out, const float* in, size_t N);          // round to nearest even
+int add_inplace_gpu(float* dst, const float* src, size_t N); // dst += src (residual backward)
+int to_bf16_gpu(bf16* out, const float* in, size_t N);       // round to nearest even
 int to_float_gpu(float* out, const bf16* in, size_t N);
-int add_bf16_gpu(float* dst, const bf16* src, size_t N);         // dst += src
+int add_bf16_gpu(float* dst, const bf16* src, size_t N); // dst += src
 
 // classifier.cu (N = B*T rows of Vp logits, of which the first V are real)
 // Fused path of the model: the forward stores per-row (max, sum of exp) beside the losses; the backward
@@ -231,13 +235,13 @@ int add_bf16_gpu(float* dst, const bf16* src, size_t N);         // dst += src
 template <typename E>
 int classifier_forward_gpu(float* losses, float2* stats, const E* logits, const int* targets, size_t N, int V, int Vp);
 template <typename E>
-int classifier_backward_gpu(E* dlogits, const E* logits, const float2* stats, const int* targets, float dloss,
-                            size_t N, int V, int Vp);
+int classifier_backward_gpu(E* dlogits, const E* logits, const float2* stats, const int* targets, float dloss, size_t N,
+                            int V, int Vp);
 // The three separate llm.c kernels, for the kernel-level API.
 int softmax_forward_gpu(float* probs, const float* logits, size_t N, int V, int Vp);
 int crossentropy_forward_gpu(float* losses, const float* probs, const int* targets, size_t N, int Vp);
-int crossentropy_softmax_backward_gpu(float* dlogits, const float* dlosses, const float* probs,
-                                      const int* targets, size_t N, int V, int Vp);
+int crossentropy_softmax_backward_gpu(float* dlogits, const float* dlosses, const float* probs, const int* targets,
+                                      size_t N, int V, int Vp);
 
 // adamw.cu: one tensor's update; grad_scale folds in global-norm clipping. params_bf16 (or NULL): the
 // mixed-precision copy, written stochastically rounded; index0: the flat index of params[0] in the model.
@@ -256,7 +260,7 @@ int mixed_create(const llmc_config& config, int max_B, int max_T, const size_t* 
 void mixed_free(MixedModel* mixed);
 bf16* mixed_params_bf16(MixedModel* mixed);
 int mixed_forward(MixedModel* mixed, const float* params, const int* inputs, const int* targets, int B, int T);
-const float* mixed_losses(const MixedModel* mixed);   // (B,T) of the last forward with targets
+const float* mixed_losses(const MixedModel* mixed); // (B,T) of the last forward with targets
 int mixed_backward(MixedModel* mixed, const float* params, float* grads, const int* targets,
                    const TokenBuckets* buckets, int B, int T);
 int mixed_get_logits(const MixedModel* mixed, float* host_dst, size_t n);

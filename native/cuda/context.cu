@@ -29,11 +29,11 @@ static char g_init_message[1024] = "";
 static cublasHandle_t g_cublas = nullptr;
 static cublasLtHandle_t g_cublaslt = nullptr;
 static void* g_lt_workspace = nullptr;
-constexpr size_t LT_WORKSPACE_BYTES = 32u << 20;   // cuBLASLt's recommendation for Hopper
-static int g_precision = PRECISION_FP32;   // llmc_set_precision's mode
+constexpr size_t LT_WORKSPACE_BYTES = 32u << 20; // cuBLASLt's recommendation for Hopper
+static int g_precision = PRECISION_FP32;         // llmc_set_precision's mode
 static void* g_scratch = nullptr;
 static size_t g_scratch_bytes = 0;
-static int g_device = 0;   // llmc_set_device's choice: a data-parallel rank's GPU
+static int g_device = 0; // llmc_set_device's choice: a data-parallel rank's GPU
 
 static void init_device() {
     int count = 0;
@@ -51,7 +51,7 @@ static void init_device() {
         return;
     }
     err = cudaSetDevice(g_device);
-    if (err == cudaSuccess) err = cudaFree(nullptr);   // creates the context now, so failures surface here
+    if (err == cudaSuccess) err = cudaFree(nullptr); // creates the context now, so failures surface here
     if (err != cudaSuccess) {
         g_init_code = LLMC_ERR_DEVICE;
         snprintf(g_init_message, sizeof(g_init_message), "cannot use CUDA device %d: %s", g_device,
@@ -82,7 +82,7 @@ static void init_device() {
 int ensure_device() {
     std::call_once(g_init_once, init_device);
     if (g_init_code != LLMC_OK) return set_error(g_init_code, "%s", g_init_message);
-    if (g_device != 0) CUDA_TRY(cudaSetDevice(g_device));   // the current device is per host thread
+    if (g_device != 0) CUDA_TRY(cudaSetDevice(g_device)); // the current device is per host thread
     return LLMC_OK;
 }
 
@@ -153,8 +153,10 @@ int llmc_set_device(int device) {
     clear_error();
     if (device < 0) return set_error(LLMC_ERR_ARGUMENT, "llmc_set_device: device %d: must be >= 0", device);
     if (g_cublas && device != g_device)
-        return set_error(LLMC_ERR_STATE, "llmc_set_device: the library already runs on device %d; choose the "
-                         "device before llmc_init and the first model", g_device);
+        return set_error(LLMC_ERR_STATE,
+                         "llmc_set_device: the library already runs on device %d; choose the "
+                         "device before llmc_init and the first model",
+                         g_device);
     g_device = device;
     return LLMC_OK;
 }
@@ -164,4 +166,4 @@ int llmc_init(void) {
     return ensure_device();
 }
 
-}  // extern "C"
+} // extern "C"

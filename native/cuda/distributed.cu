@@ -21,12 +21,12 @@ struct DistComm {
     int rank, world_size;
 };
 
-#define NCCL_TRY(call)                                                                                   \
-    do {                                                                                                 \
-        ncclResult_t r_ = (call);                                                                        \
-        if (r_ != ncclSuccess)                                                                           \
+#define NCCL_TRY(call)                                                                                  \
+    do {                                                                                                \
+        ncclResult_t r_ = (call);                                                                       \
+        if (r_ != ncclSuccess)                                                                          \
             return set_error(LLMC_ERR_DEVICE, "%s failed at %s:%d: %s (%s)", #call, __FILE__, __LINE__, \
-                             ncclGetErrorString(r_), ncclGetLastError(nullptr));                          \
+                             ncclGetErrorString(r_), ncclGetLastError(nullptr));                        \
     } while (0)
 
 const char* dist_nccl_version() {
@@ -99,12 +99,13 @@ static int reduce_host(DistComm* d, T* values, int n, ncclDataType_t type, ncclR
 int dist_sum_doubles(DistComm* d, double* values, int n) { return reduce_host(d, values, n, ncclDouble, ncclSum); }
 int dist_mean_floats(DistComm* d, float* values, int n) { return reduce_host(d, values, n, ncclFloat, ncclAvg); }
 
-#else  // built without NCCL
+#else // built without NCCL
 
 struct DistComm {};
 
 static int no_nccl() {
-    return set_error(LLMC_ERR_UNSUPPORTED, "this libllmc_cuda was built without NCCL (install the nvidia-nccl-cu13 "
+    return set_error(LLMC_ERR_UNSUPPORTED,
+                     "this libllmc_cuda was built without NCCL (install the nvidia-nccl-cu13 "
                      "wheel, the [nccl] extra, and rebuild): one GPU only");
 }
 

@@ -6,8 +6,8 @@
 #include "common.cuh"
 
 // out[b,t,:] = wte[inp[b,t],:] + wpe[t,:]; one thread per element
-__global__ void encoder_forward_kernel(float* out, const int* inp, const float* wte, const float* wpe,
-                                       size_t BT, int T, int C) {
+__global__ void encoder_forward_kernel(float* out, const int* inp, const float* wte, const float* wpe, size_t BT, int T,
+                                       int C) {
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= BT * C) return;
     size_t bt = idx / C;
@@ -73,8 +73,8 @@ __global__ void encoder_backward_wte_kernel(float* dwte, const float* dout, cons
     }
 }
 
-int encoder_backward_gpu(float* dwte, float* dwpe, const float* dout, const TokenBuckets* buckets,
-                         int B, int T, int C) {
+int encoder_backward_gpu(float* dwte, float* dwpe, const float* dout, const TokenBuckets* buckets, int B, int T,
+                         int C) {
     if (buckets->num_buckets > 0) {
         encoder_backward_wte_kernel<<<buckets->num_buckets, 256>>>(dwte, dout, buckets->tokens, buckets->offsets,
                                                                    buckets->positions, C);

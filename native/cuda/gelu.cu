@@ -5,7 +5,7 @@
 
 #include "common.cuh"
 
-#define GELU_SCALING_FACTOR 0.7978845608028654f   // sqrt(2/pi)
+#define GELU_SCALING_FACTOR 0.7978845608028654f // sqrt(2/pi)
 
 template <typename T>
 __global__ void gelu_forward_kernel(T* out, const T* inp, size_t N) {

@@ -4,7 +4,7 @@
 // Each thread reads 16 bytes at a time (the gradients are 0.5 GB at GPT-2 124M: a pass at memory speed).
 #include "common.cuh"
 
-constexpr int SUM_BLOCKS = 1024;   // fixed, so the summation order does not depend on the GPU
+constexpr int SUM_BLOCKS = 1024; // fixed, so the summation order does not depend on the GPU
 constexpr int SUM_THREADS = 256;
 
 __device__ double block_sum(double v, double* shared) {

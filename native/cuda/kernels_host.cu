@@ -14,7 +14,7 @@ namespace {
 
 // Device copies made for one call, freed when it returns.
 class DeviceScope {
-  public:
+public:
     ~DeviceScope() {
         for (void* p : ptrs_) cudaFree(p);
     }
@@ -29,9 +29,11 @@ class DeviceScope {
         return LLMC_OK;
     }
     template <typename T>
-    int alloc(T** dev, size_t n) { return upload(dev, (const T*)nullptr, n); }
+    int alloc(T** dev, size_t n) {
+        return upload(dev, (const T*)nullptr, n);
+    }
 
-  private:
+private:
     std::vector<void*> ptrs_;
 };
 
@@ -69,7 +71,7 @@ int rows_used(const int* inp, size_t n) {
     return max_token + 1;
 }
 
-}  // namespace
+} // namespace
 
 extern "C" {
 
@@ -106,8 +108,8 @@ void encoder_backward(float* dwte, float* dwpe, float* dout, int* inp, int B, in
     });
 }
 
-void layernorm_forward(float* out, float* mean, float* rstd, float* inp, float* weight, float* bias,
-                       int B, int T, int C) {
+void layernorm_forward(float* out, float* mean, float* rstd, float* inp, float* weight, float* bias, int B, int T,
+                       int C) {
     run_kernel("layernorm_forward", [&](DeviceScope& s) {
         size_t BT = (size_t)B * T;
         float *d_out = nullptr, *d_mean = nullptr, *d_rstd = nullptr;
@@ -125,8 +127,8 @@ void layernorm_forward(float* out, float* mean, float* rstd, float* inp, float* 
     });
 }
 
-void layernorm_backward(float* dinp, float* dweight, float* dbias, float* dout, float* inp, float* weight,
-                        float* mean, float* rstd, int B, int T, int C) {
+void layernorm_backward(float* dinp, float* dweight, float* dbias, float* dout, float* inp, float* weight, float* mean,
+                        float* rstd, int B, int T, int C) {
     run_kernel("layernorm_backward", [&](DeviceScope& s) {
         size_t BT = (size_t)B * T;
         float *d_dinp = nullptr, *d_dweight = nullptr, *d_dbias = nullptr, *d_dout = nullptr;
@@ -217,7 +219,7 @@ void attention_forward(float* out, float* preatt, float* att, float* inp, int B,
             TRY(to_bf16(s, &h_inp, d_inp, 3 * BT * C));
             TRY(attention_forward_bf16_gpu(h_out, d_lse, h_inp, B, T, C, NH));
             TRY(to_float_gpu(d_out, h_out, BT * C));
-            TRY(to_float_gpu(d_inp, h_inp, 3 * BT * C));   // att from the same rounded q and k as lse
+            TRY(to_float_gpu(d_inp, h_inp, 3 * BT * C)); // att from the same rounded q and k as lse
         } else {
             TRY(attention_forward_gpu(d_out, d_lse, d_inp, B, T, C, NH));
         }
@@ -229,8 +231,8 @@ void attention_forward(float* out, float* preatt, float* att, float* inp, int B,
 
 // The fused backward needs the forward's out and logsumexp, not att: it reruns the forward on inp (att is
 // that forward's probabilities, so nothing changes). dpreatt and datt are left unwritten (scratch in llm.c).
-void attention_backward(float* dinp, float* dpreatt, float* datt, float* dout, float* inp, float* att,
-                        int B, int T, int C, int NH) {
+void attention_backward(float* dinp, float* dpreatt, float* datt, float* dout, float* inp, float* att, int B, int T,
+                        int C, int NH) {
     (void)dpreatt;
     (void)datt;
     (void)att;
@@ -330,8 +332,8 @@ void crossentropy_forward(float* losses, float* probs, int* targets, int B, int 
     });
 }
 
-void crossentropy_softmax_backward(float* dlogits, float* dlosses, float* probs, int* targets,
-                                   int B, int T, int V, int Vp) {
+void crossentropy_softmax_backward(float* dlogits, float* dlosses, float* probs, int* targets, int B, int T, int V,
+                                   int Vp) {
     run_kernel("crossentropy_softmax_backward", [&](DeviceScope& s) {
         size_t BT = (size_t)B * T;
         float *d_dlogits = nullptr, *d_dlosses = nullptr, *d_probs = nullptr;
@@ -345,4 +347,4 @@ void crossentropy_softmax_backward(float* dlogits, float* dlosses, float* probs,
     });
 }
 
-}  // extern "C"
+} // extern "C"

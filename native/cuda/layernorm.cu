@@ -36,8 +36,8 @@ __device__ inline void store8(bf16* p, const float (&v)[8]) {
 }
 
 // Mixed precision's forward, 16-byte accesses: lane l takes columns [8l, 8l+8) of every 256 (C % 8 == 0)
-__global__ void layernorm_forward_vec_kernel(bf16* out, float* mean, float* rstd, const float* inp,
-                                             const float* weight, const float* bias, size_t N, int C) {
+__global__ void layernorm_forward_vec_kernel(bf16* out, float* mean, float* rstd, const float* inp, const float* weight,
+                                             const float* bias, size_t N, int C) {
     size_t row = (size_t)blockIdx.x * WARPS_PER_BLOCK + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
     if (row >= N) return;
@@ -50,7 +50,7 @@ __global__ void layernorm_forward_vec_kernel(bf16* out, float* mean, float* rstd
         for (int j = 0; j < 8; j++) s += v[j];
     }
     float m = warp_sum(s) / C;
-    float var = 0.0f;   // second pass (the row is in L1): no cancellation from E[x^2] - E[x]^2
+    float var = 0.0f; // second pass (the row is in L1): no cancellation from E[x^2] - E[x]^2
     for (int c = 8 * lane; c < C; c += 256) {
         float v[8];
         load8(v, x + c);
@@ -171,8 +171,8 @@ template <bool VEC>
 __global__ void layernorm_backward_fused_kernel(float* dinp, bf16* dinp_bf16, float* partial, const bf16* dout,
                                                 const float* inp, const float* weight, const float* mean,
                                                 const float* rstd, size_t N, int C) {
-    extern __shared__ __align__(16) float sums[];   // [warps][2][C]
-    constexpr int W = VEC ? 8 : 1;                  // columns a lane takes at a time: [W lane, W lane + W) of 32 W
+    extern __shared__ __align__(16) float sums[]; // [warps][2][C]
+    constexpr int W = VEC ? 8 : 1;                // columns a lane takes at a time: [W lane, W lane + W) of 32 W
     int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     float* dw = sums + (size_t)warp * 2 * C;
     float* db = dw + C;
@@ -251,14 +251,14 @@ int layernorm_backward_bf16_gpu(float* dinp, bf16* dinp_bf16, float* dweight, fl
     int warps = WARPS_PER_BLOCK;
     size_t per_warp = 2 * (size_t)C * sizeof(float);
     while (warps > 1 && warps * per_warp > (size_t)shared_memory_limit()) warps /= 2;
-    if (warps * per_warp > (size_t)shared_memory_limit())   // C in the tens of thousands: two passes
+    if (warps * per_warp > (size_t)shared_memory_limit()) // C in the tens of thousands: two passes
         return layernorm_backward<bf16>(dinp, dinp_bf16, dweight, dbias, dout, inp, weight, mean, rstd, N, C);
     size_t smem = warps * per_warp;
-    int blocks = (int)std::min(ceil_div(N, (size_t)warps * 8), (size_t)1024);   // a function of the shape only
+    int blocks = (int)std::min(ceil_div(N, (size_t)warps * 8), (size_t)1024); // a function of the shape only
     void* partial;
     TRY(scratch_get(2 * (size_t)blocks * C * sizeof(float), &partial));
-    bool vec = C % 8 == 0 && aligned16(dinp) && aligned16(dinp_bf16) && aligned16(dout) && aligned16(inp) &&
-               aligned16(weight);
+    bool vec =
+        C % 8 == 0 && aligned16(dinp) && aligned16(dinp_bf16) && aligned16(dout) && aligned16(inp) && aligned16(weight);
     auto kernel = vec ? layernorm_backward_fused_kernel<true> : layernorm_backward_fused_kernel<false>;
     if (smem > (48 << 10))
         CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));

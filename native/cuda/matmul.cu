@@ -29,9 +29,8 @@ int gemm_batched(bool transA, bool transB, int m, int n, int k, float alpha, con
                  const float* const* Bm, int ldb, float beta, float* const* Cm, int ldc, int batch) {
     CUBLAS_TRY(cublasGemmBatchedEx(cublas_handle(), transA ? CUBLAS_OP_T : CUBLAS_OP_N,
                                    transB ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k, &alpha, (const void* const*)A,
-                                   CUDA_R_32F, lda, (const void* const*)Bm, CUDA_R_32F, ldb, &beta,
-                                   (void* const*)Cm, CUDA_R_32F, ldc, batch, cublas_compute_type(),
-                                   CUBLAS_GEMM_DEFAULT));
+                                   CUDA_R_32F, lda, (const void* const*)Bm, CUDA_R_32F, ldb, &beta, (void* const*)Cm,
+                                   CUDA_R_32F, ldc, batch, cublas_compute_type(), CUBLAS_GEMM_DEFAULT));
     return LLMC_OK;
 }
 
@@ -51,16 +50,16 @@ struct LtMatmul {
     int lda;
     const void* B;
     int ldb;
-    cudaDataType_t ab_type;                    // A and B
+    cudaDataType_t ab_type; // A and B
     void* D;
     int ldd;
     cudaDataType_t d_type;
-    const void* C;                             // read when beta != 0
+    const void* C; // read when beta != 0
     float beta;
     cublasComputeType_t compute;
     cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
-    const void* bias = nullptr;                // (m) of d_type: BIAS and GELU_AUX_BIAS
-    void* aux = nullptr;                       // (m x n, ld m) of d_type: GELU_AUX_BIAS writes it, DGELU reads it
+    const void* bias = nullptr; // (m) of d_type: BIAS and GELU_AUX_BIAS
+    void* aux = nullptr;        // (m x n, ld m) of d_type: GELU_AUX_BIAS writes it, DGELU reads it
 };
 
 // RAII for the cuBLASLt descriptors of one call
@@ -96,28 +95,40 @@ static int lt_matmul(const LtMatmul& p) {
     CUBLAS_TRY(cublasLtMatmulDescSetAttribute(lt.desc, CUBLASLT_MATMUL_DESC_TRANSA, &opA, sizeof(opA)));
     CUBLAS_TRY(cublasLtMatmulDescSetAttribute(lt.desc, CUBLASLT_MATMUL_DESC_TRANSB, &opB, sizeof(opB)));
     if (p.epilogue != CUBLASLT_EPILOGUE_DEFAULT) {
-        CUBLAS_TRY(cublasLtMatmulDescSetAttribute(lt.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &p.epilogue,
-                                                  sizeof(p.epilogue)));
+        CUBLAS_TRY(
+            cublasLtMatmulDescSetAttribute(lt.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &p.epilogue, sizeof(p.epilogue)));
     }
     if (p.bias) {
         CUBLAS_TRY(cublasLtMatmulDescSetAttribute(lt.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p.bias, sizeof(p.bias)));
     }
     if (p.aux) {
         int64_t ld = p.m;
-        CUBLAS_TRY(cublasLtMatmulDescSetAttribute(lt.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &p.aux,
-                                                  sizeof(p.aux)));
+        CUBLAS_TRY(
+            cublasLtMatmulDescSetAttribute(lt.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &p.aux, sizeof(p.aux)));
         CUBLAS_TRY(cublasLtMatmulDescSetAttribute(lt.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld, sizeof(ld)));
     }
     // layouts describe storage before the transpose
     CUBLAS_TRY(cublasLtMatrixLayoutCreate(&lt.a, p.ab_type, p.transA ? p.k : p.m, p.transA ? p.m : p.k, p.lda));
     CUBLAS_TRY(cublasLtMatrixLayoutCreate(&lt.b, p.ab_type, p.transB ? p.n : p.k, p.transB ? p.k : p.n, p.ldb));
     CUBLAS_TRY(cublasLtMatrixLayoutCreate(&lt.d, p.d_type, p.m, p.n, p.ldd));
-    const void* c = p.beta != 0.0f ? p.C : p.D;   // read with beta = 0: never affects the result
-    uint32_t align[5] = {alignment(p.A), alignment(p.B), alignment(c), alignment(p.D),
-                         p.aux ? alignment(p.aux) : 256u};
-    LtKey key{p.transA, p.transB, p.m, p.n, p.k, p.lda, p.ldb, p.ldd, (int)p.ab_type * 64 + (int)p.d_type,
-              (int)p.compute, (int)p.epilogue * 2 + (p.bias != nullptr), p.beta != 0.0f, (int)align[0],
-              (int)align[1], (int)(align[2] * 1024 + align[3]), (int)align[4]};
+    const void* c = p.beta != 0.0f ? p.C : p.D; // read with beta = 0: never affects the result
+    uint32_t align[5] = {alignment(p.A), alignment(p.B), alignment(c), alignment(p.D), p.aux ? alignment(p.aux) : 256u};
+    LtKey key{p.transA,
+              p.transB,
+              p.m,
+              p.n,
+              p.k,
+              p.lda,
+              p.ldb,
+              p.ldd,
+              (int)p.ab_type * 64 + (int)p.d_type,
+              (int)p.compute,
+              (int)p.epilogue * 2 + (p.bias != nullptr),
+              p.beta != 0.0f,
+              (int)align[0],
+              (int)align[1],
+              (int)(align[2] * 1024 + align[3]),
+              (int)align[4]};
     size_t workspace_bytes;
     void* workspace = cublaslt_workspace(&workspace_bytes);
     LtChoice choice;
@@ -163,22 +174,38 @@ __global__ void bias_residual_kernel(T* out, const T* bias, const float* residua
 }
 
 template <typename T>
-static constexpr cudaDataType_t data_type() { return sizeof(T) == 4 ? CUDA_R_32F : CUDA_R_16BF; }
+static constexpr cudaDataType_t data_type() {
+    return sizeof(T) == 4 ? CUDA_R_32F : CUDA_R_16BF;
+}
 
 // out (N,OC) = inp (N,C) weight(OC,C)^T + bias (+ residual) with In operands and an Out result; when gelu_pre
 // is given, out = gelu(x) and gelu_pre = x (x the linear output, bias included).
 template <typename In, typename Out>
 static int linear_forward(Out* out, Out* gelu_pre, const In* inp, const In* weight, const Out* bias,
                           const float* residual, size_t N, int C, int OC, cublasComputeType_t compute) {
-    LtMatmul p = {true, false, OC, (int)N, C, weight, C, inp, C, data_type<In>(), out, OC, data_type<Out>(),
-                  residual, residual ? 1.0f : 0.0f, compute};
+    LtMatmul p = {true,
+                  false,
+                  OC,
+                  (int)N,
+                  C,
+                  weight,
+                  C,
+                  inp,
+                  C,
+                  data_type<In>(),
+                  out,
+                  OC,
+                  data_type<Out>(),
+                  residual,
+                  residual ? 1.0f : 0.0f,
+                  compute};
     if (gelu_pre && !residual && (!bias || alignment(bias) >= 16)) {
         p.epilogue = bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX;
         p.bias = bias;
         p.aux = gelu_pre;
         int rc = lt_matmul(p);
         if (rc != LLMC_ERR_UNSUPPORTED) return rc;
-        clear_error();   // no fused algorithm for this shape: bias epilogue, then the GELU kernel
+        clear_error(); // no fused algorithm for this shape: bias epilogue, then the GELU kernel
     }
     Out* linear = gelu_pre ? gelu_pre : out;
     p.D = linear;
@@ -215,8 +242,8 @@ int matmul_backward_gpu(float* dinp, float* dweight, float* dbias, const float* 
 }
 
 // ----------------------------------------------------------------------------- bf16 operands
-int matmul_forward_bf16_gpu(bf16* out, bf16* gelu_pre, const bf16* inp, const bf16* weight, const bf16* bias,
-                            size_t N, int C, int OC) {
+int matmul_forward_bf16_gpu(bf16* out, bf16* gelu_pre, const bf16* inp, const bf16* weight, const bf16* bias, size_t N,
+                            int C, int OC) {
     return linear_forward<bf16, bf16>(out, gelu_pre, inp, weight, bias, nullptr, N, C, OC, CUBLAS_COMPUTE_32F);
 }
 
@@ -228,8 +255,8 @@ int matmul_forward_bf16_residual_gpu(float* out, const bf16* inp, const bf16* we
 int matmul_backward_dinp_bf16_gpu(bf16* dinp, const bf16* dout, const bf16* weight, const bf16* gelu_pre, size_t N,
                                   int C, int OC) {
     // column-major: dinp^T (C x N) = weight-as-stored (C x OC) dout^T (OC x N)
-    LtMatmul p = {false, false, C, (int)N, OC, weight, C, dout, OC, CUDA_R_16BF, dinp, C, CUDA_R_16BF,
-                  nullptr, 0.0f, CUBLAS_COMPUTE_32F};
+    LtMatmul p = {false, false,       C,    (int)N, OC,          weight,  C,    dout,
+                  OC,    CUDA_R_16BF, dinp, C,      CUDA_R_16BF, nullptr, 0.0f, CUBLAS_COMPUTE_32F};
     if (gelu_pre) {
         p.epilogue = CUBLASLT_EPILOGUE_DGELU;
         p.aux = (void*)gelu_pre;
@@ -246,7 +273,7 @@ int matmul_backward_dinp_bf16_gpu(bf16* dinp, const bf16* dout, const bf16* weig
 
 int matmul_backward_dweight_bf16_gpu(float* dweight, const bf16* dout, const bf16* inp, size_t N, int C, int OC) {
     // column-major: dweight^T (C x OC) += inp^T-as-stored (C x N) dout (N x OC)
-    LtMatmul p = {false, true, C, OC, (int)N, inp, C, dout, OC, CUDA_R_16BF, dweight, C, CUDA_R_32F,
-                  dweight, 1.0f, CUBLAS_COMPUTE_32F};
+    LtMatmul p = {false, true,        C,       OC, (int)N,     inp,     C,    dout,
+                  OC,    CUDA_R_16BF, dweight, C,  CUDA_R_32F, dweight, 1.0f, CUBLAS_COMPUTE_32F};
     return lt_matmul(p);
 }

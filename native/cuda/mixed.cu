@@ -25,46 +25,46 @@ namespace {
 constexpr int NUM_PARAM_TENSORS = 16;
 // llm.c's order: wte wpe ln1w ln1b qkvw qkvb attprojw attprojb ln2w ln2b fcw fcb fcprojw fcprojb lnfw lnfb
 enum { WTE, WPE, LN1W, LN1B, QKVW, QKVB, ATTPROJW, ATTPROJB, LN2W, LN2B, FCW, FCB, FCPROJW, FCPROJB, LNFW, LNFB };
-constexpr size_t DLOGITS_ROWS = 8192;   // positions per chunk of the lm head's backward (0.8 GB at Vp = 50304)
+constexpr size_t DLOGITS_ROWS = 8192; // positions per chunk of the lm head's backward (0.8 GB at Vp = 50304)
 
 // Activations kept from forward to backward; per-layer tensors stack all L layers.
 struct Activations {
-    float* encoded;        // (B,T,C) the residual stream (fp32 throughout)
-    bf16* ln1;             // (L,B,T,C)
-    float* ln1_mean;       // (L,B,T)
-    float* ln1_rstd;       // (L,B,T)
-    bf16* qkv;             // (L,B,T,3C)
-    bf16* atty;            // (L,B,T,C)
-    float* att_lse;        // (L,B,NH,T)
-    float* residual2;      // (L,B,T,C)
-    bf16* ln2;             // (L,B,T,C)
-    float* ln2_mean;       // (L,B,T)
-    float* ln2_rstd;       // (L,B,T)
-    bf16* fch;             // (L,B,T,4C) before GELU
-    bf16* fch_gelu;        // (L,B,T,4C), or one layer's (B,T,4C) when recomputed in the backward
-    float* residual3;      // (L,B,T,C)
-    bf16* lnf;             // (B,T,C)
-    float* lnf_mean;       // (B,T)
-    float* lnf_rstd;       // (B,T)
-    bf16* logits;          // (B,T,Vp)
-    float* losses;         // (B,T)
-    float2* stats;         // (B,T) softmax max and sum of exp, read again by the backward
+    float* encoded;   // (B,T,C) the residual stream (fp32 throughout)
+    bf16* ln1;        // (L,B,T,C)
+    float* ln1_mean;  // (L,B,T)
+    float* ln1_rstd;  // (L,B,T)
+    bf16* qkv;        // (L,B,T,3C)
+    bf16* atty;       // (L,B,T,C)
+    float* att_lse;   // (L,B,NH,T)
+    float* residual2; // (L,B,T,C)
+    bf16* ln2;        // (L,B,T,C)
+    float* ln2_mean;  // (L,B,T)
+    float* ln2_rstd;  // (L,B,T)
+    bf16* fch;        // (L,B,T,4C) before GELU
+    bf16* fch_gelu;   // (L,B,T,4C), or one layer's (B,T,4C) when recomputed in the backward
+    float* residual3; // (L,B,T,C)
+    bf16* lnf;        // (B,T,C)
+    float* lnf_mean;  // (B,T)
+    float* lnf_rstd;  // (B,T)
+    bf16* logits;     // (B,T,Vp)
+    float* losses;    // (B,T)
+    float2* stats;    // (B,T) softmax max and sum of exp, read again by the backward
     // work buffers, reused by every layer
-    bf16* dlogits;         // (DLOGITS_ROWS,Vp) one chunk of positions at a time
-    float* att_delta;      // (B,NH,T)
-    float* dresidual;      // (B,T,C) gradient flowing down the residual stream
-    bf16* dresidual_bf16;  // (B,T,C) the same, the projections' dout operand
-    bf16* dbtc;            // (B,T,C) gradient of a layernorm output or of atty
-    bf16* dfch;            // (B,T,4C)
-    bf16* dqkv;            // (B,T,3C)
+    bf16* dlogits;        // (DLOGITS_ROWS,Vp) one chunk of positions at a time
+    float* att_delta;     // (B,NH,T)
+    float* dresidual;     // (B,T,C) gradient flowing down the residual stream
+    bf16* dresidual_bf16; // (B,T,C) the same, the projections' dout operand
+    bf16* dbtc;           // (B,T,C) gradient of a layernorm output or of atty
+    bf16* dfch;           // (B,T,4C)
+    bf16* dqkv;           // (B,T,3C)
 };
 
-}  // namespace
+} // namespace
 
 struct MixedModel {
     llmc_config config;
     int max_B, max_T;
-    size_t offsets[NUM_PARAM_TENSORS];   // of each tensor in the flat parameter (and gradient) buffers
+    size_t offsets[NUM_PARAM_TENSORS]; // of each tensor in the flat parameter (and gradient) buffers
     size_t num_parameters;
     bf16* params_bf16;
     bool recompute_gelu, gelu_fusion;
@@ -88,29 +88,46 @@ int allocate_activations(MixedModel* m, bool recompute_gelu) {
     Activations& a = m->acts;
     const size_t F = sizeof(float), H = sizeof(bf16);
     // (pointer, bytes); every tensor starts 256-byte aligned (16-byte vector accesses, cuBLASLt's preference)
-    std::vector<std::pair<void**, size_t>> layout = {
-        {(void**)&a.encoded, BT * C * F}, {(void**)&a.ln1, L * BT * C * H}, {(void**)&a.ln1_mean, L * BT * F},
-        {(void**)&a.ln1_rstd, L * BT * F}, {(void**)&a.qkv, L * BT * 3 * C * H}, {(void**)&a.atty, L * BT * C * H},
-        {(void**)&a.att_lse, L * B * NH * T * F}, {(void**)&a.residual2, L * BT * C * F},
-        {(void**)&a.ln2, L * BT * C * H}, {(void**)&a.ln2_mean, L * BT * F}, {(void**)&a.ln2_rstd, L * BT * F},
-        {(void**)&a.fch, L * BT * 4 * C * H}, {(void**)&a.fch_gelu, (recompute_gelu ? 1 : L) * BT * 4 * C * H},
-        {(void**)&a.residual3, L * BT * C * F}, {(void**)&a.lnf, BT * C * H}, {(void**)&a.lnf_mean, BT * F},
-        {(void**)&a.lnf_rstd, BT * F}, {(void**)&a.logits, BT * Vp * H}, {(void**)&a.losses, BT * F},
-        {(void**)&a.stats, BT * sizeof(float2)}, {(void**)&a.dlogits, std::min(BT, DLOGITS_ROWS) * Vp * H},
-        {(void**)&a.att_delta, B * NH * T * F}, {(void**)&a.dresidual, BT * C * F},
-        {(void**)&a.dresidual_bf16, BT * C * H}, {(void**)&a.dbtc, BT * C * H}, {(void**)&a.dfch, BT * 4 * C * H},
-        {(void**)&a.dqkv, BT * 3 * C * H}};
+    std::vector<std::pair<void**, size_t>> layout = {{(void**)&a.encoded, BT * C * F},
+                                                     {(void**)&a.ln1, L * BT * C * H},
+                                                     {(void**)&a.ln1_mean, L * BT * F},
+                                                     {(void**)&a.ln1_rstd, L * BT * F},
+                                                     {(void**)&a.qkv, L * BT * 3 * C * H},
+                                                     {(void**)&a.atty, L * BT * C * H},
+                                                     {(void**)&a.att_lse, L * B * NH * T * F},
+                                                     {(void**)&a.residual2, L * BT * C * F},
+                                                     {(void**)&a.ln2, L * BT * C * H},
+                                                     {(void**)&a.ln2_mean, L * BT * F},
+                                                     {(void**)&a.ln2_rstd, L * BT * F},
+                                                     {(void**)&a.fch, L * BT * 4 * C * H},
+                                                     {(void**)&a.fch_gelu, (recompute_gelu ? 1 : L) * BT * 4 * C * H},
+                                                     {(void**)&a.residual3, L * BT * C * F},
+                                                     {(void**)&a.lnf, BT * C * H},
+                                                     {(void**)&a.lnf_mean, BT * F},
+                                                     {(void**)&a.lnf_rstd, BT * F},
+                                                     {(void**)&a.logits, BT * Vp * H},
+                                                     {(void**)&a.losses, BT * F},
+                                                     {(void**)&a.stats, BT * sizeof(float2)},
+                                                     {(void**)&a.dlogits, std::min(BT, DLOGITS_ROWS) * Vp * H},
+                                                     {(void**)&a.att_delta, B * NH * T * F},
+                                                     {(void**)&a.dresidual, BT * C * F},
+                                                     {(void**)&a.dresidual_bf16, BT * C * H},
+                                                     {(void**)&a.dbtc, BT * C * H},
+                                                     {(void**)&a.dfch, BT * 4 * C * H},
+                                                     {(void**)&a.dqkv, BT * 3 * C * H}};
     auto padded = [](size_t bytes) { return ceil_div(bytes, (size_t)256) * 256; };
     size_t total = 0;
     for (auto& [ptr, bytes] : layout) total += padded(bytes);
     void* memory = nullptr;
     if (cudaMalloc(&memory, total) != cudaSuccess) {
-        cudaGetLastError();   // a failed allocation is not sticky: clear it so later launch checks pass
+        cudaGetLastError(); // a failed allocation is not sticky: clear it so later launch checks pass
         size_t free_bytes = 0, total_bytes = 0;
         cudaMemGetInfo(&free_bytes, &total_bytes);
-        return set_error(LLMC_ERR_ALLOC, "out of device memory: bf16 activations for B=%d, T=%d need %.2f GiB%s, "
-                         "%.2f GiB free", m->max_B, m->max_T, total / (double)(1 << 30),
-                         recompute_gelu ? " (GELU recomputed)" : "", free_bytes / (double)(1 << 30));
+        return set_error(LLMC_ERR_ALLOC,
+                         "out of device memory: bf16 activations for B=%d, T=%d need %.2f GiB%s, "
+                         "%.2f GiB free",
+                         m->max_B, m->max_T, total / (double)(1 << 30), recompute_gelu ? " (GELU recomputed)" : "",
+                         free_bytes / (double)(1 << 30));
     }
     char* p = (char*)memory;
     for (auto& [ptr, bytes] : layout) {
@@ -128,7 +145,7 @@ void views(E** t, E* memory, const size_t* offsets) {
     for (int i = 0; i < NUM_PARAM_TENSORS; i++) t[i] = memory + offsets[i];
 }
 
-}  // namespace
+} // namespace
 
 int mixed_create(const llmc_config& config, int max_B, int max_T, const size_t* param_sizes, MixedModel** out) {
     MixedModel* m = new (std::nothrow) MixedModel();
@@ -149,7 +166,7 @@ int mixed_create(const llmc_config& config, int max_B, int max_T, const size_t* 
     }
     bool recompute = env_flag("LLMC_RECOMPUTE_GELU", false);
     int rc = allocate_activations(m, recompute);
-    if (rc == LLMC_ERR_ALLOC && !recompute) {   // tight memory: one (B,T,4C) GELU buffer instead of L
+    if (rc == LLMC_ERR_ALLOC && !recompute) { // tight memory: one (B,T,4C) GELU buffer instead of L
         clear_error();
         rc = allocate_activations(m, true);
     }
@@ -176,7 +193,7 @@ const float* mixed_losses(const MixedModel* m) { return m->acts.losses; }
 int mixed_forward(MixedModel* m, const float* params, const int* inputs, const int* targets, int B, int T) {
     const llmc_config& cfg = m->config;
     int C = cfg.channels, NH = cfg.num_heads, L = cfg.num_layers, V = cfg.vocab_size, Vp = cfg.padded_vocab_size;
-    size_t BT = (size_t)B * T, btc = BT * C, lse_size = (size_t)B * NH * T;   // strides packed for this B, T
+    size_t BT = (size_t)B * T, btc = BT * C, lse_size = (size_t)B * NH * T; // strides packed for this B, T
     size_t CC = (size_t)C * C;
     const float* p[NUM_PARAM_TENSORS];
     const bf16* w[NUM_PARAM_TENSORS];
@@ -203,7 +220,7 @@ int mixed_forward(MixedModel* m, const float* params, const int* inputs, const i
                                              C, C));
         TRY(layernorm_forward_gpu(ln2, a.ln2_mean + l * BT, a.ln2_rstd + l * BT, residual2, p[LN2W] + l * C,
                                   p[LN2B] + l * C, BT, C));
-        if (m->gelu_fusion) {   // fch_gelu = gelu(fch), fch kept for the backward: one GEMM
+        if (m->gelu_fusion) { // fch_gelu = gelu(fch), fch kept for the backward: one GEMM
             TRY(matmul_forward_bf16_gpu(fch_gelu, fch, ln2, w[FCW] + l * 4 * CC, w[FCB] + l * 4 * C, BT, C, 4 * C));
         } else {
             TRY(matmul_forward_bf16_gpu(fch, nullptr, ln2, w[FCW] + l * 4 * CC, w[FCB] + l * 4 * C, BT, C, 4 * C));
@@ -214,7 +231,7 @@ int mixed_forward(MixedModel* m, const float* params, const int* inputs, const i
                                              p[FCPROJB] + l * C, residual2, BT, 4 * C, C));
     }
     TRY(layernorm_forward_gpu(a.lnf, a.lnf_mean, a.lnf_rstd, a.residual3 + (L - 1) * btc, p[LNFW], p[LNFB], BT, C));
-    TRY(matmul_forward_bf16_gpu(a.logits, nullptr, a.lnf, w[WTE], nullptr, BT, C, Vp));   // lm head tied to wte
+    TRY(matmul_forward_bf16_gpu(a.logits, nullptr, a.lnf, w[WTE], nullptr, BT, C, Vp)); // lm head tied to wte
     if (targets) TRY(classifier_forward_gpu(a.losses, a.stats, (const bf16*)a.logits, targets, BT, V, Vp));
     return LLMC_OK;
 }

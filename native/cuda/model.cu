@@ -15,44 +15,44 @@
 #include "common.cuh"
 #include "../core/core.h"
 
-constexpr size_t DLOGITS_ROWS = 8192;   // positions per chunk of the lm head's backward (1.6 GB at Vp = 50304)
+constexpr size_t DLOGITS_ROWS = 8192; // positions per chunk of the lm head's backward (1.6 GB at Vp = 50304)
 
 // llm.c's order: wte wpe ln1w ln1b qkvw qkvb attprojw attprojb ln2w ln2b fcw fcb fcprojw fcprojb lnfw lnfb
 enum { WTE, WPE, LN1W, LN1B, QKVW, QKVB, ATTPROJW, ATTPROJB, LN2W, LN2B, FCW, FCB, FCPROJW, FCPROJB, LNFW, LNFB };
 
-struct Params {   // views into one flat device buffer
+struct Params { // views into one flat device buffer
     float* t[LLMC_NUM_PARAM_TENSORS];
 };
 
 // Activations kept from forward to backward; per-layer tensors stack all L layers.
 struct Activations {
-    float* encoded;     // (B,T,C)
-    float* ln1;         // (L,B,T,C)
-    float* ln1_mean;    // (L,B,T)
-    float* ln1_rstd;    // (L,B,T)
-    float* qkv;         // (L,B,T,3C)
-    float* atty;        // (L,B,T,C)
-    float* att_lse;     // (L,B,NH,T) logsumexp of each attention row: the backward recomputes the probabilities
-    float* residual2;   // (L,B,T,C)
-    float* ln2;         // (L,B,T,C)
-    float* ln2_mean;    // (L,B,T)
-    float* ln2_rstd;    // (L,B,T)
-    float* fch;         // (L,B,T,4C)
-    float* fch_gelu;    // (L,B,T,4C)
-    float* residual3;   // (L,B,T,C)
-    float* lnf;         // (B,T,C)
-    float* lnf_mean;    // (B,T)
-    float* lnf_rstd;    // (B,T)
-    float* logits;      // (B,T,Vp)
-    float* losses;      // (B,T)
-    float2* stats;      // (B,T) softmax max and sum of exp, read again by the backward
+    float* encoded;   // (B,T,C)
+    float* ln1;       // (L,B,T,C)
+    float* ln1_mean;  // (L,B,T)
+    float* ln1_rstd;  // (L,B,T)
+    float* qkv;       // (L,B,T,3C)
+    float* atty;      // (L,B,T,C)
+    float* att_lse;   // (L,B,NH,T) logsumexp of each attention row: the backward recomputes the probabilities
+    float* residual2; // (L,B,T,C)
+    float* ln2;       // (L,B,T,C)
+    float* ln2_mean;  // (L,B,T)
+    float* ln2_rstd;  // (L,B,T)
+    float* fch;       // (L,B,T,4C)
+    float* fch_gelu;  // (L,B,T,4C)
+    float* residual3; // (L,B,T,C)
+    float* lnf;       // (B,T,C)
+    float* lnf_mean;  // (B,T)
+    float* lnf_rstd;  // (B,T)
+    float* logits;    // (B,T,Vp)
+    float* losses;    // (B,T)
+    float2* stats;    // (B,T) softmax max and sum of exp, read again by the backward
     // work buffers, reused by every layer
-    float* dlogits;     // (DLOGITS_ROWS,Vp) one chunk of positions at a time
-    float* att_delta;   // (B,NH,T) rowsum(datty * atty), the attention backward's scratch
-    float* dresidual;   // (B,T,C) gradient flowing down the residual stream
-    float* dbtc;        // (B,T,C) gradient of a layernorm output or of atty
-    float* dfch;        // (B,T,4C)
-    float* dqkv;        // (B,T,3C)
+    float* dlogits;   // (DLOGITS_ROWS,Vp) one chunk of positions at a time
+    float* att_delta; // (B,NH,T) rowsum(datty * atty), the attention backward's scratch
+    float* dresidual; // (B,T,C) gradient flowing down the residual stream
+    float* dbtc;      // (B,T,C) gradient of a layernorm output or of atty
+    float* dfch;      // (B,T,4C)
+    float* dqkv;      // (B,T,3C)
 };
 
 struct llmc_model {
@@ -62,23 +62,23 @@ struct llmc_model {
     size_t num_parameters;
     float* params_memory;
     float* grads_memory;
-    float* m_memory;     // AdamW state, allocated at the first update or set_optimizer_state
+    float* m_memory; // AdamW state, allocated at the first update or set_optimizer_state
     float* v_memory;
     Params params, grads;
-    Activations acts;    // fp32 / TF32 models
+    Activations acts; // fp32 / TF32 models
     void* acts_memory;
-    MixedModel* mixed;   // bf16 mixed-precision models instead of acts
-    int* inputs;         // (max_B*max_T) device
+    MixedModel* mixed; // bf16 mixed-precision models instead of acts
+    int* inputs;       // (max_B*max_T) device
     int* targets;
     TokenBuckets buckets;
-    int B, T;            // of the last forward
+    int B, T; // of the last forward
     bool forward_done, has_targets;
     // data parallelism (llmc_dist_join); dist NULL: one GPU. ZeRO-1 pads the flat buffers to world_size equal
     // shards (the padding stays zero) and keeps m and v for this rank's shard only.
     DistComm* dist;
     int zero_stage, dist_world;
-    size_t shard_offset, shard_count, shard_stride;   // this rank's parameters; stride: the padded shard size
-    bool grads_synced;   // the gradients are the average over the ranks (since the last backward / zero_grad)
+    size_t shard_offset, shard_count, shard_stride; // this rank's parameters; stride: the padded shard size
+    bool grads_synced; // the gradients are the average over the ranks (since the last backward / zero_grad)
 };
 
 static void point_params(Params* p, float* memory, const size_t* sizes) {
@@ -92,8 +92,10 @@ static void point_params(Params* p, float* memory, const size_t* sizes) {
 static int model_create(const llmc_config* config, int max_B, int max_T, llmc_model** out) {
     TRY(llmc_check_model_size(config, max_B, max_T));
     if (config->channels / config->num_heads > ATTENTION_MAX_HEAD_SIZE)
-        return set_error(LLMC_ERR_ARGUMENT, "config: head size channels / num_heads = %d / %d exceeds the CUDA "
-                         "attention's limit of %d", config->channels, config->num_heads, ATTENTION_MAX_HEAD_SIZE);
+        return set_error(LLMC_ERR_ARGUMENT,
+                         "config: head size channels / num_heads = %d / %d exceeds the CUDA "
+                         "attention's limit of %d",
+                         config->channels, config->num_heads, ATTENTION_MAX_HEAD_SIZE);
     llmc_model* model = new (std::nothrow) llmc_model();
     if (!model) return set_error(LLMC_ERR_ALLOC, "cannot allocate the model struct");
     model->config = *config;
@@ -107,14 +109,32 @@ static int model_create(const llmc_config* config, int max_B, int max_T, llmc_mo
     size_t Vp = config->padded_vocab_size, BT = B * T;
     Activations& a = model->acts;
     // (pointer, floats) for one allocation; stats are float2, counted as 2 floats
-    std::vector<std::pair<float**, size_t>> layout = {
-        {&a.encoded, BT * C}, {&a.ln1, L * BT * C}, {&a.ln1_mean, L * BT}, {&a.ln1_rstd, L * BT},
-        {&a.qkv, L * BT * 3 * C}, {&a.atty, L * BT * C}, {&a.att_lse, L * B * NH * T}, {&a.residual2, L * BT * C},
-        {&a.ln2, L * BT * C}, {&a.ln2_mean, L * BT}, {&a.ln2_rstd, L * BT}, {&a.fch, L * BT * 4 * C},
-        {&a.fch_gelu, L * BT * 4 * C}, {&a.residual3, L * BT * C}, {&a.lnf, BT * C}, {&a.lnf_mean, BT},
-        {&a.lnf_rstd, BT}, {&a.logits, BT * Vp}, {&a.losses, BT}, {(float**)&a.stats, 2 * BT},
-        {&a.dlogits, std::min(BT, DLOGITS_ROWS) * Vp}, {&a.att_delta, B * NH * T},
-        {&a.dresidual, BT * C}, {&a.dbtc, BT * C}, {&a.dfch, BT * 4 * C}, {&a.dqkv, BT * 3 * C}};
+    std::vector<std::pair<float**, size_t>> layout = {{&a.encoded, BT * C},
+                                                      {&a.ln1, L * BT * C},
+                                                      {&a.ln1_mean, L * BT},
+                                                      {&a.ln1_rstd, L * BT},
+                                                      {&a.qkv, L * BT * 3 * C},
+                                                      {&a.atty, L * BT * C},
+                                                      {&a.att_lse, L * B * NH * T},
+                                                      {&a.residual2, L * BT * C},
+                                                      {&a.ln2, L * BT * C},
+                                                      {&a.ln2_mean, L * BT},
+                                                      {&a.ln2_rstd, L * BT},
+                                                      {&a.fch, L * BT * 4 * C},
+                                                      {&a.fch_gelu, L * BT * 4 * C},
+                                                      {&a.residual3, L * BT * C},
+                                                      {&a.lnf, BT * C},
+                                                      {&a.lnf_mean, BT},
+                                                      {&a.lnf_rstd, BT},
+                                                      {&a.logits, BT * Vp},
+                                                      {&a.losses, BT},
+                                                      {(float**)&a.stats, 2 * BT},
+                                                      {&a.dlogits, std::min(BT, DLOGITS_ROWS) * Vp},
+                                                      {&a.att_delta, B * NH * T},
+                                                      {&a.dresidual, BT * C},
+                                                      {&a.dbtc, BT * C},
+                                                      {&a.dfch, BT * 4 * C},
+                                                      {&a.dqkv, BT * 3 * C}};
     // every tensor starts 256-byte aligned (16-byte vector accesses, cuBLASLt's preferred alignment)
     auto padded = [](size_t n) { return ceil_div(n, (size_t)64) * 64; };
     size_t total = 0;
@@ -128,12 +148,14 @@ static int model_create(const llmc_config* config, int max_B, int max_T, llmc_mo
         (!mixed && cudaMalloc(&model->acts_memory, total * sizeof(float)) != cudaSuccess) ||
         cudaMalloc(&model->inputs, BT * sizeof(int)) != cudaSuccess ||
         cudaMalloc(&model->targets, BT * sizeof(int)) != cudaSuccess) {
-        cudaGetLastError();   // clear the sticky-free allocation error
+        cudaGetLastError(); // clear the sticky-free allocation error
         size_t free_bytes = 0, total_bytes = 0;
         cudaMemGetInfo(&free_bytes, &total_bytes);
-        rc = set_error(LLMC_ERR_ALLOC, "out of device memory: the model needs %.2f GiB (params, grads, activations "
-                       "for B=%d, T=%d), %.2f GiB free", (2.0 * param_bytes + total * 4.0 + BT * 8.0) / (1 << 30),
-                       max_B, max_T, free_bytes / (double)(1 << 30));
+        rc = set_error(LLMC_ERR_ALLOC,
+                       "out of device memory: the model needs %.2f GiB (params, grads, activations "
+                       "for B=%d, T=%d), %.2f GiB free",
+                       (2.0 * param_bytes + total * 4.0 + BT * 8.0) / (1 << 30), max_B, max_T,
+                       free_bytes / (double)(1 << 30));
     } else if (cudaMemset(model->grads_memory, 0, param_bytes) != cudaSuccess) {
         rc = set_error(LLMC_ERR_DEVICE, "cudaMemset of the gradients failed: %s",
                        cudaGetErrorString(cudaGetLastError()));
@@ -146,7 +168,7 @@ static int model_create(const llmc_config* config, int max_B, int max_T, llmc_mo
     }
     float* p = (float*)model->acts_memory;
     for (auto& [ptr, n] : layout) {
-        if (!p) break;   // a mixed-precision model: its activations are mixed.cu's
+        if (!p) break; // a mixed-precision model: its activations are mixed.cu's
         *ptr = p;
         p += padded(n);
     }
@@ -184,8 +206,8 @@ static int forward_pass(llmc_model* model) {
                                3 * C));
         TRY(attention_forward_gpu(atty, a.att_lse + l * lse_size, qkv, B, T, C, NH));
         // residual2 = residual + attproj, the residual added by the GEMM itself
-        TRY(matmul_forward_gpu(residual2, atty, p.t[ATTPROJW] + (size_t)l * C * C, p.t[ATTPROJB] + l * C, residual,
-                               BT, C, C));
+        TRY(matmul_forward_gpu(residual2, atty, p.t[ATTPROJW] + (size_t)l * C * C, p.t[ATTPROJB] + l * C, residual, BT,
+                               C, C));
         TRY(layernorm_forward_gpu(ln2, a.ln2_mean + l * BT, a.ln2_rstd + l * BT, residual2, p.t[LN2W] + l * C,
                                   p.t[LN2B] + l * C, BT, C));
         TRY(matmul_forward_gpu(fch, ln2, p.t[FCW] + (size_t)l * 4 * C * C, p.t[FCB] + l * 4 * C, nullptr, BT, C,
@@ -196,7 +218,7 @@ static int forward_pass(llmc_model* model) {
                                p.t[FCPROJB] + l * C, residual2, BT, 4 * C, C));
     }
     TRY(layernorm_forward_gpu(a.lnf, a.lnf_mean, a.lnf_rstd, a.residual3 + (L - 1) * btc, p.t[LNFW], p.t[LNFB], BT, C));
-    TRY(matmul_forward_gpu(a.logits, a.lnf, p.t[WTE], nullptr, nullptr, BT, C, Vp));   // lm head tied to wte
+    TRY(matmul_forward_gpu(a.logits, a.lnf, p.t[WTE], nullptr, nullptr, BT, C, Vp)); // lm head tied to wte
     if (model->has_targets) TRY(classifier_forward_gpu(a.losses, a.stats, a.logits, model->targets, BT, V, Vp));
     return LLMC_OK;
 }
@@ -228,8 +250,8 @@ static int backward_pass(llmc_model* model) {
         TRY(matmul_backward_gpu(a.dfch, g.t[FCPROJW] + (size_t)l * 4 * C * C, g.t[FCPROJB] + l * C, a.dresidual,
                                 a.fch_gelu + l * 4 * btc, p.t[FCPROJW] + (size_t)l * 4 * C * C, BT, 4 * C, C, false));
         TRY(gelu_backward_gpu(a.dfch, a.fch + l * 4 * btc, a.dfch, 4 * btc, false));
-        TRY(matmul_backward_gpu(a.dbtc, g.t[FCW] + (size_t)l * 4 * C * C, g.t[FCB] + l * 4 * C, a.dfch,
-                                a.ln2 + l * btc, p.t[FCW] + (size_t)l * 4 * C * C, BT, C, 4 * C, false));
+        TRY(matmul_backward_gpu(a.dbtc, g.t[FCW] + (size_t)l * 4 * C * C, g.t[FCB] + l * 4 * C, a.dfch, a.ln2 + l * btc,
+                                p.t[FCW] + (size_t)l * 4 * C * C, BT, C, 4 * C, false));
         TRY(layernorm_backward_gpu(a.dresidual, g.t[LN2W] + l * C, g.t[LN2B] + l * C, a.dbtc, a.residual2 + l * btc,
                                    p.t[LN2W] + l * C, a.ln2_mean + l * BT, a.ln2_rstd + l * BT, BT, C));
         // dresidual is now d residual2 = residual + attproj
@@ -267,7 +289,7 @@ static int alloc_optimizer_state(llmc_model* model, const char* fn) {
         return set_error(LLMC_ERR_ALLOC, "%s: out of device memory for the AdamW state (2 x %.2f GiB, %.2f GiB free)",
                          fn, bytes / (double)(1 << 30), free_bytes / (double)(1 << 30));
     }
-    model->m_memory = m;   // owned by the model from here on (llmc_model_free)
+    model->m_memory = m; // owned by the model from here on (llmc_model_free)
     model->v_memory = v;
     CUDA_TRY(cudaMemset(m, 0, bytes));
     CUDA_TRY(cudaMemset(v, 0, bytes));
@@ -319,7 +341,7 @@ int llmc_model_from_checkpoint(const char* path, int max_B, int max_T, llmc_mode
     *out = nullptr;
     llmc_checkpoint ck;
     TRY(llmc_checkpoint_open(path, &ck));
-    int rc = llmc_check_model_size(&ck.config, max_B, max_T);   // before reading the whole file
+    int rc = llmc_check_model_size(&ck.config, max_B, max_T); // before reading the whole file
     std::vector<float> params;
     if (rc == LLMC_OK) {
         try {
@@ -381,13 +403,13 @@ int llmc_forward(llmc_model* model, const int* inputs, const int* targets, int B
     // the backward's token buckets, sorted on the host while the GPU runs the forward
     if (targets) TRY(token_buckets_build(&model->buckets, inputs, (int)BT, V));
     model->forward_done = true;
-    float loss = -1.0f;   // llm.c's "no targets"
+    float loss = -1.0f; // llm.c's "no targets"
     if (targets) {
         double sum;
         TRY(sum_gpu(&sum, model->mixed ? mixed_losses(model->mixed) : model->acts.losses, BT, false));
         loss = (float)(sum / BT);
     } else {
-        CUDA_TRY(cudaDeviceSynchronize());   // report asynchronous failures of the forward here
+        CUDA_TRY(cudaDeviceSynchronize()); // report asynchronous failures of the forward here
     }
     if (mean_loss) *mean_loss = loss;
     return LLMC_OK;
@@ -406,8 +428,9 @@ int llmc_backward(llmc_model* model) {
     CHECK_MODEL(model, "llmc_backward");
     if (!model->forward_done || !model->has_targets)
         return set_error(LLMC_ERR_STATE, "llmc_backward: needs a forward with targets first");
-    if (model->dist && model->zero_stage == 1 && model->grads_synced)   // the other shards are no sums any more
-        return set_error(LLMC_ERR_UNSUPPORTED, "llmc_backward: under ZeRO-1 the gradients were reduce-scattered "
+    if (model->dist && model->zero_stage == 1 && model->grads_synced) // the other shards are no sums any more
+        return set_error(LLMC_ERR_UNSUPPORTED,
+                         "llmc_backward: under ZeRO-1 the gradients were reduce-scattered "
                          "(llmc_dist_sync_grads); accumulate before they are, or zero_grad first");
     if (model->mixed)
         TRY(mixed_backward(model->mixed, model->params_memory, model->grads_memory, model->targets, &model->buckets,
@@ -442,7 +465,7 @@ int llmc_update(llmc_model* model, const llmc_adamw* opt, int t, float* grad_nor
     size_t end = begin + (sharded ? model->shard_count : model->num_parameters);
     double norm_squared;
     TRY(sum_gpu(&norm_squared, model->grads_memory + begin, end - begin, true));
-    if (sharded) TRY(dist_sum_doubles(model->dist, &norm_squared, 1));   // the global norm, the same on every rank
+    if (sharded) TRY(dist_sum_doubles(model->dist, &norm_squared, 1)); // the global norm, the same on every rank
     double norm = sqrt(norm_squared);
     float grad_scale = (opt->grad_clip > 0.0f && norm > opt->grad_clip) ? (float)(opt->grad_clip / norm) : 1.0f;
     float bias_correction1 = (float)(1.0 - pow((double)opt->beta1, t));
@@ -450,14 +473,14 @@ int llmc_update(llmc_model* model, const llmc_adamw* opt, int t, float* grad_nor
     size_t offset = 0;
     for (int i = 0; i < LLMC_NUM_PARAM_TENSORS; offset += model->param_sizes[i], i++) {
         size_t lo = std::max(offset, begin), hi = std::min(offset + model->param_sizes[i], end);
-        if (lo >= hi) continue;   // the tensor lies outside this rank's shard
+        if (lo >= hi) continue; // the tensor lies outside this rank's shard
         float wd = llmc_weight_decay(opt, i);
         bf16* params_bf16 = model->mixed ? mixed_params_bf16(model->mixed) + lo : nullptr;
         TRY(adamw_gpu(model->params_memory + lo, params_bf16, lo, model->grads_memory + lo,
                       model->m_memory + (lo - begin), model->v_memory + (lo - begin), hi - lo, opt->learning_rate,
                       opt->beta1, opt->beta2, opt->eps, wd, bias_correction1, bias_correction2, grad_scale));
     }
-    if (sharded) {   // every rank's updated shard to every rank; the bf16 copy rounds as adamw_gpu did
+    if (sharded) { // every rank's updated shard to every rank; the bf16 copy rounds as adamw_gpu did
         TRY(dist_allgather(model->dist, model->params_memory, model->shard_stride));
         TRY(sync_bf16_params(model));
     }
@@ -536,7 +559,7 @@ int llmc_get_optimizer_state(const llmc_model* model, float* m, float* v) {
     CHECK_MODEL(model, "llmc_get_optimizer_state");
     CHECK_PTR(m, "llmc_get_optimizer_state");
     CHECK_PTR(v, "llmc_get_optimizer_state");
-    if (!model->m_memory) {   // zeros before the first update
+    if (!model->m_memory) { // zeros before the first update
         memset(m, 0, model->num_parameters * sizeof(float));
         memset(v, 0, model->num_parameters * sizeof(float));
         return LLMC_OK;
@@ -551,7 +574,7 @@ int llmc_set_optimizer_state(llmc_model* model, const float* m, const float* v) 
     CHECK_PTR(m, "llmc_set_optimizer_state");
     CHECK_PTR(v, "llmc_set_optimizer_state");
     TRY(alloc_optimizer_state(model, "llmc_set_optimizer_state"));
-    bool sharded = model->dist && model->zero_stage == 1;   // this rank keeps its shard of the full arrays
+    bool sharded = model->dist && model->zero_stage == 1; // this rank keeps its shard of the full arrays
     size_t first = sharded ? model->shard_offset : 0, count = sharded ? model->shard_count : model->num_parameters;
     CUDA_TRY(cudaMemcpy(model->m_memory, m + first, count * sizeof(float), cudaMemcpyHostToDevice));
     CUDA_TRY(cudaMemcpy(model->v_memory, v + first, count * sizeof(float), cudaMemcpyHostToDevice));
@@ -593,7 +616,8 @@ int llmc_dist_join(llmc_model* model, const unsigned char* id, int rank, int wor
     if (zero_stage != 0 && zero_stage != 1)
         return set_error(LLMC_ERR_ARGUMENT, "llmc_dist_join: zero_stage %d: 0 or 1", zero_stage);
     if (zero_stage == 1 && model->m_memory)
-        return set_error(LLMC_ERR_STATE, "llmc_dist_join: ZeRO-1 shards AdamW's state: join before the first "
+        return set_error(LLMC_ERR_STATE,
+                         "llmc_dist_join: ZeRO-1 shards AdamW's state: join before the first "
                          "update or set_optimizer_state");
     size_t P = model->num_parameters, stride = (P + world_size - 1) / world_size;
     if (zero_stage == 1 && stride * world_size != P) {
@@ -615,7 +639,8 @@ int llmc_dist_join(llmc_model* model, const unsigned char* id, int rank, int wor
 int llmc_dist_sync_grads(llmc_model* model) {
     clear_error();
     CHECK_MODEL(model, "llmc_dist_sync_grads");
-    if (!model->dist) return set_error(LLMC_ERR_STATE, "llmc_dist_sync_grads: the model has not joined (llmc_dist_join)");
+    if (!model->dist)
+        return set_error(LLMC_ERR_STATE, "llmc_dist_sync_grads: the model has not joined (llmc_dist_join)");
     TRY(sync_grads(model));
     CUDA_TRY(cudaDeviceSynchronize());
     return LLMC_OK;
@@ -637,8 +662,8 @@ int llmc_dist_mean(llmc_model* model, float* values, int n) {
     CHECK_MODEL(model, "llmc_dist_mean");
     CHECK_PTR(values, "llmc_dist_mean");
     if (n < 1) return set_error(LLMC_ERR_ARGUMENT, "llmc_dist_mean: n = %d: at least 1", n);
-    if (!model->dist) return LLMC_OK;   // one rank: its own mean
+    if (!model->dist) return LLMC_OK; // one rank: its own mean
     return dist_mean_floats(model->dist, values, n);
 }
 
-}  // extern "C"
+} // extern "C"

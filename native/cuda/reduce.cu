@@ -6,8 +6,8 @@
 
 #include "common.cuh"
 
-constexpr int TILE = 32;        // columns per block: one warp reads 128 contiguous bytes of a row
-constexpr int ROW_LANES = 8;    // warps per block, each taking every 8th row of the chunk
+constexpr int TILE = 32;     // columns per block: one warp reads 128 contiguous bytes of a row
+constexpr int ROW_LANES = 8; // warps per block, each taking every 8th row of the chunk
 
 // K sums at once (K=2 for layernorm's dweight and dbias, which read the same rows).
 // partial: (K, chunks, cols)
@@ -98,7 +98,7 @@ __global__ void column_partial_vec_kernel(float* partial, const T* in, size_t R,
 #pragma unroll
     for (int j = 0; j < VEC; j++) lane_sums[threadIdx.y][threadIdx.x * VEC + j] = acc[j];
     __syncthreads();
-    int t = threadIdx.y * TILE + threadIdx.x;   // the block's column t, its lanes added in order
+    int t = threadIdx.y * TILE + threadIdx.x; // the block's column t, its lanes added in order
     size_t c = (size_t)blockIdx.x * TILE * VEC + t;
     if (t < TILE * VEC && c < cols) {
         float s = 0.0f;
@@ -109,8 +109,10 @@ __global__ void column_partial_vec_kernel(float* partial, const T* in, size_t R,
 
 int sum_chunks_gpu(float* out0, float* out1, const float* partial, size_t cols, int chunks) {
     unsigned blocks = (unsigned)ceil_div(cols, (size_t)TILE);
-    if (out1) column_finish_kernel<2><<<blocks, dim3(TILE, ROW_LANES)>>>(out0, out1, partial, cols, chunks);
-    else column_finish_kernel<1><<<blocks, dim3(TILE, ROW_LANES)>>>(out0, nullptr, partial, cols, chunks);
+    if (out1)
+        column_finish_kernel<2><<<blocks, dim3(TILE, ROW_LANES)>>>(out0, out1, partial, cols, chunks);
+    else
+        column_finish_kernel<1><<<blocks, dim3(TILE, ROW_LANES)>>>(out0, nullptr, partial, cols, chunks);
     LAUNCH_CHECK();
     return LLMC_OK;
 }

@@ -34,9 +34,9 @@ would: segv (a NULL write), abort, exit (llm.c's exit(1)) or hang (it never retu
 // native/kernels.c calls this for every matmul; llm.c's CPU code has no BLAS, so neither has the stand-in.
 // row-major C (M,N) = alpha op(A) op(B) + beta C, op = transpose when trans_* is set. The dot products
 // accumulate in double, so the stand-in rounds about as a blocked BLAS does even over Vp = 50304 terms.
-void llmc_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float* A, int lda,
-                const float* B, int ldb, float beta, float* C, int ldc) {
-    #pragma omp parallel for schedule(static)
+void llmc_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
+                int ldb, float beta, float* C, int ldc) {
+#pragma omp parallel for schedule(static)
     for (int i = 0; i < M; i++) {
         for (int j = 0; j < N; j++) {
             double sum = 0.0;
@@ -82,9 +82,9 @@ void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dou
 // GPT-2 model definition
 
 typedef struct {
-    int max_seq_len;        // max sequence length, e.g. 1024
-    int vocab_size;         // vocab size, e.g. 50257
-    int padded_vocab_size;  // vocab size padded to a multiple of 128, e.g. 50304
+    int max_seq_len;       // max sequence length, e.g. 1024
+    int vocab_size;        // vocab size, e.g. 50257
+    int padded_vocab_size; // vocab size padded to a multiple of 128, e.g. 50304
     int num_layers;
     int num_heads;
     int channels;
@@ -92,29 +92,29 @@ typedef struct {
 
 #define NUM_PARAMETER_TENSORS 16
 typedef struct {
-    float* wte;       // (Vp, C)
-    float* wpe;       // (maxT, C)
-    float* ln1w;      // (L, C)
-    float* ln1b;      // (L, C)
-    float* qkvw;      // (L, 3*C, C)
-    float* qkvb;      // (L, 3*C)
-    float* attprojw;  // (L, C, C)
-    float* attprojb;  // (L, C)
-    float* ln2w;      // (L, C)
-    float* ln2b;      // (L, C)
-    float* fcw;       // (L, 4*C, C)
-    float* fcb;       // (L, 4*C)
-    float* fcprojw;   // (L, C, 4*C)
-    float* fcprojb;   // (L, C)
-    float* lnfw;      // (C)
-    float* lnfb;      // (C)
+    float* wte;      // (Vp, C)
+    float* wpe;      // (maxT, C)
+    float* ln1w;     // (L, C)
+    float* ln1b;     // (L, C)
+    float* qkvw;     // (L, 3*C, C)
+    float* qkvb;     // (L, 3*C)
+    float* attprojw; // (L, C, C)
+    float* attprojb; // (L, C)
+    float* ln2w;     // (L, C)
+    float* ln2b;     // (L, C)
+    float* fcw;      // (L, 4*C, C)
+    float* fcb;      // (L, 4*C)
+    float* fcprojw;  // (L, C, 4*C)
+    float* fcprojb;  // (L, C)
+    float* lnfw;     // (C)
+    float* lnfb;     // (C)
 } ParameterTensors;
 
 void fill_in_parameter_sizes(size_t* param_sizes, GPT2Config config) {
     size_t Vp = config.padded_vocab_size, C = config.channels, maxT = config.max_seq_len, L = config.num_layers;
-    size_t sizes[NUM_PARAMETER_TENSORS] = {
-        Vp * C, maxT * C, L * C, L * C, L * 3 * C * C, L * 3 * C, L * C * C, L * C,
-        L * C, L * C, L * 4 * C * C, L * 4 * C, L * C * 4 * C, L * C, C, C};
+    size_t sizes[NUM_PARAMETER_TENSORS] = {Vp * C,        maxT * C, L * C, L * C, L * 3 * C * C, L * 3 * C,
+                                           L * C * C,     L * C,    L * C, L * C, L * 4 * C * C, L * 4 * C,
+                                           L * C * 4 * C, L * C,    C,     C};
     memcpy(param_sizes, sizes, sizeof(sizes));
 }
 
@@ -123,10 +123,9 @@ float* malloc_and_point_parameters(ParameterTensors* params, size_t* param_sizes
     size_t num_parameters = 0;
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) num_parameters += param_sizes[i];
     float* params_memory = (float*)mallocCheck(num_parameters * sizeof(float));
-    float** ptrs[] = {
-        &params->wte, &params->wpe, &params->ln1w, &params->ln1b, &params->qkvw, &params->qkvb,
-        &params->attprojw, &params->attprojb, &params->ln2w, &params->ln2b, &params->fcw, &params->fcb,
-        &params->fcprojw, &params->fcprojb, &params->lnfw, &params->lnfb};
+    float** ptrs[] = {&params->wte,      &params->wpe,      &params->ln1w, &params->ln1b, &params->qkvw, &params->qkvb,
+                      &params->attprojw, &params->attprojb, &params->ln2w, &params->ln2b, &params->fcw,  &params->fcb,
+                      &params->fcprojw,  &params->fcprojb,  &params->lnfw, &params->lnfb};
     float* it = params_memory;
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
         *(ptrs[i]) = it;
@@ -137,38 +136,57 @@ float* malloc_and_point_parameters(ParameterTensors* params, size_t* param_sizes
 
 #define NUM_ACTIVATION_TENSORS 23
 typedef struct {
-    float* encoded;    // (B, T, C)
-    float* ln1;        // (L, B, T, C)
-    float* ln1_mean;   // (L, B, T)
-    float* ln1_rstd;   // (L, B, T)
-    float* qkv;        // (L, B, T, 3*C)
-    float* atty;       // (L, B, T, C)
-    float* preatt;     // (L, B, NH, T, T)
-    float* att;        // (L, B, NH, T, T)
-    float* attproj;    // (L, B, T, C)
-    float* residual2;  // (L, B, T, C)
-    float* ln2;        // (L, B, T, C)
-    float* ln2_mean;   // (L, B, T)
-    float* ln2_rstd;   // (L, B, T)
-    float* fch;        // (L, B, T, 4*C)
-    float* fch_gelu;   // (L, B, T, 4*C)
-    float* fcproj;     // (L, B, T, C)
-    float* residual3;  // (L, B, T, C)
-    float* lnf;        // (B, T, C)
-    float* lnf_mean;   // (B, T)
-    float* lnf_rstd;   // (B, T)
-    float* logits;     // (B, T, Vp)
-    float* probs;      // (B, T, Vp)
-    float* losses;     // (B, T)
+    float* encoded;   // (B, T, C)
+    float* ln1;       // (L, B, T, C)
+    float* ln1_mean;  // (L, B, T)
+    float* ln1_rstd;  // (L, B, T)
+    float* qkv;       // (L, B, T, 3*C)
+    float* atty;      // (L, B, T, C)
+    float* preatt;    // (L, B, NH, T, T)
+    float* att;       // (L, B, NH, T, T)
+    float* attproj;   // (L, B, T, C)
+    float* residual2; // (L, B, T, C)
+    float* ln2;       // (L, B, T, C)
+    float* ln2_mean;  // (L, B, T)
+    float* ln2_rstd;  // (L, B, T)
+    float* fch;       // (L, B, T, 4*C)
+    float* fch_gelu;  // (L, B, T, 4*C)
+    float* fcproj;    // (L, B, T, C)
+    float* residual3; // (L, B, T, C)
+    float* lnf;       // (B, T, C)
+    float* lnf_mean;  // (B, T)
+    float* lnf_rstd;  // (B, T)
+    float* logits;    // (B, T, Vp)
+    float* probs;     // (B, T, Vp)
+    float* losses;    // (B, T)
 } ActivationTensors;
 
 void fill_in_activation_sizes(size_t* act_sizes, GPT2Config config, int B, int T) {
     size_t C = config.channels, NH = config.num_heads, L = config.num_layers, Vp = config.padded_vocab_size;
     size_t BT = (size_t)B * T;
-    size_t sizes[NUM_ACTIVATION_TENSORS] = {
-        BT * C, L * BT * C, L * BT, L * BT, L * BT * 3 * C, L * BT * C, L * B * NH * T * T,
-        L * B * NH * T * T, L * BT * C, L * BT * C, L * BT * C, L * BT, L * BT, L * BT * 4 * C,
-        L * BT * 4 * C, L * BT * C, L * BT * C, BT * C, BT, BT, BT * Vp, BT * Vp, BT};
+    size_t sizes[NUM_ACTIVATION_TENSORS] = {BT * C,
+                                            L * BT * C,
+                                            L * BT,
+                                            L * BT,
+                                            L * BT * 3 * C,
+                                            L * BT * C,
+                                            L * B * NH * T * T,
+                                            L * B * NH * T * T,
+                                            L * BT * C,
+                                            L * BT * C,
+                                            L * BT * C,
+                                            L * BT,
+                                            L * BT,
+                                            L * BT * 4 * C,
+                                            L * BT * 4 * C,
+                                            L * BT * C,
+                                            L * BT * C,
+                                            BT * C,
+                                            BT,
+                                            BT,
+                                            BT * Vp,
+                                            BT * Vp,
+                                            BT};
     memcpy(act_sizes, sizes, sizeof(sizes));
 }
 
@@ -176,11 +194,11 @@ float* malloc_and_point_activations(ActivationTensors* acts, size_t* act_sizes) 
     size_t num_activations = 0;
     for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) num_activations += act_sizes[i];
     float* acts_memory = (float*)mallocCheck(num_activations * sizeof(float));
-    float** ptrs[] = {
-        &acts->encoded, &acts->ln1, &acts->ln1_mean, &acts->ln1_rstd, &acts->qkv, &acts->atty,
-        &acts->preatt, &acts->att, &acts->attproj, &acts->residual2, &acts->ln2, &acts->ln2_mean,
-        &acts->ln2_rstd, &acts->fch, &acts->fch_gelu, &acts->fcproj, &acts->residual3, &acts->lnf,
-        &acts->lnf_mean, &acts->lnf_rstd, &acts->logits, &acts->probs, &acts->losses};
+    float** ptrs[] = {&acts->encoded, &acts->ln1,       &acts->ln1_mean, &acts->ln1_rstd, &acts->qkv,
+                      &acts->atty,    &acts->preatt,    &acts->att,      &acts->attproj,  &acts->residual2,
+                      &acts->ln2,     &acts->ln2_mean,  &acts->ln2_rstd, &acts->fch,      &acts->fch_gelu,
+                      &acts->fcproj,  &acts->residual3, &acts->lnf,      &acts->lnf_mean, &acts->lnf_rstd,
+                      &acts->logits,  &acts->probs,     &acts->losses};
     float* it = acts_memory;
     for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) {
         *(ptrs[i]) = it;
@@ -191,33 +209,39 @@ float* malloc_and_point_activations(ActivationTensors* acts, size_t* act_sizes) 
 
 typedef struct {
     GPT2Config config;
-    ParameterTensors params;               // the weights, pointing into params_memory
+    ParameterTensors params; // the weights, pointing into params_memory
     size_t param_sizes[NUM_PARAMETER_TENSORS];
     float* params_memory;
     size_t num_parameters;
-    ParameterTensors grads;                // gradients of the weights
+    ParameterTensors grads; // gradients of the weights
     float* grads_memory;
-    float* m_memory;                       // AdamW state
+    float* m_memory; // AdamW state
     float* v_memory;
     ActivationTensors acts;
     size_t act_sizes[NUM_ACTIVATION_TENSORS];
     float* acts_memory;
     size_t num_activations;
-    ActivationTensors grads_acts;          // gradients of the activations
+    ActivationTensors grads_acts; // gradients of the activations
     float* grads_acts_memory;
-    int batch_size;                        // B and T of the activations, fixed by the first forward
+    int batch_size; // B and T of the activations, fixed by the first forward
     int seq_len;
-    int* inputs;                           // the last forward's tokens
+    int* inputs; // the last forward's tokens
     int* targets;
-    float mean_loss;                       // -1.0f: the last forward had no targets
+    float mean_loss; // -1.0f: the last forward had no targets
 } GPT2;
 
 void gpt2_build_from_checkpoint(GPT2* model, const char* checkpoint_path) {
     FILE* model_file = fopenCheck(checkpoint_path, "rb");
     int model_header[256];
     freadCheck(model_header, sizeof(int), 256, model_file);
-    if (model_header[0] != 20240326) { printf("Bad magic model file\n"); exit(1); }
-    if (model_header[1] != 3) { printf("Bad version in model file\n"); exit(1); }
+    if (model_header[0] != 20240326) {
+        printf("Bad magic model file\n");
+        exit(1);
+    }
+    if (model_header[1] != 3) {
+        printf("Bad version in model file\n");
+        exit(1);
+    }
     model->config.max_seq_len = model_header[2];
     model->config.vocab_size = model_header[3];
     model->config.num_layers = model_header[4];
@@ -247,23 +271,30 @@ void gpt2_build_from_checkpoint(GPT2* model, const char* checkpoint_path) {
 static void standin_crash(void) {
     const char* how = getenv("STANDIN_CRASH");
     if (how == NULL) return;
-    volatile int* volatile nowhere = NULL;   // the compiler cannot see it is NULL, so the write stays
+    volatile int* volatile nowhere = NULL; // the compiler cannot see it is NULL, so the write stays
     if (strcmp(how, "segv") == 0) *nowhere = 0;
     if (strcmp(how, "abort") == 0) abort();
-    if (strcmp(how, "exit") == 0) { printf("Error: STANDIN_CRASH=exit\n"); exit(1); }
-    if (strcmp(how, "hang") == 0) for (volatile int forever = 1; forever;) {}
+    if (strcmp(how, "exit") == 0) {
+        printf("Error: STANDIN_CRASH=exit\n");
+        exit(1);
+    }
+    if (strcmp(how, "hang") == 0)
+        for (volatile int forever = 1; forever;) {}
 }
 
 void gpt2_forward(GPT2* model, int* inputs, int* targets, size_t B, size_t T) {
     standin_crash();
-    if (model->params_memory == NULL) { printf("Error: model was not initialized properly.\n"); exit(1); }
+    if (model->params_memory == NULL) {
+        printf("Error: model was not initialized properly.\n");
+        exit(1);
+    }
     size_t V = model->config.vocab_size, Vp = model->config.padded_vocab_size;
     size_t L = model->config.num_layers, NH = model->config.num_heads, C = model->config.channels;
     for (size_t i = 0; i < B * T; i++) {
         assert(0 <= inputs[i] && inputs[i] < (int)V);
         if (targets != NULL) assert(0 <= targets[i] && targets[i] < (int)V);
     }
-    if (model->acts_memory == NULL) {   // lazily, for this B and T only
+    if (model->acts_memory == NULL) { // lazily, for this B and T only
         model->batch_size = B;
         model->seq_len = T;
         fill_in_activation_sizes(model->act_sizes, model->config, B, T);
@@ -334,7 +365,10 @@ void gpt2_zero_grad(GPT2* model) {
 }
 
 void gpt2_backward(GPT2* model) {
-    if (model->mean_loss == -1.0f) { printf("Error: must forward with targets before backward\n"); exit(1); }
+    if (model->mean_loss == -1.0f) {
+        printf("Error: must forward with targets before backward\n");
+        exit(1);
+    }
     if (model->grads_memory == NULL) {
         model->grads_memory = malloc_and_point_parameters(&model->grads, model->param_sizes);
         model->grads_acts_memory = malloc_and_point_activations(&model->grads_acts, model->act_sizes);
@@ -372,18 +406,18 @@ void gpt2_backward(GPT2* model) {
         float* dl_att = da.att + l * B * NH * T * T;
 
         residual_backward(dl_residual2, dl_fcproj, da.residual3 + l * BTC, BTC);
-        matmul_backward(dl_fch_gelu, g.fcprojw + l * C * 4 * C, g.fcprojb + l * C, dl_fcproj,
-                        a.fch_gelu + l * 4 * BTC, p.fcprojw + l * C * 4 * C, B, T, 4 * C, C);
+        matmul_backward(dl_fch_gelu, g.fcprojw + l * C * 4 * C, g.fcprojb + l * C, dl_fcproj, a.fch_gelu + l * 4 * BTC,
+                        p.fcprojw + l * C * 4 * C, B, T, 4 * C, C);
         gelu_backward(dl_fch, a.fch + l * 4 * BTC, dl_fch_gelu, 4 * BTC);
         matmul_backward(dl_ln2, g.fcw + l * 4 * C * C, g.fcb + l * 4 * C, dl_fch, a.ln2 + l * BTC,
                         p.fcw + l * 4 * C * C, B, T, C, 4 * C);
-        layernorm_backward(dl_residual2, g.ln2w + l * C, g.ln2b + l * C, dl_ln2, a.residual2 + l * BTC,
-                           p.ln2w + l * C, a.ln2_mean + l * B * T, a.ln2_rstd + l * B * T, B, T, C);
+        layernorm_backward(dl_residual2, g.ln2w + l * C, g.ln2b + l * C, dl_ln2, a.residual2 + l * BTC, p.ln2w + l * C,
+                           a.ln2_mean + l * B * T, a.ln2_rstd + l * B * T, B, T, C);
         residual_backward(dresidual, dl_attproj, dl_residual2, BTC);
         matmul_backward(dl_atty, g.attprojw + l * C * C, g.attprojb + l * C, dl_attproj, a.atty + l * BTC,
                         p.attprojw + l * C * C, B, T, C, C);
-        attention_backward(dl_qkv, dl_preatt, dl_att, dl_atty, a.qkv + l * 3 * BTC, a.att + l * B * NH * T * T,
-                           B, T, C, NH);
+        attention_backward(dl_qkv, dl_preatt, dl_att, dl_atty, a.qkv + l * 3 * BTC, a.att + l * B * NH * T * T, B, T, C,
+                           NH);
         matmul_backward(dl_ln1, g.qkvw + l * 3 * C * C, g.qkvb + l * 3 * C, dl_qkv, a.ln1 + l * BTC,
                         p.qkvw + l * 3 * C * C, B, T, C, 3 * C);
         layernorm_backward(dresidual, g.ln1w + l * C, g.ln1b + l * C, dl_ln1, residual, p.ln1w + l * C,

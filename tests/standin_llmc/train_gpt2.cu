@@ -85,9 +85,9 @@ struct TensorSpec {
 // multi-purpose output buffer) and the per-position losses
 constexpr int NUM_ACTIVATION_TENSORS = 3;
 typedef struct {
-    floatX* att;      // (L, B, NH, T, T)
-    floatX* output;   // (B, T, Vp)
-    float* losses;    // (B, T)
+    floatX* att;    // (L, B, NH, T, T)
+    floatX* output; // (B, T, Vp)
+    float* losses;  // (B, T)
 } ActivationTensors;
 
 void fill_in_activation_sizes(const ActivationTensors* data, TensorSpec (&tensors)[NUM_ACTIVATION_TENSORS], size_t B,
@@ -130,8 +130,9 @@ void gpt2_init_common(GPT2* model) {
 void gpt2_allocate_weights(GPT2* model) {
     size_t Vp = model->config.padded_vocab_size, C = model->config.channels, maxT = model->config.max_seq_len;
     size_t L = model->config.num_layers;
-    size_t sizes[NUM_PARAMETER_TENSORS] = {Vp * C, maxT * C, L * C, L * C, L * 3 * C * C, L * 3 * C, L * C * C, L * C,
-                                           L * C, L * C, L * 4 * C * C, L * 4 * C, L * C * 4 * C, L * C, C, C};
+    size_t sizes[NUM_PARAMETER_TENSORS] = {Vp * C,        maxT * C, L * C, L * C, L * 3 * C * C, L * 3 * C,
+                                           L * C * C,     L * C,    L * C, L * C, L * 4 * C * C, L * 4 * C,
+                                           L * C * 4 * C, L * C,    C,     C};
     model->num_parameters = 0;
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
         model->param_elements[i] = sizes[i];
@@ -147,7 +148,8 @@ void gpt2_allocate_state(GPT2* model, int B, int T) {
     cudaCheck(cudaMalloc(&model->grads_memory, model->num_parameters_bytes));
     fill_in_activation_sizes(&model->acts, model->acts_specs, B, T, model->config, model->recompute);
     size_t bytes = 0;
-    for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) bytes += model->acts_specs[i].size * sizeof_dtype(model->acts_specs[i].type);
+    for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++)
+        bytes += model->acts_specs[i].size * sizeof_dtype(model->acts_specs[i].type);
     cudaCheck(cudaMalloc(&model->acts_memory, bytes));
     cudaCheck(cudaMemset(model->acts_memory, 0, bytes));
     char* it = (char*)model->acts_memory;
@@ -166,12 +168,18 @@ void gpt2_allocate_state(GPT2* model, int B, int T) {
 
 static void check_tokens(const int* tokens, size_t n, int V) {
     for (size_t i = 0; i < n; i++) {
-        if (tokens[i] < 0 || tokens[i] >= V) { printf("Token out of range\n"); exit(EXIT_FAILURE); }
+        if (tokens[i] < 0 || tokens[i] >= V) {
+            printf("Token out of range\n");
+            exit(EXIT_FAILURE);
+        }
     }
 }
 
 void gpt2_forward(GPT2* model, const int* inputs, size_t B, size_t T) {
-    if (B > (size_t)model->batch_size || T > (size_t)model->seq_len) { printf("B, T too large\n"); exit(EXIT_FAILURE); }
+    if (B > (size_t)model->batch_size || T > (size_t)model->seq_len) {
+        printf("B, T too large\n");
+        exit(EXIT_FAILURE);
+    }
     check_tokens(inputs, B * T, model->config.vocab_size);
     cudaCheck(cudaMemset(model->acts.output, 0, B * T * model->config.padded_vocab_size * sizeof(floatX)));
 }
@@ -188,13 +196,13 @@ void gpt2_backward_and_reduce(GPT2* model, int* inputs, const int* targets, int 
 }
 
 float gpt2_calculate_grad_norm(GPT2* model, MultiGpuConfig* multi_gpu_config) {
-    return 0.0f;   // every gradient is zero
+    return 0.0f; // every gradient is zero
 }
 
 // AdamW on one tensor: fp32 master weights, bf16 copy rounded to nearest (llm.c rounds stochastically)
-__global__ void adamw_kernel(floatX* params, float* master, const floatX* grads, float* m, float* v, size_t n,
-                             float lr, float beta1, float beta2, float beta1_correction, float beta2_correction,
-                             float eps, float weight_decay, float grad_scale) {
+__global__ void adamw_kernel(floatX* params, float* master, const floatX* grads, float* m, float* v, size_t n, float lr,
+                             float beta1, float beta2, float beta1_correction, float beta2_correction, float eps,
+                             float weight_decay, float grad_scale) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     float grad = grad_scale * __bfloat162float(grads[i]);
@@ -210,7 +218,7 @@ void gpt2_update(GPT2* model, float learning_rate, float beta1, float beta2, flo
     size_t offset = 0;
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
         size_t n = model->param_elements[i];
-        bool matrix = i == 0 || i == 1 || i == 4 || i == 6 || i == 10 || i == 12;   // llm.c's 2-D tensors
+        bool matrix = i == 0 || i == 1 || i == 4 || i == 6 || i == 10 || i == 12; // llm.c's 2-D tensors
         adamw_kernel<<<(unsigned)((n + 511) / 512), 512, 0, main_stream>>>(
             (floatX*)model->params_memory + offset, model->master_weights + offset,
             (const floatX*)model->grads_memory + offset, model->m_memory + offset, model->v_memory + offset, n,
@@ -223,8 +231,8 @@ void gpt2_update(GPT2* model, float learning_rate, float beta1, float beta2, flo
 }
 
 void gpt2_free(GPT2* model) {
-    void* pointers[] = {model->params_memory, model->grads_memory, model->m_memory, model->v_memory,
-                        model->master_weights, model->acts_memory};
+    void* pointers[] = {model->params_memory, model->grads_memory,   model->m_memory,
+                        model->v_memory,      model->master_weights, model->acts_memory};
     for (void* p : pointers) cudaCheck(cudaFree(p));
 }
 

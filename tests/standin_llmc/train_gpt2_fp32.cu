@@ -38,7 +38,7 @@ static void cublas_check(cublasStatus_t status, const char* file, int line) {
 }
 #define cublasCheck(status) cublas_check((status), __FILE__, __LINE__)
 
-static cublasComputeType_t cublas_compute_type;   // main() sets both; the zero model multiplies nothing
+static cublasComputeType_t cublas_compute_type; // main() sets both; the zero model multiplies nothing
 cublasHandle_t cublas_handle;
 
 // ----------------------------------------------------------------------------
@@ -75,8 +75,9 @@ typedef struct {
 
 void fill_in_parameter_sizes(size_t* param_sizes, GPT2Config config) {
     size_t Vp = config.padded_vocab_size, C = config.channels, maxT = config.max_seq_len, L = config.num_layers;
-    size_t sizes[NUM_PARAMETER_TENSORS] = {Vp * C, maxT * C, L * C, L * C, L * 3 * C * C, L * 3 * C, L * C * C, L * C,
-                                           L * C, L * C, L * 4 * C * C, L * 4 * C, L * C * 4 * C, L * C, C, C};
+    size_t sizes[NUM_PARAMETER_TENSORS] = {Vp * C,        maxT * C, L * C, L * C, L * 3 * C * C, L * 3 * C,
+                                           L * C * C,     L * C,    L * C, L * C, L * 4 * C * C, L * 4 * C,
+                                           L * C * 4 * C, L * C,    C,     C};
     memcpy(param_sizes, sizes, sizeof(sizes));
 }
 
@@ -84,8 +85,10 @@ static float* malloc_and_point(float** targets[], const size_t* sizes, int n, in
     size_t total = 0;
     for (int i = 0; i < n; i++) total += sizes[i];
     float* memory;
-    if (on_device) cudaCheck(cudaMalloc((void**)&memory, total * sizeof(float)));
-    else memory = (float*)mallocCheck(total * sizeof(float));
+    if (on_device)
+        cudaCheck(cudaMalloc((void**)&memory, total * sizeof(float)));
+    else
+        memory = (float*)mallocCheck(total * sizeof(float));
     float* it = memory;
     for (int i = 0; i < n; i++) {
         *(targets[i]) = it;
@@ -95,9 +98,9 @@ static float* malloc_and_point(float** targets[], const size_t* sizes, int n, in
 }
 
 float* malloc_and_point_parameters(ParameterTensors* params, size_t* param_sizes, int on_device) {
-    float** ptrs[] = {&params->wte, &params->wpe, &params->ln1w, &params->ln1b, &params->qkvw, &params->qkvb,
-                      &params->attprojw, &params->attprojb, &params->ln2w, &params->ln2b, &params->fcw, &params->fcb,
-                      &params->fcprojw, &params->fcprojb, &params->lnfw, &params->lnfb};
+    float** ptrs[] = {&params->wte,      &params->wpe,      &params->ln1w, &params->ln1b, &params->qkvw, &params->qkvb,
+                      &params->attprojw, &params->attprojb, &params->ln2w, &params->ln2b, &params->fcw,  &params->fcb,
+                      &params->fcprojw,  &params->fcprojb,  &params->lnfw, &params->lnfb};
     return malloc_and_point(ptrs, param_sizes, NUM_PARAMETER_TENSORS, on_device);
 }
 
@@ -105,8 +108,8 @@ float* malloc_and_point_parameters(ParameterTensors* params, size_t* param_sizes
 // per-position losses; and one of its activation gradients, the residual stream's
 #define NUM_ACTIVATION_TENSORS 2
 typedef struct {
-    float* losses;   // (B, T)
-    float* output;   // (B, T, Vp)
+    float* losses; // (B, T)
+    float* output; // (B, T, Vp)
 } ActivationTensors;
 
 void fill_in_activation_sizes(size_t* act_sizes, int B, int T, GPT2Config config) {
@@ -121,7 +124,7 @@ float* malloc_and_point_activations(ActivationTensors* acts, const size_t* act_s
 
 #define NUM_BACKWARD_TENSORS 1
 typedef struct {
-    float* residual3;   // (B, T, C)
+    float* residual3; // (B, T, C)
 } GradActTensors;
 
 void fill_in_grad_act_sizes(size_t* act_sizes, int B, int T, GPT2Config config) {
@@ -185,12 +188,17 @@ void gpt2_forward(GPT2* model, int* inputs, int* targets, int B, int T) {
 }
 
 void gpt2_zero_grad(GPT2* model) {
-    if (model->grads_acts_memory != NULL) cudaCheck(cudaMemset(model->grads_acts_memory, 0, model->num_grad_acts * sizeof(float)));
-    if (model->grads_memory != NULL) cudaCheck(cudaMemset(model->grads_memory, 0, model->num_parameters * sizeof(float)));
+    if (model->grads_acts_memory != NULL)
+        cudaCheck(cudaMemset(model->grads_acts_memory, 0, model->num_grad_acts * sizeof(float)));
+    if (model->grads_memory != NULL)
+        cudaCheck(cudaMemset(model->grads_memory, 0, model->num_parameters * sizeof(float)));
 }
 
 void gpt2_backward(GPT2* model) {
-    if (model->mean_loss == -1.0f) { printf("Error: must forward with targets before backward\n"); exit(EXIT_FAILURE); }
+    if (model->mean_loss == -1.0f) {
+        printf("Error: must forward with targets before backward\n");
+        exit(EXIT_FAILURE);
+    }
     if (model->grads_memory == NULL) {
         model->grads_memory = malloc_and_point_parameters(&model->grads, model->param_sizes, 1);
         size_t sizes[NUM_BACKWARD_TENSORS];
@@ -205,7 +213,8 @@ void gpt2_backward(GPT2* model) {
 }
 
 __global__ void adamw_kernel(float* params, const float* grads, float* m, float* v, size_t n, float lr, float beta1,
-                             float beta2, float beta1_correction, float beta2_correction, float eps, float weight_decay) {
+                             float beta2, float beta1_correction, float beta2_correction, float eps,
+                             float weight_decay) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     m[i] = beta1 * m[i] + (1.0f - beta1) * grads[i];
@@ -223,14 +232,14 @@ void gpt2_update(GPT2* model, float learning_rate, float beta1, float beta2, flo
         cudaCheck(cudaMemset(model->v_memory, 0, n * sizeof(float)));
     }
     adamw_kernel<<<(unsigned)((n + 511) / 512), 512>>>(model->params_memory, model->grads_memory, model->m_memory,
-                                                        model->v_memory, n, learning_rate, beta1, beta2,
-                                                        1.0f - powf(beta1, t), 1.0f - powf(beta2, t), eps, weight_decay);
+                                                       model->v_memory, n, learning_rate, beta1, beta2,
+                                                       1.0f - powf(beta1, t), 1.0f - powf(beta2, t), eps, weight_decay);
     cudaCheck(cudaGetLastError());
 }
 
 void gpt2_free(GPT2* model) {
-    float* device[] = {model->params_memory, model->grads_memory, model->m_memory, model->v_memory, model->acts_memory,
-                       model->grads_acts_memory};
+    float* device[] = {model->params_memory, model->grads_memory, model->m_memory,
+                       model->v_memory,      model->acts_memory,  model->grads_acts_memory};
     for (float* p : device) cudaCheck(cudaFree(p));
     cudaCheck(cudaFree(model->inputs));
     cudaCheck(cudaFree(model->targets));
