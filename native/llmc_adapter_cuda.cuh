@@ -18,7 +18,9 @@
  *      and the library (built with -fvisibility=hidden) exports exactly the llmc_* functions marked
  *      LLMC_API: no kernel, since none of llm.c's CUDA kernels has llmc.h's host-pointer signature;
  *   4. llm.c's exits and C++ exceptions turned into error codes;
- *   5. what llm.c counts in int beyond the core's checks, and the device memory check.
+ *   5. what llm.c counts in int beyond the core's checks, and the device memory check;
+ *   6. what both adapters' handles do alike, as templates on the adapter's own llmc_model (defined after
+ *      this header, holding llm.c's GPT2 as `gpt` and the sizes it was made for as max_B, max_T).
  */
 #ifndef LLMC_ADAPTER_CUDA_CUH
 #define LLMC_ADAPTER_CUDA_CUH
@@ -175,6 +177,41 @@ static int check_device_memory(size_t bytes, int max_B, int max_T, const char* w
                          "%s: needs %zu MiB of device memory at max_B = %d, max_T = %d; %zu MiB "
                          "free",
                          where, bytes >> 20, max_B, max_T, free_bytes >> 20);
+    return LLMC_OK;
+}
+
+/* ----------------------------------------------------------------------------- 6. the handles alike */
+/* A checkpoint the core's reader opened, read whole as fp32 (it widens v5 exactly); ck is closed on every
+ * path. */
+static int read_checkpoint_params(llmc_checkpoint* ck, const char* path, std::vector<float>* params) {
+    try {
+        params->resize(ck->num_parameters);
+    } catch (const std::bad_alloc&) {
+        llmc_checkpoint_close(ck);
+        return llmc_fail(LLMC_ERR_ALLOC, "checkpoint '%s': out of host memory for its parameters", path);
+    }
+    return llmc_checkpoint_read(ck, params->data());
+}
+
+template <class Model>
+static int model_config(const Model* model, llmc_config* out) {
+    if (model == NULL || out == NULL) return llmc_fail(LLMC_ERR_ARGUMENT, "model_config: NULL argument");
+    const GPT2Config* c = &model->gpt.config;
+    *out = {c->max_seq_len, c->vocab_size, c->padded_vocab_size, c->num_layers, c->num_heads, c->channels};
+    return llmc_ok();
+}
+
+/* The core's forward checks, and what both of llm.c's attention softmaxes need. */
+template <class Model>
+static int check_forward(const Model* model, const int* inputs, const int* targets, int B, int T) {
+    if (model == NULL) return llmc_fail(LLMC_ERR_ARGUMENT, "forward: NULL model");
+    int rc = llmc_check_forward(inputs, targets, B, T, model->max_B, model->max_T, model->gpt.config.vocab_size);
+    if (rc) return rc;
+    if (T % 4)
+        return llmc_fail(LLMC_ERR_UNSUPPORTED,
+                         "forward: T = %d; llm.c's attention softmax (softmax_forward_kernel5) "
+                         "needs T %% 4 == 0",
+                         T);
     return LLMC_OK;
 }
 

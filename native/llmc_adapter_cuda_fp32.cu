@@ -252,13 +252,7 @@ LLMC_API int llmc_model_from_checkpoint(const char* path, int max_B, int max_T, 
                          path, ck.version);
     }
     std::vector<float> params;
-    try {
-        params.resize(ck.num_parameters);
-    } catch (const std::bad_alloc&) {
-        llmc_checkpoint_close(&ck);
-        return llmc_fail(LLMC_ERR_ALLOC, "checkpoint '%s': out of host memory for its parameters", path);
-    }
-    if ((rc = llmc_checkpoint_read(&ck, params.data()))) return rc;
+    if ((rc = read_checkpoint_params(&ck, path, &params))) return rc;
     return create_model(&ck.config, params.data(), max_B, max_T, out, "model_from_checkpoint");
 }
 
@@ -266,12 +260,7 @@ LLMC_API void llmc_model_free(llmc_model* model) {
     if (model != NULL) release(model);
 }
 
-LLMC_API int llmc_model_config(const llmc_model* model, llmc_config* out) {
-    if (model == NULL || out == NULL) return llmc_fail(LLMC_ERR_ARGUMENT, "model_config: NULL argument");
-    const GPT2Config* c = &model->gpt.config;
-    *out = {c->max_seq_len, c->vocab_size, c->padded_vocab_size, c->num_layers, c->num_heads, c->channels};
-    return llmc_ok();
-}
+LLMC_API int llmc_model_config(const llmc_model* model, llmc_config* out) { return model_config(model, out); }
 
 LLMC_API size_t llmc_model_num_parameters(const llmc_model* model) {
     return model == NULL ? 0 : model->gpt.num_parameters;
@@ -279,16 +268,10 @@ LLMC_API size_t llmc_model_num_parameters(const llmc_model* model) {
 
 /* ----------------------------------------------------------------------------- training */
 LLMC_API int llmc_forward(llmc_model* model, const int* inputs, const int* targets, int B, int T, float* mean_loss) {
-    if (model == NULL) return llmc_fail(LLMC_ERR_ARGUMENT, "forward: NULL model");
+    int rc = check_forward(model, inputs, targets, B, T);
+    if (rc) return rc;
     GPT2* gpt = &model->gpt;
     const GPT2Config* c = &gpt->config;
-    int rc = llmc_check_forward(inputs, targets, B, T, model->max_B, model->max_T, c->vocab_size);
-    if (rc) return rc;
-    if (T % 4)
-        return llmc_fail(LLMC_ERR_UNSUPPORTED,
-                         "forward: T = %d; llm.c's attention softmax (softmax_forward_kernel5) "
-                         "needs T %% 4 == 0",
-                         T);
     if (B * T % MATMUL_TILE)
         return llmc_fail(LLMC_ERR_UNSUPPORTED,
                          "forward: B*T = %d; llm.c's matmul_forward_kernel4 needs a multiple of "
