@@ -30,27 +30,16 @@ def data(tmp_path_factory):
     return d / "train.bin", d / "val.bin"
 
 
+def train_argv(train, val, outdir, *extra, backend="reference"):
+    """tools.train's arguments for the tiny model on these token files, B=2, T=16."""
+    files = ["--train-data", str(train), "--val-data", str(val), "--output-dir", str(outdir)]
+    return ["--backend", backend, "--model", MODEL, "-B", "2", "-T", "16", *files, *extra]
+
+
 def run(data, outdir, *extra, backend="reference"):
     """-> (TrainResult, printed lines)"""
     lines = []
-    argv = [
-        "--backend",
-        backend,
-        "--model",
-        MODEL,
-        "--train-data",
-        str(data[0]),
-        "--val-data",
-        str(data[1]),
-        "-B",
-        "2",
-        "-T",
-        "16",
-        "--output-dir",
-        str(outdir),
-        "--quiet",
-        *extra,
-    ]
+    argv = train_argv(*data, outdir, "--quiet", *extra, backend=backend)
     return trainer.train(trainer.parse_args(argv), out=lines.append), lines
 
 
@@ -126,24 +115,8 @@ def test_grad_accumulation_is_one_big_batch(data, tmp_path):
     ]
     accum, _ = run(data, tmp_path / "accum", *common, "--total-batch-size", "64")
     lines = []
-    argv = [
-        "--backend",
-        "reference",
-        "--model",
-        MODEL,
-        "--train-data",
-        str(data[0]),
-        "--val-data",
-        str(data[1]),
-        "-B",
-        "4",
-        "-T",
-        "16",
-        "--output-dir",
-        str(tmp_path / "big"),
-        "--quiet",
-        *common,
-    ]
+    argv = train_argv(*data, tmp_path / "big", "--quiet", *common)
+    argv[argv.index("-B") + 1] = "4"
     big = trainer.train(trainer.parse_args(argv), out=lines.append)
     losses_accum = np.array(list(accum.train_losses.values()))
     losses_big = np.array(list(big.train_losses.values()))
@@ -207,60 +180,36 @@ def test_sampler_matches_llmc_xorshift():
         (["--model", "d7x"], "--model"),
         (["--model", "missing.bin"], "missing.bin"),
         (["--train-data", "/nonexistent/train.bin"], "/nonexistent/train.bin"),
+        (["--train-data", "/nonexistent/train_*.bin"], "/nonexistent/train_*.bin: no token file matches"),
+        (["--val-data", "/nonexistent/val.bin"], "--val-data"),
         (["--backend", "nosuch"], "--backend"),
-        (["--resume"], "--resume"),
+        (["--resume"], "is not a directory"),
         (["--lr", "abc"], "--lr"),
         (["--schedule", "wsd"], "--schedule"),
     ],
 )
-def test_bad_arguments_exit_2_with_one_line(data, tmp_path, capsys, argv, names):
-    base = [
-        "--backend",
-        "reference",
-        "--model",
-        MODEL,
-        "--train-data",
-        str(data[0]),
-        "--val-data",
-        str(data[1]),
-        "-B",
-        "2",
-        "-T",
-        "16",
-        "--steps",
-        "1",
-        "--output-dir",
-        str(tmp_path),
-    ]
-    assert trainer.main(base + argv) == 2
+def test_bad_input_exits_2_with_one_line_and_creates_nothing(data, tmp_path, capsys, argv, names):
+    """Every input is checked before --output-dir is made: a failed start says why in one line and leaves
+    nothing behind."""
+    assert trainer.main(train_argv(*data, tmp_path / "out" / "run", "--steps", "1", *argv)) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("train: error:") and names in err, err
+    assert not (tmp_path / "out").exists()
 
 
-def test_bad_token_file_names_the_file(tmp_path, capsys):
+def test_resume_without_a_checkpoint_exits_2(data, tmp_path, capsys):
+    assert trainer.main(train_argv(*data, tmp_path, "--steps", "1", "--resume")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--resume" in err, err
+
+
+def test_bad_token_file_names_the_file_and_creates_nothing(tmp_path, capsys):
     bad = tmp_path / "train.bin"
     bad.write_bytes(b"\0" * 100)
-    assert (
-        trainer.main(
-            [
-                "--backend",
-                "reference",
-                "--model",
-                MODEL,
-                "--train-data",
-                str(bad),
-                "--val-data",
-                str(bad),
-                "-T",
-                "16",
-                "--output-dir",
-                str(tmp_path),
-            ]
-        )
-        == 2
-    )
+    assert trainer.main(train_argv(bad, bad, tmp_path / "out")) == 2
     err = capsys.readouterr().err
     assert "--train-data" in err and str(bad) in err, err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(
@@ -275,30 +224,8 @@ def test_bad_token_file_names_the_file(tmp_path, capsys):
     ],
 )
 def test_malformed_state_names_file_and_field(data, tmp_path, capsys, damage, field, detail):
-    argv = [
-        "--backend",
-        "reference",
-        "--model",
-        MODEL,
-        "--train-data",
-        str(data[0]),
-        "--val-data",
-        str(data[1]),
-        "-B",
-        "2",
-        "-T",
-        "16",
-        "--steps",
-        "1",
-        "--checkpoint-every",
-        "1",
-        "--val-every",
-        "0",
-        "--sample-every",
-        "0",
-        "--output-dir",
-        str(tmp_path),
-    ]
+    quiet = ["--steps", "1", "--checkpoint-every", "1", "--val-every", "0", "--sample-every", "0"]
+    argv = train_argv(*data, tmp_path, *quiet)
     assert trainer.main(argv) == 0
     path = tmp_path / "state_00000001.bin"
     damage(path)
@@ -336,68 +263,6 @@ def test_keep_last_deletes_old_checkpoints(data, tmp_path):
         "state_00000006.bin",
     ]
     assert newest_checkpoint(tmp_path) == 6
-
-
-@pytest.mark.parametrize(
-    "argv, names",
-    [
-        (["--resume"], "is not a directory"),
-        (["--train-data", "/nonexistent/train_*.bin"], "/nonexistent/train_*.bin: no token file matches"),
-        (["--val-data", "/nonexistent/val.bin"], "--val-data"),
-        (["--model", "missing.bin"], "missing.bin"),
-        (["--backend", "nosuch"], "--backend"),
-    ],
-)
-def test_bad_input_creates_no_output_directory(data, tmp_path, capsys, argv, names):
-    """Every input is checked before --output-dir is made: a failed start leaves nothing behind."""
-    outdir = tmp_path / "out" / "run"
-    base = [
-        "--backend",
-        "reference",
-        "--model",
-        MODEL,
-        "--train-data",
-        str(data[0]),
-        "--val-data",
-        str(data[1]),
-        "-B",
-        "2",
-        "-T",
-        "16",
-        "--steps",
-        "1",
-        "--output-dir",
-        str(outdir),
-    ]
-    assert trainer.main(base + argv) == 2
-    assert names in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
-
-
-def test_bad_token_file_creates_no_output_directory(tmp_path, capsys):
-    bad = tmp_path / "train.bin"
-    bad.write_bytes(b"\0" * 100)
-    assert (
-        trainer.main(
-            [
-                "--backend",
-                "reference",
-                "--model",
-                MODEL,
-                "--train-data",
-                str(bad),
-                "--val-data",
-                str(bad),
-                "-T",
-                "16",
-                "--output-dir",
-                str(tmp_path / "out"),
-            ]
-        )
-        == 2
-    )
-    assert "--train-data" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
 
 
 @pytest.fixture(scope="module")
