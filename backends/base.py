@@ -92,5 +92,6 @@ class Backend:
         """Why a model-level feature the checks exercise is not the backend's own to judge (the skip reason),
         or None. Features: "accumulate" (gradients summed over two backwards), "model_config" (the model
         reports its own configuration and parameter count, as llmc_model_config does), "from_checkpoint"
-        and "set_params" (the backend's own loading and setting of parameters)."""
+        and "set_params" (the backend's own loading and setting of parameters), "save_checkpoint" (it writes
+        llm.c's checkpoint files itself, as llmc_save_checkpoint does)."""
         return None

@@ -170,6 +170,11 @@ class DataParallelModel:
     def set_optimizer_state(self, m, v):
         _collective(self.models, "set_optimizer_state", lambda r: (m, v))
 
+    def save_checkpoint(self, path, dtype="fp32"):
+        """Rank 0 writes (every rank holds the same parameters: params() checks that)."""
+        self.models[0].post("save_checkpoint", str(path), dtype)
+        self.models[0].collect("save_checkpoint")
+
     def close(self):
         """Every rank at once: freeing a joined model ends its NCCL communicator, which waits for the others."""
         closing = [model for model in self.models if model.begin_close()]

@@ -307,8 +307,9 @@ class LibBackend(Backend):
         return None if name in self.exports else f"{self.path} does not export {name}"
 
     def unsupported(self, feature):
-        if feature == "model_config" and "llmc_model_config" not in self.exports:
-            return f"{self.path} does not export llmc_model_config"
+        for needs, function in (("model_config", "llmc_model_config"), ("save_checkpoint", "llmc_save_checkpoint")):
+            if feature == needs and function not in self.exports:
+                return f"{self.path} does not export {function}"
         return None
 
     def set_num_threads(self, n):
@@ -454,6 +455,9 @@ class RemoteModel:
     def set_optimizer_state(self, m, v):
         self._call("set_optimizer_state", np.ascontiguousarray(m, np.float32), np.ascontiguousarray(v, np.float32))
 
+    def save_checkpoint(self, path, dtype="fp32"):
+        self._call("save_checkpoint", str(path), dtype)
+
     def close(self):
         if self.begin_close():
             self.end_close()
@@ -569,6 +573,8 @@ class CmdBackend(Backend):
             )
         if feature == "model_config":
             return "the command-line protocol reports no model configuration (the harness reads the checkpoint)"
+        if feature == "save_checkpoint":
+            return "the command-line protocol writes no checkpoint (the harness writes the port's inputs)"
         if feature in ("from_checkpoint", "set_params"):
             return (
                 "the command-line protocol has no model of its own to load or set: every call gets the "

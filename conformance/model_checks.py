@@ -43,9 +43,16 @@ abi/...                 the rest of the model API (native/llmc.h), each against 
     abi/accumulate/grad/<dname>                forward and backward twice, no zero_grad between: twice each gradient
     abi/reshape/{logits_short,logits,loss}     a forward of a smaller B and T, then the full one again
     abi/model_config                           the configuration and parameter count the model reports
+    abi/save_checkpoint/{v3,v5}                the checkpoint the backend writes of a model made from the
+                                               fixture's parameters, read back by the oracle's reader (every
+                                               header field, the size): the fixture's configuration, and its
+                                               parameters bit for bit (v3) or each rounded to the nearest
+                                               bf16, ties to even (v5, as llm.c's train_gpt2.py writes it)
 """
 
 from dataclasses import dataclass, replace
+from pathlib import Path
+import tempfile
 
 import numpy as np
 
@@ -53,6 +60,7 @@ from backends.ports import PortTimeout, is_unsupported
 from backends.protocol import PortUnsupported
 from conformance.checks import compare
 from reference.adamw import AdamWSettings
+from reference.formats import bf16_bits_to_fp32, fp32_to_bf16_bits, read_checkpoint
 from reference.model import PARAM_NAMES, split_params
 
 GRAD_NAMES = tuple("d" + name for name in PARAM_NAMES)
@@ -157,6 +165,7 @@ SEGMENTS = {  # segment -> the names of its checks, in the order it makes them
     "abi/accumulate": tuple(f"abi/accumulate/grad/{d}" for d in GRAD_NAMES),
     "abi/reshape": ("abi/reshape/logits_short", "abi/reshape/logits", "abi/reshape/loss"),
     "abi/model_config": ("abi/model_config",),
+    "abi/save_checkpoint": ("abi/save_checkpoint/v3", "abi/save_checkpoint/v5"),
 }
 CHECK_NAMES = tuple(name for names in SEGMENTS.values() for name in names)
 
@@ -201,6 +210,7 @@ class _Run:
             ("abi/accumulate", self.accumulate),
             ("abi/reshape", self.reshape),
             ("abi/model_config", self.model_config),
+            ("abi/save_checkpoint", self.save_checkpoint),
         ):
             if only is not None and segment not in only:
                 continue
@@ -485,3 +495,26 @@ class _Run:
         result = self.judge("abi/model_config", np.array(got, np.float64), np.array(want, np.float64), "exact")
         fields = ", ".join(vars(f.config))
         self.results[-1] = replace(result, detail=f"{fields}, num_parameters: got {got}, want {want}")
+
+    def save_checkpoint(self):
+        self._require("save_checkpoint")
+        f = self.fixture
+        index = self.trajectory("train").index
+        model = self.model()
+        try:
+            with tempfile.TemporaryDirectory() as directory:
+                for version, dtype in ((3, "fp32"), (5, "bf16")):
+                    path = Path(directory) / f"saved_v{version}.bin"
+                    model.save_checkpoint(path, dtype)
+                    config, params = read_checkpoint(path)
+                    path.unlink()  # a gpt2_124M file is 0.5 GB
+                    want = f.params if dtype == "fp32" else bf16_bits_to_fp32(fp32_to_bf16_bits(f.params))
+                    check = f"abi/save_checkpoint/v{version}"
+                    result = self.judge_flat(
+                        check, params, want if index is None else want[index], "exact", index, exact_full=want
+                    )
+                    if config != f.config:
+                        detail = f"{result.detail}; header: {config}, want {f.config}"
+                        self.results[-1] = replace(result, passed=False, detail=detail)
+        finally:
+            model.close()

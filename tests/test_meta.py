@@ -15,6 +15,7 @@ and every output a port returns is judged by some check.
 """
 
 import copy
+import dataclasses
 import math
 import os
 import re
@@ -33,6 +34,7 @@ from conformance.kernel_checks import KERNEL_OUTPUTS, KernelShape, kernel_quanti
 from conformance.model_checks import CHECK_NAMES, GRAD_NAMES, JUDGED_BY, TRAIN_STEPS, run_model
 from conformance.tolerances import TOLERANCES, tolerance
 from native.binding import HEADER, library_path, read_cdef
+from reference.formats import write_checkpoint
 from reference.layers import KERNEL_NAMES
 from reference.model import PARAM_NAMES, split_params
 from tools.port_example import run_in_process
@@ -619,3 +621,41 @@ def test_zero_slice_is_judged_against_its_scale():
     noise = np.full(4, 1e-12)
     assert not compare("meta", "none", noise, np.zeros(4), ("grad_key_bias", "fp32")).passed  # relative to 0: inf
     assert compare("meta", "none", noise, np.zeros(4), ("grad_key_bias", "fp32"), scale=1.0).passed
+
+
+# ----------------------------------------------------------------------------- the checkpoint a backend writes
+def _truncating_bf16(params):
+    """bf16 by dropping the low 16 bits (a port's common mistake) instead of rounding to nearest even."""
+    return (np.ascontiguousarray(params, np.float32).view(np.uint32) & 0xFFFF0000).view(np.float32)
+
+
+WRONG_WRITERS = {  # mistake -> (what the model writes instead of its parameters and configuration, the checks failed)
+    "a parameter off": (lambda p, c, dtype: (bump(0, np.float32(1e-3))(p), c), {"v3", "v5"}),
+    "bf16 truncated": (lambda p, c, dtype: (_truncating_bf16(p) if dtype == "bf16" else p, c), {"v5"}),
+    "vocab padded in the header": (
+        lambda p, c, dtype: (p, dataclasses.replace(c, vocab_size=c.padded_vocab_size)),
+        {"v3", "v5"},
+    ),
+}
+
+
+@pytest.mark.parametrize("mistake", WRONG_WRITERS)
+def test_a_wrong_checkpoint_writer_fails_its_check(fixture, mistake):
+    """A backend whose model writes its checkpoint wrong fails the check of each version it gets wrong."""
+    change, failing = WRONG_WRITERS[mistake]
+
+    class WrongWriter(ReferenceBackend):
+        def model(self, config, params, max_B, max_T):
+            model = super().model(config, params, max_B, max_T)
+
+            def save_checkpoint(path, dtype="fp32"):
+                params, config = change(model.gpt.params_memory.astype(np.float32), model.config, dtype)
+                write_checkpoint(path, config, params, dtype)
+
+            model.save_checkpoint = save_checkpoint
+            return model
+
+    run = run_model(WrongWriter(), fixture, segments=("abi/save_checkpoint",))
+    assert failed_checks(run.results) == {f"{fixture.name}/abi/save_checkpoint/{v}" for v in failing}
+    passed = run_model(ReferenceBackend(), fixture, segments=("abi/save_checkpoint",))
+    assert failed_checks(passed.results) == set() and len(passed.results) == 2
