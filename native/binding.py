@@ -17,6 +17,7 @@ it behind the backend interface.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 import os
 from pathlib import Path
 import re
@@ -184,17 +185,7 @@ class Library:
         params = np.ascontiguousarray(params, np.float32)
         if params.shape != (config.num_parameters,):
             raise ValueError(f"params: shape {params.shape}, expected ({config.num_parameters},) for {config}")
-        cfg = self.ffi.new(
-            "llmc_config*",
-            dict(
-                max_seq_len=config.max_seq_len,
-                vocab_size=config.vocab_size,
-                padded_vocab_size=config.padded_vocab_size,
-                num_layers=config.num_layers,
-                num_heads=config.num_heads,
-                channels=config.channels,
-            ),
-        )
+        cfg = self.ffi.new("llmc_config*", asdict(config))  # GPT2Config's fields are llmc_config's, by name
         out = self.ffi.new("llmc_model**")
         self.activate(mode)
         self.check(

@@ -32,6 +32,7 @@ C loader and the Python reader disagreeing; 2 a usage error.
 """
 
 import argparse
+from dataclasses import asdict
 import inspect
 import json
 import math
@@ -280,17 +281,7 @@ class Worker:
     def _new_model(self, max_B=2, max_T=8):
         ffi, lib = self.library.ffi, self.library.lib
         c = self.config
-        cfg = ffi.new(
-            "llmc_config*",
-            dict(
-                max_seq_len=c.max_seq_len,
-                vocab_size=c.vocab_size,
-                padded_vocab_size=c.padded_vocab_size,
-                num_layers=c.num_layers,
-                num_heads=c.num_heads,
-                channels=c.channels,
-            ),
-        )
+        cfg = ffi.new("llmc_config*", asdict(c))  # GPT2Config's fields are llmc_config's, by name
         out = ffi.new("llmc_model**")
         self._expect(
             "llmc_model_from_params(TINY)",
@@ -494,17 +485,7 @@ class Worker:
         n = len(self.params)
         buf, tokens = ffi.new("float[]", n), ffi.new("int[]", 16)
         c = self.config
-        cfg = ffi.new(
-            "llmc_config*",
-            dict(
-                max_seq_len=c.max_seq_len,
-                vocab_size=c.vocab_size,
-                padded_vocab_size=c.padded_vocab_size,
-                num_layers=c.num_layers,
-                num_heads=c.num_heads,
-                channels=c.channels,
-            ),
-        )
+        cfg = ffi.new("llmc_config*", asdict(c))  # GPT2Config's fields are llmc_config's, by name
         opt = ffi.new("llmc_adamw*", dict(learning_rate=1e-3, beta1=0.9, beta2=0.999, eps=1e-8))
         path = os.fsencode(self.dir / "base-checkpoint-v3")
         N, out = ffi.NULL, ffi.new("llmc_model**")
