@@ -65,6 +65,13 @@ KERNEL_SHAPES = (
     KernelShape(B=3, T=5, C=12, NH=3, OC=10, V=20, Vp=24, bias=False),
 )
 
+
+def run_pytest(*args, env=None):
+    """pytest in a process of its own, from the repository root, quiet and leaving no cache."""
+    command = [sys.executable, "-m", "pytest", *args, "-q", "-p", "no:cacheprovider"]
+    return subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env)
+
+
 # check families, by name without the fixture
 ALL = set(CHECK_NAMES)
 GRADS = {f"grad/{d}" for d in GRAD_NAMES}
@@ -298,23 +305,8 @@ def test_lib_port_with_some_kernels_only(tmp_path):
         run_model_checks(backend, load_fixture(FIXTURES_DIR / "tiny-gpt2"))
     assert stopped.value.results == [] and is_unsupported(stopped.value.cause)
     assert {n.verdict for n in stopped.value.not_run} == {"skipped"}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "conformance/test_model.py",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "--backend",
-            f"lib:{lib}",
-            "--fixture",
-            str(FIXTURES_DIR / "tiny-gpt2"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
+    done = run_pytest(
+        "conformance/test_model.py", "--backend", f"lib:{lib}", "--fixture", str(FIXTURES_DIR / "tiny-gpt2")
     )
     assert done.returncode == 0 and f"{len(CHECK_NAMES)} skipped" in done.stdout, done.stdout + done.stderr
 
@@ -515,28 +507,17 @@ def test_pytest_survives_a_segfaulting_lib_port(standin_libs, tmp_path):
     """The same in pytest: the model tests that needed a forward fail (not reached: the crash), the kernel
     tests pass, the reports are written with the ERROR rows."""
     json_path, md_path = tmp_path / "crash.json", tmp_path / "crash.md"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "conformance/test_model.py",
-            "conformance/test_kernels.py",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "--backend",
-            f"lib:{standin_libs[None].path}",
-            "--fixture",
-            str(FIXTURES_DIR / "tiny-gpt2"),
-            "--report-json",
-            str(json_path),
-            "--report-md",
-            str(md_path),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
+    done = run_pytest(
+        "conformance/test_model.py",
+        "conformance/test_kernels.py",
+        "--backend",
+        f"lib:{standin_libs[None].path}",
+        "--fixture",
+        str(FIXTURES_DIR / "tiny-gpt2"),
+        "--report-json",
+        str(json_path),
+        "--report-md",
+        str(md_path),
         env=dict(os.environ, STANDIN_CRASH="segv"),
     )
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
@@ -823,29 +804,18 @@ def test_real_port_scenario(tmp_path):
     an expected failure showing the difference (informational, never a silent pass), in the reports too."""
     name = f"cmd:{EXAMPLE} --backend cpu --noise --chatty"
     json_path, md_path = tmp_path / "port.json", tmp_path / "port.md"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "conformance/test_model.py",
-            "conformance/test_kernels.py",
-            "-q",
-            "-rsx",
-            "-p",
-            "no:cacheprovider",
-            "--backend",
-            name,
-            "--fixture",
-            str(FIXTURES_DIR / "tiny-gpt2"),
-            "--report-json",
-            str(json_path),
-            "--report-md",
-            str(md_path),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
+    done = run_pytest(
+        "conformance/test_model.py",
+        "conformance/test_kernels.py",
+        "-rsx",
+        "--backend",
+        name,
+        "--fixture",
+        str(FIXTURES_DIR / "tiny-gpt2"),
+        "--report-json",
+        str(json_path),
+        "--report-md",
+        str(md_path),
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "the command-line protocol (cmd:) exposes no kernels" in done.stdout
@@ -940,23 +910,8 @@ def test_crash_in_training_is_an_error_in_conform(tmp_path, small, capsys):
 
 
 def test_unsupported_training_is_skipped_in_pytest(tmp_path, small):
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "conformance/test_model.py",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "--backend",
-            _port_without_train(tmp_path, 3),
-            "--fixture",
-            str(small.path),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
+    done = run_pytest(
+        "conformance/test_model.py", "--backend", _port_without_train(tmp_path, 3), "--fixture", str(small.path)
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert re.search(r"\d+ passed, \d+ skipped", done.stdout), done.stdout
