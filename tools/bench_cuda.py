@@ -28,8 +28,8 @@ import numpy as np
 
 try:
     import torch
-except ImportError:  # a CLI: say what is missing instead of a traceback
-    sys.exit("tools.bench_cuda needs PyTorch with CUDA for its baselines: pip install -e '.[torch]' on a GPU machine")
+except ImportError:  # main says what is missing, after --help has had its answer
+    torch = None
 
 from backends.registry import get_backend
 from conformance.report import write_text
@@ -277,6 +277,8 @@ def main(argv=None):
     )
     parser.add_argument("--profile-batch", type=int, default=16)
     args = parser.parse_args(argv)
+    if torch is None:
+        sys.exit("tools.bench_cuda needs PyTorch with CUDA for its baselines: pip install -e '.[torch]' on a GPU")
     config = GPT2Config.from_descriptor("d12")
     params = init_params(config, seed=42)
     device = torch.cuda.get_device_name()
