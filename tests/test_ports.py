@@ -72,6 +72,14 @@ def run_pytest(*args, env=None):
     return subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env)
 
 
+def compile_library(source, text):
+    """A port library from C `text` written to `source` -> the .so's path beside it."""
+    source.write_text(text)
+    lib = source.with_name(f"lib{source.stem}.so")
+    subprocess.run([CC, "-O2", "-fPIC", "-shared", str(source), "-o", str(lib)], check=True)
+    return lib
+
+
 # check families, by name without the fixture
 ALL = set(CHECK_NAMES)
 GRADS = {f"grad/{d}" for d in GRAD_NAMES}
@@ -289,13 +297,11 @@ def test_cmd_batching_keeps_llmc_semantics(tiny):
 def test_lib_port_with_some_kernels_only(tmp_path):
     """A library exporting one kernel and no model API: that kernel is judged, the rest are skipped
     naming what is missing, and the model checks are unsupported (skipped), not errors."""
-    source = tmp_path / "residual.c"
-    source.write_text(
+    lib = compile_library(
+        tmp_path / "residual.c",
         "void residual_forward(float* out, float* inp1, float* inp2, int N) {\n"
-        "    for (int i = 0; i < N; i++) out[i] = inp1[i] + inp2[i];\n}\n"
+        "    for (int i = 0; i < N; i++) out[i] = inp1[i] + inp2[i];\n}\n",
     )
-    lib = tmp_path / "libresidual.so"
-    subprocess.run([CC, "-O2", "-fPIC", "-shared", str(source), "-o", str(lib)], check=True)
     backend = get_backend(f"lib:{lib}")
     assert [k for k in KERNEL_NAMES if backend.has_kernel(k)] == ["residual_forward"]
     assert "missing encoder_forward" in backend.description
@@ -533,13 +539,11 @@ def test_pytest_survives_a_segfaulting_lib_port(standin_libs, tmp_path):
 @needs_cc
 def test_lib_port_that_crashes_while_loading_is_an_error(tmp_path, small, capsys):
     """A library whose loading segfaults (a constructor) is no 'unavailable' skip: every check is an ERROR."""
-    source = tmp_path / "boom.c"
-    source.write_text(
+    lib = compile_library(
+        tmp_path / "boom.c",
         "#include <signal.h>\n__attribute__((constructor)) static void boom(void) { raise(SIGSEGV); }\n"
-        "int llmc_init(void) { return 0; }\n"
+        "int llmc_init(void) { return 0; }\n",
     )
-    lib = tmp_path / "libboom.so"
-    subprocess.run([CC, "-O2", "-fPIC", "-shared", str(source), "-o", str(lib)], check=True)
     with pytest.raises(PortCrashed, match="killed by SIGSEGV .*during loading the library"):
         get_backend(f"lib:{lib}")
     json_path = tmp_path / "boom.json"
