@@ -377,7 +377,8 @@ for _q, (_abs, _abs_at, _rel, _rel_at) in _UPDATE_MEASURED.items():
 # class's margin (tf32 10x, bf16 3x) over the larger of the two, at most 1 relative. The cost: on the committed
 # fixtures these bounds are up to ~100x their measured error (bf16 grad_norm: 0.3 rel against 8.74e-4 measured),
 # so there the wrong ports are caught by the step-0 gradient and the loss checks (tests/test_ports.py
-# EXAMPLE_BUGS_BF16 asserts which), not by these. Measuring gpt2_124M's trajectory in tf32 and bf16 on a GPU would let the entries be split by model size.
+# EXAMPLE_BUGS_BF16 asserts which), not by these. Measuring gpt2_124M's trajectory in tf32 and bf16 on a GPU
+# would let the entries be split by model size.
 MEASURED_UPDATES_GPU = "libllmc on an NVIDIA H200, tiny-bytes and tiny-gpt2, every update of both conventions"
 _UPDATE_MEASURED_GPU = {  # class: {quantity: (max abs, where; rel norm, where)} on the committed fixtures
     "tf32": {
